@@ -1,0 +1,59 @@
+"""Admin operations behind ``lily admin``: tenants, users, API keys. Each one is audited."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from lily.auth import passwords, tokens
+from lily.domain.errors import Conflict, Invalid, NotFound
+from lily.domain.roles import Role
+from lily.store import audit, identity
+from lily.store.db import Database
+
+ACTOR = "admin:cli"
+
+
+def _role(role: str) -> Role:
+    try:
+        return Role(role)
+    except ValueError as exc:
+        raise Invalid(f"unknown role {role!r}; use one of {', '.join(r.value for r in Role)}",
+                      field="role") from exc
+
+
+async def create_tenant(db: Database, tenant_id: str, name: str | None = None) -> None:
+    async with db.tenant(tenant_id) as conn:
+        if not await identity.create_tenant(conn, tenant_id, name or tenant_id, {}):
+            raise Conflict(f"tenant {tenant_id} already exists")
+        await audit.write_audit(conn, tenant_id, [{"action": "tenant.created", "actor": ACTOR,
+                                                   "at": datetime.now(UTC)}])
+
+
+async def create_user(db: Database, tenant_id: str, username: str, password: str, role: str) -> None:
+    checked = _role(role)
+    if len(password) < 8:
+        raise Invalid("password must be at least 8 characters", field="password")
+    async with db.tenant(tenant_id) as conn:
+        if await identity.get_tenant(conn, tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        if not await identity.create_user(conn, tenant_id, username, passwords.hash_password(password),
+                                          checked.value):
+            raise Conflict(f"user {username} already exists in {tenant_id}")
+        await audit.write_audit(conn, tenant_id, [{"action": "user.created", "actor": ACTOR,
+                                                   "at": datetime.now(UTC),
+                                                   "detail": {"username": username, "role": checked.value}}])
+
+
+async def create_api_key(db: Database, tenant_id: str, name: str, role: str) -> str:
+    """Create a key and return it; only its hash is kept, so this is the one time it is shown."""
+    checked = _role(role)
+    key_id, key, key_hash = tokens.new_api_key(tenant_id)
+    async with db.tenant(tenant_id) as conn:
+        if await identity.get_tenant(conn, tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        await identity.create_api_key(conn, tenant_id, key_id, name, key_hash, checked.value)
+        await audit.write_audit(conn, tenant_id, [{"action": "api_key.created", "actor": ACTOR,
+                                                   "at": datetime.now(UTC),
+                                                   "detail": {"key_id": key_id, "name": name,
+                                                              "role": checked.value}}])
+    return key

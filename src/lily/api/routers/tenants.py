@@ -1,0 +1,54 @@
+"""``/tenants/{tenant_id}``: a tenant's configuration and its inbound/outbound sources.
+
+A caller only ever sees its own tenant; any other id answers 404 exactly as an unknown one does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from lily.api.deps import Principal, RuntimeDep, Viewer
+from lily.domain.errors import NotFound
+from lily.store import identity
+
+router = APIRouter(prefix="/tenants", tags=["tenants"])
+
+
+def _own(principal: Principal, tenant_id: str) -> None:
+    if tenant_id != principal.tenant_id:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+
+
+@router.get("/{tenant_id}/config")
+async def config(tenant_id: str, principal: Viewer, runtime: RuntimeDep) -> dict[str, Any]:
+    _own(principal, tenant_id)
+    async with runtime.db.tenant(tenant_id) as conn:
+        row = await identity.get_tenant(conn, tenant_id)
+    if row is None:
+        raise NotFound(f"tenant {tenant_id} does not exist")
+    return {
+        "tenant_id": row["tenant_id"],
+        "name": row["name"],
+        "created_at": row["created_at"],
+        "config": {**DEFAULT_CONFIG, **row["config"]},
+    }
+
+
+DEFAULT_CONFIG: dict[str, Any] = {"propagation": {"enabled": True, "max_depth": 10}}
+
+
+@router.get("/{tenant_id}/sources")
+async def sources(tenant_id: str, principal: Viewer, runtime: RuntimeDep) -> dict[str, Any]:
+    _own(principal, tenant_id)
+    async with runtime.db.tenant(tenant_id) as conn:
+        keys = await identity.list_api_keys(conn, tenant_id)
+        connectors = await identity.list_connectors(conn, tenant_id)
+    inbound = [{"kind": "api_key", "id": k["key_id"], "name": k["name"], "role": k["role"],
+                "created_at": k["created_at"]} for k in keys]
+    inbound += [{"kind": c["kind"], "id": str(c["connector_id"]), "name": c["name"], "active": c["active"],
+                 "created_at": c["created_at"]} for c in connectors if c["direction"] == "inbound"]
+    outbound = [{"kind": c["kind"], "id": str(c["connector_id"]), "name": c["name"], "active": c["active"],
+                 "created_at": c["created_at"]} for c in connectors if c["direction"] == "outbound"]
+    return {"tenant_id": tenant_id, "inbound": inbound, "outbound": outbound}

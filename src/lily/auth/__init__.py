@@ -1,0 +1,1 @@
+"""Identities: password hashing, JWT issue and verification, API keys, role checks."""

@@ -1,0 +1,163 @@
+"""The ``lily`` command: serve, api, worker, migrate, admin, ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from lily.config import Settings
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def database_url(settings: Settings, *, keep_running: bool = False) -> str:
+    """The configured server, or the embedded one in LILY_HOME (started, or joined if running)."""
+    if settings.database_url:
+        return settings.database_url
+    from lily.embedded import embedded_database_url
+
+    return embedded_database_url(settings.resolved_home(), keep_running=keep_running)
+
+
+def _migrated_url(settings: Settings) -> str:
+    from lily.store.migrate import migrate
+
+    url = database_url(settings)
+    migrate(url, partitions=settings.partitions)
+    return url
+
+
+def _run_db(fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn(db)`` against a migrated database and close the pool afterwards."""
+    from lily.store.db import Database
+
+    settings = _settings()
+    url = _migrated_url(settings)
+
+    async def main() -> T:
+        db = Database(url, min_size=1, max_size=2)
+        await db.open()
+        try:
+            return await fn(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(main())
+
+
+@click.group()
+@click.option("--log-level", default="INFO", envvar="LILY_LOG_LEVEL", show_default=True)
+def main(log_level: str) -> None:
+    """Lily: a real-time, multi-tenant metadata platform."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _serve(host: str | None, port: int | None, run_workers: bool) -> None:
+    import uvicorn
+
+    from lily.api.app import create_app
+
+    settings = _settings()
+    url = _migrated_url(settings)
+    app = create_app(settings, url, run_workers=run_workers)
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="info",
+                access_log=False)
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1, LILY_HOST).")
+@click.option("--port", default=None, type=int, help="Port (default 8000, LILY_PORT).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run everything in one process: the API and pipeline workers."""
+    _serve(host, port, run_workers=True)
+
+
+@main.command()
+@click.option("--host", default=None)
+@click.option("--port", default=None, type=int)
+def api(host: str | None, port: int | None) -> None:
+    """Run the HTTP API only (run `lily worker` processes beside it)."""
+    _serve(host, port, run_workers=False)
+
+
+@main.command()
+@click.option("--concurrency", default=1, show_default=True, help="Consumer tasks in this process.")
+def worker(concurrency: int) -> None:
+    """Consume the event log. Start as many as you like; they share the partitions."""
+    from lily.pipeline.runner import run_standalone
+
+    settings = _settings()
+    url = _migrated_url(settings)
+    asyncio.run(run_standalone(url, settings, concurrency=concurrency))
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending schema migrations."""
+    from lily.store.migrate import migrate as run
+
+    settings = _settings()
+    version = run(database_url(settings), partitions=settings.partitions)
+    click.echo(f"schema at version {version}")
+
+
+@main.group()
+def admin() -> None:
+    """Tenants, users and API keys."""
+
+
+def _admin_call(fn: Callable[[Any], Awaitable[T]]) -> T:
+    from lily.domain.errors import LilyError
+
+    try:
+        return _run_db(fn)
+    except LilyError as err:
+        click.echo(f"error: {err.detail}", err=True)
+        sys.exit(1)
+
+
+@admin.command("create-tenant")
+@click.argument("tenant_id")
+@click.option("--name", default=None)
+def create_tenant(tenant_id: str, name: str | None) -> None:
+    from lily import admin as ops
+
+    _admin_call(lambda db: ops.create_tenant(db, tenant_id, name))
+    click.echo(f"tenant {tenant_id} created")
+
+
+@admin.command("create-user")
+@click.argument("tenant_id")
+@click.argument("username")
+@click.option("--role", required=True, type=click.Choice(["admin", "steward", "editor", "viewer"]))
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def create_user(tenant_id: str, username: str, role: str, password_stdin: bool) -> None:
+    from lily import admin as ops
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    _admin_call(lambda db: ops.create_user(db, tenant_id, username, password, role))
+    click.echo(f"user {username} created in {tenant_id} with role {role}")
+
+
+@admin.command("create-api-key")
+@click.argument("tenant_id")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["admin", "steward", "editor", "viewer"]))
+def create_api_key(tenant_id: str, name: str, role: str) -> None:
+    """Print a new API key. It is shown once; Lily keeps only its hash."""
+    from lily import admin as ops
+
+    key = _admin_call(lambda db: ops.create_api_key(db, tenant_id, name, role))
+    click.echo(key)

@@ -1,0 +1,62 @@
+"""Settings, read once from ``LILY_*`` environment variables at start-up.
+
+Nothing here is built at import time: callers construct :class:`Settings` in one place (the CLI or a
+test fixture) and pass it down.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LILY_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; unset means the embedded server in LILY_HOME."
+    )
+    home: Path = Field(default=Path("~/.lily"), description="Data directory for the embedded server.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    pool_min_size: int = 2
+    pool_max_size: int = 16
+
+    # Auth. An unset secret is generated once and kept in LILY_HOME so tokens survive a restart.
+    jwt_secret: str | None = None
+    jwt_issuer: str = "lily"
+    jwt_audience: str = "lily-api"
+    jwt_ttl_seconds: int = 3600
+
+    # Request limits.
+    max_asset_body_bytes: int = 1 * 1024 * 1024
+    max_bulk_body_bytes: int = 64 * 1024 * 1024
+    max_bulk_items: int = 100_000
+
+    # Event log and pipeline.
+    partitions: int = Field(default=32, ge=1, le=1024)
+    write_wait_seconds: float = 5.0
+    worker_batch_size: int = 1000
+    workers_in_serve: int = 1
+    max_attempts: int = 5
+    retry_base_seconds: float = 0.2
+    retry_max_seconds: float = 30.0
+    hooks: str = Field(default="*", description="Comma-separated hook names to enable, '*' for all.")
+
+    def resolved_home(self) -> Path:
+        return self.home.expanduser()
+
+    def resolved_jwt_secret(self) -> str:
+        """The signing secret: configured, else generated once and kept (mode 0600) in LILY_HOME."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        path = self.resolved_home() / "jwt_secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(48))
+        return path.read_text().strip()

@@ -1,0 +1,141 @@
+"""Assets: what a client may send, what Lily answers, and how a change becomes a new version."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+QualifiedName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
+AssetType = Annotated[
+    str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z][a-z0-9_]{0,63}$")
+]
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+
+# Fields a client may set; qualified_name is the identity (and the event log's subject), never changed.
+MUTABLE_FIELDS = ("type", "name", "description", "owners", "tags", "attributes")
+_DEFAULTS: dict[str, Any] = {"description": None, "owners": [], "tags": [], "attributes": {}}
+
+
+def _unique(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+class AssetFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)] | None = None
+    description: Annotated[str, StringConstraints(max_length=65536)] | None = None
+    owners: list[Label] = Field(default_factory=list, max_length=256)
+    tags: list[Label] = Field(default_factory=list, max_length=256)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    _dedupe = field_validator("owners", "tags")(_unique)
+
+
+class AssetIn(AssetFields):
+    """``POST /metadata``: create, or update the asset with the same qualified name."""
+
+    qualified_name: QualifiedName
+    type: AssetType
+
+
+class AssetReplace(AssetFields):
+    """``PUT /metadata/{id}``: replaces every mutable field; omitted ones return to their defaults."""
+
+    type: AssetType
+
+
+class Asset(BaseModel):
+    asset_id: UUID
+    qualified_name: str
+    type: str
+    name: str
+    description: str | None
+    owners: list[str]
+    tags: list[str]
+    attributes: dict[str, Any]
+    placeholder: bool = False
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+
+class AssetVersion(BaseModel):
+    version: int
+    action: str
+    changes: dict[str, Any]
+    snapshot: dict[str, Any]
+    actor: str
+    request_id: str | None
+    event_id: UUID | None
+    origin: dict[str, Any] | None = None
+    changed_at: datetime
+
+
+def to_document(row: dict[str, Any]) -> dict[str, Any]:
+    """An asset row as the JSON document kept in its version history (and returned by the API)."""
+    return {
+        "asset_id": str(row["asset_id"]),
+        "qualified_name": row["qualified_name"],
+        "type": row["type"],
+        "name": row["name"],
+        "description": row["description"],
+        "owners": list(row["owners"]),
+        "tags": list(row["tags"]),
+        "attributes": row["attributes"],
+        "placeholder": row["placeholder"],
+        "version": row["version"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+        "deleted_at": row["deleted_at"].isoformat() if row["deleted_at"] else None,
+    }
+
+
+def default_name(qualified_name: str) -> str:
+    """The last segment of a qualified name: ``pg://db/public.orders`` → ``orders``."""
+    parts = [p for p in re.split(r"[/.:]", qualified_name) if p]
+    return parts[-1] if parts else qualified_name
+
+
+def merge(current: dict[str, Any] | None, payload: dict[str, Any], *, replace: bool) -> dict[str, Any]:
+    """The asset's mutable state after ``payload``.
+
+    An upsert changes only the fields the client sent; a replace resets the ones it left out.
+    """
+    keep_current = current is not None and not replace
+    state = {f: current[f] for f in MUTABLE_FIELDS} if keep_current and current else dict(_DEFAULTS)
+    state.update({k: v for k, v in payload.items() if k in MUTABLE_FIELDS})
+    if not state.get("name"):
+        qualified_name = payload.get("qualified_name") or (current or {}).get("qualified_name", "")
+        state["name"] = default_name(qualified_name)
+    return state
+
+
+def diff(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]:
+    """``{field: {"from": old, "to": new}}`` for each mutable field that differs."""
+    if before is None:
+        return {f: {"from": None, "to": after[f]} for f in MUTABLE_FIELDS}
+    return {
+        f: {"from": before[f], "to": after[f]} for f in MUTABLE_FIELDS if before.get(f) != after.get(f)
+    }
+
+
+def etag(asset_id: UUID | str, version: int) -> str:
+    return f'"{asset_id}:{version}"'
+
+
+def parse_if_match(value: str, asset_id: UUID | str) -> int:
+    """The version named by an ``If-Match`` header; ``*`` means any (returns 0)."""
+    value = value.strip()
+    if value == "*":
+        return 0
+    value = value.removeprefix("W/").strip('"')
+    prefix = f"{asset_id}:"
+    if not value.startswith(prefix) or not value[len(prefix) :].isdigit():
+        return -1  # an ETag of another asset, or garbage: matches no version
+    return int(value[len(prefix) :])

@@ -1,0 +1,77 @@
+"""Domain errors. The API maps each to an RFC 9457 problem; the pipeline records it on the event.
+
+    LilyError
+     ├── NotFound              404  unknown id, or another tenant's (indistinguishable by design)
+     ├── Conflict              409  e.g. an idempotency key reused with another body
+     ├── PreconditionFailed    412  If-Match names a version that is no longer current
+     ├── Invalid               422  input that parsed but breaks a rule; names the field
+     ├── Unauthorized          401
+     ├── Forbidden             403
+     └── PayloadTooLarge       413
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LilyError(Exception):
+    status = 500
+    type_slug = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    def to_problem(self) -> dict[str, Any]:
+        return {
+            "type": f"https://lily.dev/problems/{self.type_slug}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+
+
+class NotFound(LilyError):
+    status, type_slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(LilyError):
+    status, type_slug, title = 409, "conflict", "Conflict"
+
+
+class PreconditionFailed(LilyError):
+    status, type_slug, title = 412, "precondition-failed", "Precondition failed"
+
+
+class Invalid(LilyError):
+    status, type_slug, title = 422, "validation", "Invalid request"
+
+    def __init__(self, detail: str, *, field: str | None = None, **extra: Any) -> None:
+        errors = extra.pop("errors", None) or ([{"field": field, "message": detail}] if field else [])
+        super().__init__(detail, errors=errors, **extra)
+
+
+class Unauthorized(LilyError):
+    status, type_slug, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(LilyError):
+    status, type_slug, title = 403, "forbidden", "Forbidden"
+
+
+class PayloadTooLarge(LilyError):
+    status, type_slug, title = 413, "payload-too-large", "Payload too large"
+
+
+def problem_from_result(error: dict[str, Any]) -> LilyError:
+    """Rebuild the error a pipeline stage recorded on an event (see ``LilyError.to_problem``)."""
+    by_status = {cls.status: cls for cls in (NotFound, Conflict, PreconditionFailed, Invalid)}
+    cls = by_status.get(int(error.get("status", 500)), LilyError)
+    extra = {k: v for k, v in error.items() if k not in {"type", "title", "status", "detail"}}
+    err = cls.__new__(cls)
+    LilyError.__init__(err, str(error.get("detail", "")), **extra)
+    return err

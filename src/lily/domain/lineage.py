@@ -1,0 +1,330 @@
+"""Lineage: what a client may send, the graph Lily answers with, and its Mermaid/DOT renderings.
+
+A request names assets by ``asset_id`` or ``qualified_name``; the apply stage resolves the names
+(creating placeholders for unknown ones) and calls :func:`plan` to turn the request into the edge and
+column rows the store writes. Checks that need only the request run in the models (pydantic errors
+name the field); the self-loop check runs again after resolution, because an id and a name may be
+the same asset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Literal, Self
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from lily.domain.assets import QualifiedName
+from lily.domain.errors import Invalid
+
+Direction = Literal["upstream", "downstream", "both"]
+Step = Literal["upstream", "downstream"]
+
+# Depth 20 already spans any pipeline we have seen; deeper asks are clamped, not refused.
+MAX_DEPTH = 20
+DEFAULT_DEPTH = 3
+DEFAULT_NODE_LIMIT = 1000
+MAX_NODE_LIMIT = 10_000
+# Edges fetched per traversal, as a multiple of the node limit: a hub with 100k children must not
+# turn a 1000-node answer into a 100k-row read.
+EDGE_LIMIT_FACTOR = 4
+# One request writes at most upstreams * downstreams edges; keep that product sane.
+MAX_REFS = 1000
+MAX_EDGES_PER_REQUEST = 10_000
+
+ColumnName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
+
+
+def clamp_depth(depth: int) -> int:
+    return max(0, min(depth, MAX_DEPTH))
+
+
+def clamp_node_limit(limit: int) -> int:
+    return max(1, min(limit, MAX_NODE_LIMIT))
+
+
+# ---------------------------------------------------------------- requests: POST /metadata/lineage
+
+
+class AssetRef(BaseModel):
+    """An asset named by exactly one of its id or its qualified name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    asset_id: UUID | None = None
+    qualified_name: QualifiedName | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.asset_id is None) == (self.qualified_name is None):
+            raise ValueError("give exactly one of asset_id or qualified_name")
+        return self
+
+    def __str__(self) -> str:
+        return str(self.asset_id) if self.asset_id is not None else f"qualified_name={self.qualified_name}"
+
+
+class UpstreamColumn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    asset: AssetRef
+    column: ColumnName
+
+
+class ColumnMapping(BaseModel):
+    """One downstream column and the upstream columns it is computed from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: ColumnName
+    # May be left out when the request has exactly one downstream asset.
+    asset: AssetRef | None = None
+    upstreams: list[UpstreamColumn] = Field(min_length=1, max_length=MAX_REFS)
+    transformation: Annotated[str, StringConstraints(max_length=65536)] | None = None
+
+
+class LineageIn(BaseModel):
+    """``POST /metadata/lineage``: every upstream feeds every downstream, optionally through a process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upstreams: list[AssetRef] = Field(min_length=1, max_length=MAX_REFS)
+    downstreams: list[AssetRef] = Field(min_length=1, max_length=MAX_REFS)
+    process: AssetRef | None = None
+    column_mappings: list[ColumnMapping] = Field(default_factory=list, max_length=MAX_EDGES_PER_REQUEST)
+
+    @field_validator("upstreams", "downstreams")
+    @classmethod
+    def _dedupe(cls, refs: list[AssetRef]) -> list[AssetRef]:
+        return list(dict.fromkeys(refs))
+
+    # Declared after upstreams, so a failure here is reported on ``downstreams``.
+    @field_validator("downstreams")
+    @classmethod
+    def _no_self_loop(cls, downstreams: list[AssetRef], info: ValidationInfo) -> list[AssetRef]:
+        loops = set(downstreams) & set(info.data.get("upstreams", ()))
+        if loops:
+            raise ValueError(f"an asset cannot be its own upstream: {', '.join(sorted(map(str, loops)))}")
+        product = len(downstreams) * len(info.data.get("upstreams", ()))
+        if product > MAX_EDGES_PER_REQUEST:
+            raise ValueError(f"{product} edges in one request; at most {MAX_EDGES_PER_REQUEST}")
+        return downstreams
+
+    @field_validator("process")
+    @classmethod
+    def _process_not_endpoint(cls, process: AssetRef | None, info: ValidationInfo) -> AssetRef | None:
+        ends = {*info.data.get("upstreams", ()), *info.data.get("downstreams", ())}
+        if process is not None and process in ends:
+            raise ValueError("the process cannot also be an upstream or downstream asset")
+        return process
+
+    @field_validator("column_mappings")
+    @classmethod
+    def _mappings_use_listed_assets(
+        cls, mappings: list[ColumnMapping], info: ValidationInfo
+    ) -> list[ColumnMapping]:
+        if "upstreams" not in info.data or "downstreams" not in info.data:
+            return mappings  # already reported on those fields
+        ups, downs = set(info.data["upstreams"]), info.data["downstreams"]
+        for i, mapping in enumerate(mappings):
+            if mapping.asset is None and len(downs) != 1:
+                raise ValueError(f"[{i}].asset is required when there is more than one downstream")
+            if mapping.asset is not None and mapping.asset not in downs:
+                raise ValueError(f"[{i}].asset {mapping.asset} is not among the downstreams")
+            for j, up in enumerate(mapping.upstreams):
+                if up.asset not in ups:
+                    raise ValueError(f"[{i}].upstreams[{j}].asset {up.asset} is not among the upstreams")
+        return mappings
+
+    def refs(self) -> list[AssetRef]:
+        """Every asset the request names, each once: what the apply stage must resolve."""
+        named = [*self.upstreams, *self.downstreams, *([self.process] if self.process else [])]
+        return list(dict.fromkeys(named))
+
+
+# ---------------------------------------------------------------- what the store writes
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSpec:
+    upstream_id: UUID
+    downstream_id: UUID
+    process_id: UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    """A column mapping on the edge ``(upstream_id, downstream_id, process_id)``."""
+
+    upstream_id: UUID
+    downstream_id: UUID
+    process_id: UUID | None
+    downstream_column: str
+    upstream_column: str
+    transformation: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LineagePlan:
+    edges: list[EdgeSpec]
+    columns: list[ColumnSpec]
+
+
+def plan(request: LineageIn, resolve: Callable[[AssetRef], UUID]) -> LineagePlan:
+    """The rows ``request`` stands for, once ``resolve`` has mapped each reference to an asset id.
+
+    Raises :class:`Invalid` for a self-loop that only shows after resolution (an id and a name of
+    the same asset on both sides).
+    """
+    ups = [resolve(r) for r in request.upstreams]
+    downs = [resolve(r) for r in request.downstreams]
+    process = resolve(request.process) if request.process else None
+    loops = set(ups) & set(downs)
+    if loops:
+        loop = sorted(map(str, loops))[0]
+        raise Invalid(f"an asset cannot be its own upstream: {loop}", field="downstreams")
+    if process is not None and process in {*ups, *downs}:
+        raise Invalid("the process cannot also be an upstream or downstream asset", field="process")
+    edges = list(dict.fromkeys(EdgeSpec(u, d, process) for u in ups for d in downs))
+    columns = [
+        ColumnSpec(
+            resolve(up.asset), resolve(m.asset) if m.asset else downs[0], process,
+            m.column, up.column, m.transformation,
+        )
+        for m in request.column_mappings
+        for up in m.upstreams
+    ]
+    return LineagePlan(edges, list(dict.fromkeys(columns)))
+
+
+# ---------------------------------------------------------------- answers: the graph and impact
+
+
+class LineageNode(BaseModel):
+    asset_id: UUID
+    qualified_name: str
+    type: str
+    name: str
+    placeholder: bool
+    deleted: bool = False
+    depth: int  # hops from the asset the traversal started at
+
+
+class ColumnEdge(BaseModel):
+    downstream_column: str
+    upstream_column: str
+    transformation: str | None = None
+
+
+class LineageEdge(BaseModel):
+    edge_id: UUID
+    upstream_id: UUID
+    downstream_id: UUID
+    process_id: UUID | None = None
+    process_qualified_name: str | None = None
+    columns: list[ColumnEdge] | None = None  # None: not asked for; []: asked, there are none
+
+
+class LineageGraph(BaseModel):
+    root: UUID
+    direction: Direction
+    depth: int  # the depth asked for, after clamping to MAX_DEPTH
+    depth_reached: int  # the farthest node's distance
+    node_limit: int
+    truncated: bool  # the node (or edge) limit cut the answer short
+    nodes: list[LineageNode]
+    edges: list[LineageEdge]
+
+
+class PathStep(BaseModel):
+    asset_id: UUID
+    qualified_name: str
+
+
+class ImpactedAsset(BaseModel):
+    asset_id: UUID
+    qualified_name: str
+    type: str
+    name: str
+    placeholder: bool
+    deleted: bool = False
+    distance: int
+    path: list[PathStep]  # one shortest path, from the analysed asset to this one, both included
+
+
+class ImpactReport(BaseModel):
+    root: UUID
+    max_depth: int
+    truncated: bool
+    assets: list[ImpactedAsset]
+
+
+# ---------------------------------------------------------------- renderers
+
+
+def _mermaid_label(text: str) -> str:
+    # Inside a quoted Mermaid label only these characters mean something; entity codes are the
+    # documented escape. Line breaks would end the statement.
+    out = []
+    for ch in text:
+        if ch in '"#<>&`|':
+            out.append(f"#{ord(ch)};")
+        elif ch < " " or ch == "\x7f":
+            out.append(" ")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _dot_string(text: str) -> str:
+    # DOT escString: backslash sequences (\N, \G, \l) are live in labels, so escape the backslash too.
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + "".join(" " if ch < " " or ch == "\x7f" else ch for ch in escaped) + '"'
+
+
+def _node_ids(graph: LineageGraph) -> dict[UUID, str]:
+    # Short positional ids: asset ids start with digits and carry hyphens, which Mermaid misreads.
+    return {node.asset_id: f"n{i}" for i, node in enumerate(graph.nodes)}
+
+
+def _drawable(graph: LineageGraph, ids: dict[UUID, str]) -> Iterable[LineageEdge]:
+    return (e for e in graph.edges if e.upstream_id in ids and e.downstream_id in ids)
+
+
+def to_mermaid(graph: LineageGraph) -> str:
+    """A Mermaid flowchart; paste it into any Mermaid renderer. Placeholders are drawn dashed."""
+    ids = _node_ids(graph)
+    lines = ["flowchart LR"]
+    lines += [f'    {ids[n.asset_id]}["{_mermaid_label(n.qualified_name)}"]' for n in graph.nodes]
+    for e in _drawable(graph, ids):
+        label = f'|"{_mermaid_label(e.process_qualified_name)}"|' if e.process_qualified_name else ""
+        lines.append(f"    {ids[e.upstream_id]} -->{label} {ids[e.downstream_id]}")
+    placeholders = [ids[n.asset_id] for n in graph.nodes if n.placeholder]
+    if placeholders:
+        lines.append("    classDef placeholder stroke-dasharray: 5 5")
+        lines.append(f"    class {','.join(placeholders)} placeholder")
+    return "\n".join(lines) + "\n"
+
+
+def to_dot(graph: LineageGraph) -> str:
+    """A Graphviz digraph; render with ``dot -Tsvg``. Placeholders are drawn dashed."""
+    ids = _node_ids(graph)
+    lines = ["digraph lineage {", "    rankdir=LR;", "    node [shape=box];"]
+    for n in graph.nodes:
+        style = ", style=dashed" if n.placeholder else ""
+        lines.append(f"    {ids[n.asset_id]} [label={_dot_string(n.qualified_name)}{style}];")
+    for e in _drawable(graph, ids):
+        label = f" [label={_dot_string(e.process_qualified_name)}]" if e.process_qualified_name else ""
+        lines.append(f"    {ids[e.upstream_id]} -> {ids[e.downstream_id]}{label};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,47 @@
+"""Starting workers: as tasks in the API process (``lily serve``) or alone (``lily worker``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from lily.config import Settings
+from lily.pipeline.apply import handlers
+from lily.pipeline.hooks import load_hooks
+from lily.pipeline.stages import Pipeline
+from lily.pipeline.worker import Worker
+from lily.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+def build_pipeline(settings: Settings) -> Pipeline:
+    return Pipeline(handlers=handlers(), hooks=load_hooks(settings.hooks))
+
+
+def start_workers(db: Database, settings: Settings, stop: asyncio.Event, *, count: int) -> list[asyncio.Task[None]]:
+    pipeline = build_pipeline(settings)
+    return [
+        asyncio.create_task(
+            Worker(db, settings, pipeline, name=f"worker-{os.getpid()}-{i}").run(stop), name=f"lily-worker-{i}"
+        )
+        for i in range(count)
+    ]
+
+
+async def run_standalone(database_url: str, settings: Settings, *, concurrency: int) -> None:
+    """``lily worker``: consume until SIGTERM/SIGINT, then finish the batch in hand and exit."""
+    db = Database(database_url, min_size=1, max_size=max(2, concurrency + 1))
+    await db.open()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = start_workers(db, settings, stop, count=concurrency)
+    log.info("worker %s consuming %s partitions", os.getpid(), settings.partitions)
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await db.close()

@@ -1,0 +1,156 @@
+"""Assets, their versions and their audit trail in SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from lily.store.audit import write_audit
+from lily.store.db import Conn, insert_rows
+
+ASSET_COLUMNS = (
+    "asset_id, qualified_name, type, name, description, owners, tags, attributes, placeholder, version,"
+    " created_at, updated_at, deleted_at"
+)
+
+
+async def current_by_names(conn: Conn, tenant_id: str, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Current rows (deleted ones too) for these qualified names, keyed by name."""
+    cur = await conn.execute(
+        f"SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = %s AND qualified_name = ANY(%s)",
+        [tenant_id, list(names)],
+    )
+    return {row["qualified_name"]: row for row in await cur.fetchall()}
+
+
+async def get(conn: Conn, tenant_id: str, asset_id: UUID, *, include_deleted: bool = False) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        f"SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = %s AND asset_id = %s"
+        + ("" if include_deleted else " AND deleted_at IS NULL"),
+        [tenant_id, asset_id],
+    )
+    return await cur.fetchone()
+
+
+async def ids_by_names(conn: Conn, tenant_id: str, names: Sequence[str]) -> dict[str, UUID]:
+    cur = await conn.execute(
+        "SELECT qualified_name, asset_id FROM assets WHERE tenant_id = %s AND qualified_name = ANY(%s)"
+        " AND deleted_at IS NULL",
+        [tenant_id, list(names)],
+    )
+    return {row["qualified_name"]: row["asset_id"] for row in await cur.fetchall()}
+
+
+async def write(
+    conn: Conn,
+    tenant_id: str,
+    assets: list[dict[str, Any]],
+    versions: list[dict[str, Any]],
+    audits: list[dict[str, Any]],
+) -> None:
+    """Write a batch of changes as sets: the assets' new state, one version row and one audit row each."""
+    if assets:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, description, owners,"
+                " tags, attributes, placeholder, version, created_at, updated_at, deleted_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (tenant_id, qualified_name) DO UPDATE SET type = EXCLUDED.type,"
+                " name = EXCLUDED.name, description = EXCLUDED.description, owners = EXCLUDED.owners,"
+                " tags = EXCLUDED.tags, attributes = EXCLUDED.attributes,"
+                " placeholder = EXCLUDED.placeholder, version = EXCLUDED.version,"
+                " updated_at = EXCLUDED.updated_at, deleted_at = EXCLUDED.deleted_at",
+                [
+                    (
+                        tenant_id, a["asset_id"], a["qualified_name"], a["type"], a["name"],
+                        a["description"], a["owners"], a["tags"], Jsonb(a["attributes"]),
+                        a["placeholder"], a["version"], a["created_at"], a["updated_at"], a["deleted_at"],
+                    )
+                    for a in assets
+                ],
+            )
+    await insert_rows(
+        conn, "asset_versions",
+        ("tenant_id", "asset_id", "version", "action", "snapshot", "changes", "actor", "event_id", "request_id",
+         "origin", "changed_at"),
+        ("text", "uuid", "int4", "text", "jsonb", "jsonb", "text", "uuid", "text", "jsonb", "timestamptz"),
+        [(tenant_id, v["asset_id"], v["version"], v["action"], v["snapshot"], v["changes"], v["actor"],
+          v["event_id"], v["request_id"], v.get("origin"), v["changed_at"]) for v in versions],
+    )
+    if audits:
+        await write_audit(conn, tenant_id, audits)
+
+
+async def version_snapshot(conn: Conn, tenant_id: str, asset_id: UUID, version: int) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        "SELECT snapshot FROM asset_versions WHERE tenant_id = %s AND asset_id = %s AND version = %s",
+        [tenant_id, asset_id, version],
+    )
+    row = await cur.fetchone()
+    return None if row is None else row["snapshot"]
+
+
+async def history(
+    conn: Conn, tenant_id: str, asset_id: UUID, *, before_version: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """Versions newest first, ``limit`` of them, older than ``before_version`` when given."""
+    cur = await conn.execute(
+        "SELECT version, action, changes, snapshot, actor, request_id, event_id, origin, changed_at"
+        " FROM asset_versions WHERE tenant_id = %s AND asset_id = %s AND version < %s"
+        " ORDER BY version DESC LIMIT %s",
+        [tenant_id, asset_id, before_version or 2**31 - 1, limit],
+    )
+    return await cur.fetchall()
+
+
+async def exists_ever(conn: Conn, tenant_id: str, asset_id: UUID) -> bool:
+    cur = await conn.execute(
+        "SELECT 1 FROM assets WHERE tenant_id = %s AND asset_id = %s", [tenant_id, asset_id]
+    )
+    return await cur.fetchone() is not None
+
+
+async def search(
+    conn: Conn,
+    tenant_id: str,
+    *,
+    q: str | None,
+    qualified_name: str | None,
+    types: Sequence[str],
+    tags: Sequence[str],
+    after: tuple[float, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Live assets matching every filter given. With ``q``, ranked by relevance; else by asset id.
+
+    The cursor is (rank, asset_id) of the last row seen, so pages are stable under equal ranks.
+    """
+    where = ["tenant_id = %(tenant)s", "deleted_at IS NULL"]
+    params: dict[str, Any] = {"tenant": tenant_id, "limit": limit}
+    if qualified_name is not None:
+        where.append("qualified_name = %(qn)s")
+        params["qn"] = qualified_name
+    if types:
+        where.append("type = ANY(%(types)s)")
+        params["types"] = list(types)
+    if tags:
+        where.append("tags @> %(tags)s")
+        params["tags"] = list(tags)
+    if q:
+        where.append("search @@ websearch_to_tsquery('simple', %(q)s)")
+        params["q"] = q
+        rank = "ts_rank_cd(search, websearch_to_tsquery('simple', %(q)s))::float8"
+    else:
+        rank = "0::float8"
+    if after is not None:
+        where.append(f"({rank}, asset_id::text) < (%(after_rank)s, %(after_id)s)")
+        params["after_rank"], params["after_id"] = after
+    cur = await conn.execute(
+        f"SELECT {ASSET_COLUMNS}, {rank} AS rank FROM assets WHERE {' AND '.join(where)}"
+        f" ORDER BY rank DESC, asset_id::text DESC LIMIT %(limit)s",
+        params,
+    )
+    return await cur.fetchall()

@@ -1,0 +1,115 @@
+"""Connection handling: one pool per process, transactions scoped to a tenant.
+
+Connections log in as whatever role the URL names (it owns the schema and runs migrations) and then
+``SET ROLE lily_app``: a role that owns no table and cannot bypass row-level security. Every tenant
+transaction sets ``lily.tenant_id`` with ``set_config(..., true)`` so it lasts exactly one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
+from psycopg_pool import AsyncConnectionPool
+
+APP_ROLE = "lily_app"
+PIPELINE_ROLE = "lily_pipeline"
+
+Conn = psycopg.AsyncConnection[dict[str, Any]]
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+set_json_dumps(_dumps)
+set_json_loads(orjson.loads)
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.set_autocommit(True)
+    await conn.execute(f"SET ROLE {APP_ROLE}")
+
+
+class Database:
+    """The process's connection pool and its transaction scopes."""
+
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16) -> None:
+        self.url = url
+        self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            configure=_configure,
+            kwargs={"row_factory": dict_row},
+            name="lily",
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def tenant(self, tenant_id: str) -> AsyncIterator[Conn]:
+        """A transaction that sees only ``tenant_id``'s rows (enforced by RLS, not only by our WHEREs)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT set_config('lily.tenant_id', %s, true)", [tenant_id])
+            yield conn
+
+    @asynccontextmanager
+    async def system(self) -> AsyncIterator[Conn]:
+        """A transaction with no tenant: it sees the log's bookkeeping tables and no tenant rows."""
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        """A pooled connection outside any transaction, for callers that manage several in a row."""
+        async with self.pool.connection() as conn:
+            yield conn
+
+
+async def set_tenant(conn: Conn, tenant_id: str) -> None:
+    """Switch the current transaction to another tenant (the pipeline applies several per transaction)."""
+    await conn.execute("SELECT set_config('lily.tenant_id', %s, true)", [tenant_id])
+
+
+async def as_pipeline(conn: Conn) -> None:
+    await conn.execute(f"SET LOCAL ROLE {PIPELINE_ROLE}")
+
+
+async def as_app(conn: Conn) -> None:
+    await conn.execute(f"SET LOCAL ROLE {APP_ROLE}")
+
+
+async def owner_connection(url: str) -> psycopg.AsyncConnection[dict[str, Any]]:
+    """A connection as the login role (schema owner), for migrations and admin bootstrap only."""
+    return await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=dict_row)
+
+
+async def insert_rows(
+    conn: Conn, table: str, columns: Sequence[str], types: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Insert many rows with one statement, passing each column as an array.
+
+    COPY would be faster but PostgreSQL refuses COPY FROM into tables with row-level security, and
+    every tenant table has it; ``INSERT … SELECT FROM unnest(…)`` is the next best, a single round trip.
+    """
+    if not rows:
+        return
+    arrays: list[list[Any]] = [[] for _ in columns]
+    for row in rows:
+        for i, value in enumerate(row):
+            arrays[i].append(Jsonb(value) if types[i] == "jsonb" and value is not None else value)
+    casts = ", ".join(f"%s::{t}[]" for t in types)
+    await conn.execute(
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({casts})", arrays
+    )

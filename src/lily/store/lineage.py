@@ -1,0 +1,419 @@
+"""Lineage in SQL: writing edges and column mappings, and walking the graph.
+
+Walks are breadth-first and driven from here: one index-only query per level (``= ANY(frontier)``
+against the index for that direction) with the visited set kept in Python. A recursive CTE cannot
+keep a visited set, so on a DAG with many paths it re-expands every node once per distinct depth it
+is reached at; bench/lineage.py measures both, and the level walk won at every depth (figures in
+that script's output). Cycles end because a node is expanded once per direction.
+
+Every statement names ``tenant_id`` itself, on top of row-level security, and the connection is the
+caller's: nothing here commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from lily.domain.errors import Invalid, NotFound
+from lily.domain.lineage import (
+    DEFAULT_DEPTH,
+    DEFAULT_NODE_LIMIT,
+    EDGE_LIMIT_FACTOR,
+    MAX_DEPTH,
+    MAX_NODE_LIMIT,
+    ColumnEdge,
+    ColumnSpec,
+    Direction,
+    EdgeSpec,
+    ImpactedAsset,
+    ImpactReport,
+    LineageEdge,
+    LineageGraph,
+    LineageNode,
+    PathStep,
+    Step,
+    clamp_depth,
+    clamp_node_limit,
+)
+from lily.store.db import Conn
+
+log = logging.getLogger(__name__)
+
+_EDGE_COLUMNS = "edge_id, upstream_id, downstream_id, process_id"
+
+# One BFS level. No ORDER BY: the index returns rows in key order already, and the LIMIT (edge budget
+# + 1) is what keeps a hub's fan-out from being read in full.
+_STEP: dict[Step, str] = {
+    "downstream": f"SELECT {_EDGE_COLUMNS} FROM lineage_edges"
+    " WHERE tenant_id = %s AND upstream_id = ANY(%s::uuid[]) LIMIT %s",
+    "upstream": f"SELECT {_EDGE_COLUMNS} FROM lineage_edges"
+    " WHERE tenant_id = %s AND downstream_id = ANY(%s::uuid[]) LIMIT %s",
+}
+
+_NODES = (
+    "SELECT asset_id, qualified_name, type, name, placeholder, deleted_at IS NOT NULL"
+    " FROM assets WHERE tenant_id = %s AND asset_id = ANY(%s::uuid[])"
+)
+
+_COLUMNS = (
+    "SELECT edge_id, downstream_column, upstream_column, transformation FROM column_lineage"
+    " WHERE tenant_id = %s AND edge_id = ANY(%s::uuid[])"
+    " ORDER BY edge_id, downstream_column, upstream_column"
+)
+
+_IDENTITY = (
+    "(tenant_id, upstream_id, downstream_id,"
+    " (COALESCE(process_id, '00000000-0000-0000-0000-000000000000'::uuid)))"
+)
+
+# Inserts the new edges and, in the same statement, reads the ones that already existed (the SELECT
+# sees the snapshot from before the INSERT, so each edge is reported once).
+_UPSERT_EDGES = f"""
+WITH wanted AS (
+    SELECT DISTINCT u, d, p FROM unnest(%(ups)s::uuid[], %(downs)s::uuid[], %(procs)s::uuid[]) AS w(u, d, p)
+), inserted AS (
+    INSERT INTO lineage_edges (tenant_id, upstream_id, downstream_id, process_id)
+    SELECT %(tenant)s, u, d, p FROM wanted
+    ON CONFLICT {_IDENTITY} DO NOTHING
+    RETURNING {_EDGE_COLUMNS}
+)
+SELECT {_EDGE_COLUMNS}, true FROM inserted
+UNION ALL
+SELECT e.edge_id, e.upstream_id, e.downstream_id, e.process_id, false
+FROM wanted w JOIN lineage_edges e
+  ON e.tenant_id = %(tenant)s AND e.upstream_id = w.u AND e.downstream_id = w.d
+ AND e.process_id IS NOT DISTINCT FROM w.p
+"""
+
+_DELETE_EDGES: dict[Direction, str] = {
+    "downstream": "DELETE FROM lineage_edges WHERE tenant_id = %(tenant)s AND upstream_id = %(asset)s",
+    "upstream": "DELETE FROM lineage_edges WHERE tenant_id = %(tenant)s AND downstream_id = %(asset)s",
+    # A job's lineage is the edges it carries, so "all of it" includes those.
+    "both": "DELETE FROM lineage_edges WHERE tenant_id = %(tenant)s"
+    " AND (upstream_id = %(asset)s OR downstream_id = %(asset)s OR process_id = %(asset)s)",
+}
+
+_MATCH_COLUMNS = """
+WITH given AS (
+    SELECT * FROM unnest(%(ups)s::uuid[], %(downs)s::uuid[], %(procs)s::uuid[],
+                         %(dcols)s::text[], %(ucols)s::text[], %(trans)s::text[]) AS g(u, d, p, dc, uc, t)
+)
+SELECT e.edge_id, g.dc, g.uc, g.t FROM given g JOIN lineage_edges e
+  ON e.tenant_id = %(tenant)s AND e.upstream_id = g.u AND e.downstream_id = g.d
+ AND e.process_id IS NOT DISTINCT FROM g.p
+"""
+
+_UPSERT_COLUMNS = """
+INSERT INTO column_lineage (tenant_id, edge_id, downstream_column, upstream_column, transformation)
+SELECT %(tenant)s, e, dc, uc, t FROM unnest(%(edges)s::uuid[], %(dcols)s::text[], %(ucols)s::text[],
+                                            %(trans)s::text[]) AS c(e, dc, uc, t)
+ON CONFLICT (tenant_id, edge_id, downstream_column, upstream_column)
+DO UPDATE SET transformation = EXCLUDED.transformation
+WHERE column_lineage.transformation IS DISTINCT FROM EXCLUDED.transformation
+"""
+
+# A mapping states the whole of a downstream column's inputs on that edge: older inputs go.
+_PRUNE_COLUMNS = """
+DELETE FROM column_lineage cl
+USING (SELECT DISTINCT e, dc FROM unnest(%(edges)s::uuid[], %(dcols)s::text[]) AS k(e, dc)) k
+WHERE cl.tenant_id = %(tenant)s AND cl.edge_id = k.e AND cl.downstream_column = k.dc
+  AND NOT EXISTS (
+      SELECT 1 FROM unnest(%(edges)s::uuid[], %(dcols)s::text[], %(ucols)s::text[]) AS n(e, dc, uc)
+      WHERE n.e = cl.edge_id AND n.dc = cl.downstream_column AND n.uc = cl.upstream_column)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEdge:
+    edge_id: UUID
+    upstream_id: UUID
+    downstream_id: UUID
+    process_id: UUID | None
+    created: bool = False  # True when this call inserted it
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnWrite:
+    written: int  # mappings inserted or whose transformation changed
+    removed: int  # older inputs of the same downstream columns, dropped
+
+
+# ---------------------------------------------------------------- writes
+
+
+async def upsert_edges(conn: Conn, tenant_id: str, edges: Sequence[EdgeSpec]) -> list[StoredEdge]:
+    """Insert the edges that do not exist yet, in one statement; return all of them, new ones marked."""
+    wanted = list(dict.fromkeys(edges))
+    if not wanted:
+        return []
+    for e in wanted:
+        if e.upstream_id == e.downstream_id:
+            raise Invalid(f"an asset cannot be its own upstream: {e.upstream_id}", field="downstreams")
+    params = {
+        "tenant": tenant_id,
+        "ups": [e.upstream_id for e in wanted],
+        "downs": [e.downstream_id for e in wanted],
+        "procs": [e.process_id for e in wanted],
+    }
+    try:
+        cur = await conn.cursor(row_factory=tuple_row).execute(_UPSERT_EDGES, params)
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise NotFound("lineage names an asset that does not exist") from exc
+    except psycopg.errors.CheckViolation as exc:
+        raise Invalid("an asset cannot be its own upstream or process", field="process") from exc
+    stored = [StoredEdge(*row) for row in await cur.fetchall()]
+    if len(stored) < len(wanted):
+        # A concurrent transaction inserted some of them after our snapshot was taken.
+        stored += await _existing_edges(conn, tenant_id, wanted, stored)
+    return stored
+
+
+async def _existing_edges(
+    conn: Conn, tenant_id: str, wanted: list[EdgeSpec], found: list[StoredEdge]
+) -> list[StoredEdge]:
+    have = {EdgeSpec(s.upstream_id, s.downstream_id, s.process_id) for s in found}
+    missing = [e for e in wanted if e not in have]
+    cur = await conn.cursor(row_factory=tuple_row).execute(
+        f"SELECT {_EDGE_COLUMNS} FROM lineage_edges e"
+        " JOIN unnest(%s::uuid[], %s::uuid[], %s::uuid[]) AS w(u, d, p)"
+        " ON e.upstream_id = w.u AND e.downstream_id = w.d AND e.process_id IS NOT DISTINCT FROM w.p"
+        " WHERE e.tenant_id = %s",
+        [[e.upstream_id for e in missing], [e.downstream_id for e in missing],
+         [e.process_id for e in missing], tenant_id],
+    )
+    return [StoredEdge(*row) for row in await cur.fetchall()]
+
+
+async def delete_edges(conn: Conn, tenant_id: str, asset_id: UUID, direction: Direction) -> list[StoredEdge]:
+    """Remove the asset's upstream edges, downstream edges, or both (and those it carries as a process).
+
+    Column mappings on the removed edges go with them (foreign key cascade).
+    """
+    cur = await conn.cursor(row_factory=tuple_row).execute(
+        f"{_DELETE_EDGES[direction]} RETURNING {_EDGE_COLUMNS}", {"tenant": tenant_id, "asset": asset_id}
+    )
+    return [StoredEdge(*row) for row in await cur.fetchall()]
+
+
+async def upsert_column_lineage(conn: Conn, tenant_id: str, columns: Sequence[ColumnSpec]) -> ColumnWrite:
+    """Set column mappings on existing edges (write the edges first, in the same transaction).
+
+    Each (edge, downstream column) given is replaced as a whole: inputs not listed again are removed.
+    Raises :class:`NotFound` if a mapping names an edge that does not exist.
+    """
+    specs = list(dict.fromkeys(columns))
+    if not specs:
+        return ColumnWrite(0, 0)
+    cur = await conn.cursor(row_factory=tuple_row).execute(_MATCH_COLUMNS, {
+        "tenant": tenant_id,
+        "ups": [c.upstream_id for c in specs],
+        "downs": [c.downstream_id for c in specs],
+        "procs": [c.process_id for c in specs],
+        "dcols": [c.downstream_column for c in specs],
+        "ucols": [c.upstream_column for c in specs],
+        "trans": [c.transformation for c in specs],
+    })
+    # The last transformation given for a mapping wins (ON CONFLICT may touch a row only once).
+    matched = {(edge, dc, uc): t for edge, dc, uc, t in await cur.fetchall()}
+    if len({(c.upstream_id, c.downstream_id, c.process_id) for c in specs}) > len({k[0] for k in matched}):
+        raise NotFound("a column mapping names lineage that does not exist")
+    keys = list(matched)
+    params = {
+        "tenant": tenant_id,
+        "edges": [k[0] for k in keys],
+        "dcols": [k[1] for k in keys],
+        "ucols": [k[2] for k in keys],
+        "trans": [matched[k] for k in keys],
+    }
+    written = (await conn.execute(_UPSERT_COLUMNS, params)).rowcount
+    removed = (await conn.execute(_PRUNE_COLUMNS, params)).rowcount
+    return ColumnWrite(written, removed)
+
+
+# ---------------------------------------------------------------- walks
+
+
+@dataclass(slots=True)
+class _Walk:
+    """Who a breadth-first walk reached, how far away, through which node, and the edges it read."""
+
+    distance: dict[UUID, int]
+    parent: dict[UUID, UUID] = field(default_factory=dict)
+    edges: dict[UUID, tuple[UUID, UUID, UUID | None]] = field(default_factory=dict)
+    fetched: int = 0
+    truncated: bool = False
+
+
+async def _walk(
+    conn: Conn,
+    tenant_id: str,
+    roots: Sequence[UUID],
+    steps: Sequence[Step],
+    depth: int,
+    node_limit: int,
+) -> _Walk:
+    """Walk ``steps`` directions from ``roots`` up to ``depth`` levels, keeping at most ``node_limit``
+    nodes (roots included) and reading at most ``node_limit * EDGE_LIMIT_FACTOR`` edges.
+
+    With two directions, levels alternate between them, so a truncated answer still shows both sides
+    near the root. Each direction has its own visited set: in a cycle a node can be both upstream and
+    downstream, and must then be expanded both ways.
+    """
+    walk = _Walk(distance=dict.fromkeys(roots, 0))
+    edge_limit = node_limit * EDGE_LIMIT_FACTOR
+    seen = {step: set(roots) for step in steps}
+    frontier = {step: list(roots) for step in steps}
+    cur = conn.cursor(row_factory=tuple_row)
+    for level in range(1, depth + 1):
+        for step in steps:
+            if not frontier[step]:
+                continue
+            budget = edge_limit - walk.fetched
+            rows: list[tuple[Any, ...]] = await (
+                await cur.execute(_STEP[step], [tenant_id, frontier[step], budget + 1])
+            ).fetchall()
+            if len(rows) > budget:
+                walk.truncated = True
+                del rows[budget:]
+            walk.fetched += len(rows)
+            frontier[step] = _advance(walk, rows, step, level, seen[step], node_limit)
+        if walk.truncated or not any(frontier.values()):
+            break
+    return walk
+
+
+def _advance(
+    walk: _Walk, rows: list[tuple[Any, ...]], step: Step, level: int, seen: set[UUID], node_limit: int
+) -> list[UUID]:
+    """Take in one level's edges; return the next frontier."""
+    downstream = step == "downstream"
+    distance, parent, edges = walk.distance, walk.parent, walk.edges
+    nxt = []
+    for edge_id, up, down, proc in rows:
+        near, far = (up, down) if downstream else (down, up)
+        if far not in seen:
+            if far not in distance:
+                if len(distance) >= node_limit:
+                    walk.truncated = True
+                    continue  # neither the node nor the edge to it
+                distance[far] = level
+                parent[far] = near
+            seen.add(far)
+            nxt.append(far)
+        edges[edge_id] = (up, down, proc)
+    return nxt
+
+
+def _steps(direction: Direction) -> tuple[Step, ...]:
+    return ("upstream", "downstream") if direction == "both" else (direction,)
+
+
+async def _node_rows(conn: Conn, tenant_id: str, ids: Sequence[UUID]) -> dict[UUID, tuple[Any, ...]]:
+    cur = await conn.cursor(row_factory=tuple_row).execute(_NODES, [tenant_id, list(ids)])
+    return {row[0]: row for row in await cur.fetchall()}
+
+
+async def traverse(
+    conn: Conn,
+    tenant_id: str,
+    asset_id: UUID,
+    direction: Direction = "both",
+    depth: int = DEFAULT_DEPTH,
+    node_limit: int = DEFAULT_NODE_LIMIT,
+    with_columns: bool = False,
+) -> LineageGraph:
+    """The lineage graph around ``asset_id``: nodes within ``depth`` hops (clamped to MAX_DEPTH), at
+    most ``node_limit`` of them (clamped to MAX_NODE_LIMIT), and the edges between them.
+
+    Raises :class:`NotFound` when the asset is not the tenant's.
+    """
+    depth, node_limit = clamp_depth(depth), clamp_node_limit(node_limit)
+    walk = await _walk(conn, tenant_id, [asset_id], _steps(direction), depth, node_limit)
+    processes = {p for _, _, p in walk.edges.values() if p is not None}
+    rows = await _node_rows(conn, tenant_id, [*walk.distance, *processes])
+    if asset_id not in rows:
+        raise NotFound(f"asset {asset_id} not found")
+    nodes = [
+        LineageNode(
+            asset_id=a, qualified_name=qn, type=t, name=n, placeholder=ph, deleted=dl, depth=walk.distance[a]
+        )
+        for a, qn, t, n, ph, dl in (rows[a] for a in walk.distance if a in rows)
+    ]
+    nodes.sort(key=lambda n: (n.depth, n.qualified_name))
+    columns = await _columns(conn, tenant_id, list(walk.edges)) if with_columns else None
+    # An asset purged between the walk and the node query takes its edges out of the answer too.
+    drawn = {a: r for a, r in walk.edges.items() if r[0] in rows and r[1] in rows}
+    edges = [
+        LineageEdge(
+            edge_id=edge_id, upstream_id=up, downstream_id=down, process_id=proc,
+            process_qualified_name=rows[proc][1] if proc in rows else None,
+            columns=columns.get(edge_id, []) if columns is not None else None,
+        )
+        for edge_id, (up, down, proc) in drawn.items()
+    ]
+    edges.sort(key=lambda e: (
+        rows[e.upstream_id][1], rows[e.downstream_id][1], e.process_qualified_name or ""
+    ))
+    return LineageGraph(
+        root=asset_id, direction=direction, depth=depth, node_limit=node_limit, truncated=walk.truncated,
+        depth_reached=max(walk.distance.values()), nodes=nodes, edges=edges,
+    )
+
+
+async def _columns(conn: Conn, tenant_id: str, edge_ids: list[UUID]) -> dict[UUID, list[ColumnEdge]]:
+    out: dict[UUID, list[ColumnEdge]] = {}
+    if not edge_ids:
+        return out
+    cur = await conn.cursor(row_factory=tuple_row).execute(_COLUMNS, [tenant_id, edge_ids])
+    for edge_id, dc, uc, t in await cur.fetchall():
+        out.setdefault(edge_id, []).append(
+            ColumnEdge(downstream_column=dc, upstream_column=uc, transformation=t)
+        )
+    return out
+
+
+async def impact(
+    conn: Conn, tenant_id: str, asset_id: UUID, max_depth: int = MAX_DEPTH, limit: int = DEFAULT_NODE_LIMIT
+) -> ImpactReport:
+    """Every asset downstream of ``asset_id`` (up to ``limit`` of them), nearest first, each with its
+    distance and one shortest path from ``asset_id``. Raises :class:`NotFound` for an unknown asset."""
+    max_depth, limit = clamp_depth(max_depth), clamp_node_limit(limit)
+    walk = await _walk(conn, tenant_id, [asset_id], ("downstream",), max_depth, limit + 1)
+    rows = await _node_rows(conn, tenant_id, list(walk.distance))
+    if asset_id not in rows:
+        raise NotFound(f"asset {asset_id} not found")
+    assets = []
+    for node, dist in walk.distance.items():
+        if node == asset_id:
+            continue
+        path = [node]
+        while path[-1] != asset_id:
+            path.append(walk.parent[path[-1]])
+        _, qn, t, n, ph, dl = rows[node]
+        assets.append(ImpactedAsset(
+            asset_id=node, qualified_name=qn, type=t, name=n, placeholder=ph, deleted=dl, distance=dist,
+            path=[PathStep(asset_id=p, qualified_name=rows[p][1]) for p in reversed(path)],
+        ))
+    assets.sort(key=lambda a: (a.distance, a.qualified_name))
+    return ImpactReport(root=asset_id, max_depth=max_depth, truncated=walk.truncated, assets=assets)
+
+
+async def downstream_without_source(
+    conn: Conn, tenant_id: str, asset_ids: Sequence[UUID], depth: int, limit: int = MAX_NODE_LIMIT
+) -> list[UUID]:
+    """Assets downstream of any of ``asset_ids`` within ``depth`` hops, each once, nearest first,
+    the given assets themselves left out. Bounded so a change can never fan out without end."""
+    roots = list(dict.fromkeys(asset_ids))
+    if not roots:
+        return []
+    walk = await _walk(conn, tenant_id, roots, ("downstream",), clamp_depth(depth), limit + len(roots))
+    if walk.truncated:
+        log.warning("downstream of %d assets cut at %d (tenant %s)", len(roots), limit, tenant_id)
+    return [a for a, d in sorted(walk.distance.items(), key=lambda item: item[1]) if d > 0]

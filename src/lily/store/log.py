@@ -1,0 +1,173 @@
+"""The event log in SQL: appending, claiming a partition, reading a batch, recording outcomes.
+
+Ordering rests on one rule: an appender locks its partitions' ``log_heads`` rows (in partition order,
+so appenders never deadlock) and holds them to commit. Sequence numbers of a partition therefore become
+visible in order, and a consumer that reads ``seq > applied_seq`` can never skip a late commit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from lily.domain.events import Accepted, NewEvent, partition_of
+from lily.store.db import Conn, insert_rows
+
+LOG_CHANNEL = "lily_log"
+APPLIED_CHANNEL = "lily_applied"
+
+_EVENT_COLUMNS = (
+    "event_id", "partition", "seq", "tenant_id", "subject", "kind", "payload", "actor",
+    "request_id", "source", "bulk_job_id", "item_index",
+)
+
+
+async def append(conn: Conn, events: Sequence[NewEvent], partitions: int) -> list[Accepted]:
+    """Append ``events`` in the caller's transaction; they become visible to workers at its commit."""
+    if not events:
+        return []
+    parts = [partition_of(e.tenant_id, e.subject, partitions) for e in events]
+    counts = sorted(Counter(parts).items())
+    if len(counts) > 1:
+        await conn.execute(
+            "SELECT 1 FROM log_heads WHERE partition = ANY(%s) ORDER BY partition FOR UPDATE",
+            [[p for p, _ in counts]],
+        )
+    cur = await conn.execute(
+        "UPDATE log_heads h SET next_seq = h.next_seq + c.n"
+        " FROM unnest(%s::int[], %s::bigint[]) AS c(p, n) WHERE h.partition = c.p"
+        " RETURNING h.partition, h.next_seq - c.n AS first_seq",
+        [[p for p, _ in counts], [n for _, n in counts]],
+    )
+    next_seq = {row["partition"]: row["first_seq"] for row in await cur.fetchall()}
+    accepted = []
+    rows = []
+    for event, part in zip(events, parts, strict=True):
+        seq = next_seq[part]
+        next_seq[part] = seq + 1
+        accepted.append(Accepted(event.event_id, part, seq))
+        rows.append((
+            event.event_id, part, seq, event.tenant_id, event.subject, event.kind, event.payload,
+            event.actor, event.request_id, event.source, event.bulk_job_id, event.item_index,
+        ))
+    await _insert_events(conn, rows)
+    await conn.execute(
+        "SELECT pg_notify(%s, %s)", [LOG_CHANNEL, ",".join(str(p) for p, _ in counts)]
+    )
+    return accepted
+
+
+async def _insert_events(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
+    await insert_rows(
+        conn, "events", _EVENT_COLUMNS,
+        ("uuid", "int4", "int8", "text", "text", "text", "jsonb", "text", "text", "text", "uuid", "int4"),
+        rows,
+    )
+
+
+# -- consumer side -------------------------------------------------------------------------------
+
+
+async def partitions_with_backlog(conn: Conn) -> list[int]:
+    cur = await conn.execute(
+        "SELECT h.partition FROM log_heads h JOIN log_offsets o USING (partition)"
+        " WHERE h.next_seq - 1 > o.applied_seq AND (o.retry_at IS NULL OR o.retry_at <= now())"
+    )
+    return [row["partition"] for row in await cur.fetchall()]
+
+
+async def try_claim(conn: Conn, partition: int) -> int | None:
+    """Lock ``partition`` for this transaction; its applied offset, or None if another worker has it."""
+    cur = await conn.execute(
+        "SELECT o.applied_seq FROM log_offsets o"
+        " WHERE o.partition = %s AND pg_try_advisory_xact_lock(%s, o.partition)"
+        " AND (o.retry_at IS NULL OR o.retry_at <= now())",
+        [partition, _PARTITION_LOCK],
+    )
+    row = await cur.fetchone()
+    return None if row is None else int(row["applied_seq"])
+
+
+_PARTITION_LOCK = 0x4C4F47  # "LOG": the advisory lock namespace for partitions
+
+
+async def read_batch(conn: Conn, partition: int, after_seq: int, limit: int) -> list[dict[str, Any]]:
+    """The next events of a partition, in order. Must run under the pipeline role."""
+    cur = await conn.execute(
+        "SELECT event_id, partition, seq, tenant_id, subject, kind, payload, actor, request_id,"
+        " source, bulk_job_id, item_index, attempts, accepted_at"
+        " FROM events WHERE partition = %s AND seq > %s ORDER BY seq LIMIT %s",
+        [partition, after_seq, limit],
+    )
+    return await cur.fetchall()
+
+
+async def record_outcomes(
+    conn: Conn, event_ids: list[UUID], statuses: list[str], results: list[Any], errors: list[str | None]
+) -> None:
+    """Mark a batch's events applied or failed. Must run under the pipeline role."""
+    from psycopg.types.json import Jsonb
+
+    await conn.execute(
+        "UPDATE events e SET status = r.status, result = r.result, error = r.error,"
+        " applied_at = clock_timestamp(), attempts = e.attempts + 1"
+        " FROM unnest(%s::uuid[], %s::text[], %s::jsonb[], %s::text[]) AS r(event_id, status, result, error)"
+        " WHERE e.event_id = r.event_id",
+        [event_ids, statuses, [Jsonb(r) if r is not None else None for r in results], errors],
+    )
+
+
+async def advance(conn: Conn, partition: int, seq: int) -> None:
+    await conn.execute(
+        "UPDATE log_offsets SET applied_seq = %s, retry_at = NULL WHERE partition = %s", [seq, partition]
+    )
+    await conn.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, f"{partition}:{seq}"])
+
+
+async def record_retry(conn: Conn, event_id: UUID, partition: int, error: str, retry_at: datetime) -> None:
+    """Count a failed attempt and hold the partition until ``retry_at`` (order forbids skipping ahead)."""
+    await conn.execute(
+        "UPDATE events SET attempts = attempts + 1, error = %s WHERE event_id = %s", [error, event_id]
+    )
+    await conn.execute("UPDATE log_offsets SET retry_at = %s WHERE partition = %s", [retry_at, partition])
+
+
+async def dead_letter(conn: Conn, event_id: UUID, partition: int, seq: int, error: str) -> None:
+    await conn.execute(
+        "UPDATE events SET status = 'dead_lettered', attempts = attempts + 1, error = %s,"
+        " applied_at = clock_timestamp() WHERE event_id = %s",
+        [error, event_id],
+    )
+    await advance(conn, partition, seq)
+
+
+async def applied_offsets(conn: Conn, partitions: Sequence[int]) -> dict[int, int]:
+    cur = await conn.execute(
+        "SELECT partition, applied_seq FROM log_offsets WHERE partition = ANY(%s)", [list(partitions)]
+    )
+    return {row["partition"]: int(row["applied_seq"]) for row in await cur.fetchall()}
+
+
+async def lag(conn: Conn) -> list[dict[str, Any]]:
+    """Per partition: events accepted but not yet applied, and whether it waits on a retry."""
+    cur = await conn.execute(
+        "SELECT h.partition, h.next_seq - 1 - o.applied_seq AS lag, o.retry_at"
+        " FROM log_heads h JOIN log_offsets o USING (partition) ORDER BY h.partition"
+    )
+    return await cur.fetchall()
+
+
+# -- reading events as a tenant ------------------------------------------------------------------
+
+
+async def get_event(conn: Conn, tenant_id: str, event_id: UUID) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        "SELECT event_id, partition, seq, subject, kind, status, attempts, error, result, source,"
+        " accepted_at, applied_at, bulk_job_id, item_index"
+        " FROM events WHERE tenant_id = %s AND event_id = %s",
+        [tenant_id, event_id],
+    )
+    return await cur.fetchone()

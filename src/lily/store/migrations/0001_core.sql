@@ -1,0 +1,213 @@
+-- Lily core schema: tenants and identities, assets with full history, audit, and the event log.
+--
+-- Isolation: every table with a tenant_id column is tenant-owned. It gets FORCE ROW LEVEL SECURITY and
+-- the policy below, keyed on the transaction-local setting lily.tenant_id. The application runs as
+-- lily_app, a role that owns nothing and cannot bypass RLS; the migration runner grants it DML.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lily_app') THEN
+        CREATE ROLE lily_app NOLOGIN NOBYPASSRLS;
+    END IF;
+    -- The log consumer reads the whole event log across tenants (and nothing else across tenants).
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lily_pipeline') THEN
+        CREATE ROLE lily_pipeline NOLOGIN NOBYPASSRLS;
+    END IF;
+END
+$$;
+
+-- Attach the standard tenant policy to a table. Later migrations call this for every new tenant table.
+CREATE OR REPLACE FUNCTION lily_protect_tenant_table(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    EXECUTE format(
+        'CREATE POLICY tenant_isolation ON %s USING (tenant_id = current_setting(''lily.tenant_id'', true)) '
+        'WITH CHECK (tenant_id = current_setting(''lily.tenant_id'', true))', tbl);
+END
+$$;
+
+CREATE TABLE tenants (
+    tenant_id   text PRIMARY KEY CHECK (tenant_id ~ '^[a-z0-9][a-z0-9-]{0,62}$'),
+    name        text NOT NULL,
+    config      jsonb NOT NULL DEFAULT '{}',
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+SELECT lily_protect_tenant_table('tenants');
+
+CREATE TABLE users (
+    tenant_id      text NOT NULL REFERENCES tenants,
+    username       text NOT NULL,
+    user_id        uuid NOT NULL DEFAULT gen_random_uuid(),
+    password_hash  text NOT NULL,
+    role           text NOT NULL,
+    disabled       boolean NOT NULL DEFAULT false,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, username)
+);
+SELECT lily_protect_tenant_table('users');
+
+CREATE TABLE api_keys (
+    tenant_id    text NOT NULL REFERENCES tenants,
+    key_id       text NOT NULL,
+    name         text NOT NULL,
+    key_hash     text NOT NULL,           -- sha256 of the secret part; keys are random, so no slow hash
+    role         text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    revoked_at   timestamptz,
+    PRIMARY KEY (tenant_id, key_id)
+);
+SELECT lily_protect_tenant_table('api_keys');
+
+CREATE TABLE revoked_tokens (
+    tenant_id   text NOT NULL REFERENCES tenants,
+    jti         text NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, jti)
+);
+SELECT lily_protect_tenant_table('revoked_tokens');
+
+CREATE TABLE connectors (
+    tenant_id     text NOT NULL REFERENCES tenants,
+    connector_id  uuid NOT NULL DEFAULT gen_random_uuid(),
+    name          text NOT NULL,
+    kind          text NOT NULL,
+    direction     text NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+    config        jsonb NOT NULL DEFAULT '{}',
+    active        boolean NOT NULL DEFAULT true,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, connector_id)
+);
+SELECT lily_protect_tenant_table('connectors');
+
+-- Current state of every asset. qualified_name is the asset's identity and the event log's subject key.
+CREATE TABLE assets (
+    tenant_id       text NOT NULL REFERENCES tenants,
+    asset_id        uuid NOT NULL,
+    qualified_name  text NOT NULL,
+    type            text NOT NULL,
+    name            text NOT NULL,
+    description     text,
+    owners          text[] NOT NULL DEFAULT '{}',
+    tags            text[] NOT NULL DEFAULT '{}',
+    attributes      jsonb NOT NULL DEFAULT '{}',
+    placeholder     boolean NOT NULL DEFAULT false,
+    version         integer NOT NULL,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    deleted_at      timestamptz,
+    search          tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('simple', coalesce(name, '')), 'A') ||
+        setweight(to_tsvector('simple', regexp_replace(qualified_name, '[^[:alnum:]]+', ' ', 'g')), 'B') ||
+        setweight(to_tsvector('simple', coalesce(description, '')), 'C')
+    ) STORED,
+    PRIMARY KEY (tenant_id, asset_id),
+    UNIQUE (tenant_id, qualified_name)
+);
+SELECT lily_protect_tenant_table('assets');
+CREATE INDEX assets_search ON assets USING gin (search);
+CREATE INDEX assets_tags ON assets USING gin (tags);
+CREATE INDEX assets_type ON assets (tenant_id, type, asset_id);
+
+-- Every version of every asset: the full snapshot, what changed, who changed it, when.
+CREATE TABLE asset_versions (
+    tenant_id    text NOT NULL,
+    asset_id     uuid NOT NULL,
+    version      integer NOT NULL,
+    action       text NOT NULL,
+    snapshot     jsonb NOT NULL,
+    changes      jsonb NOT NULL,
+    actor        text NOT NULL,
+    event_id     uuid,
+    request_id   text,
+    origin       jsonb,             -- set when the change was propagated from another asset
+    changed_at   timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, asset_id, version)
+);
+SELECT lily_protect_tenant_table('asset_versions');
+
+-- Every mutating call, asset or not.
+CREATE TABLE audit_log (
+    tenant_id       text NOT NULL,
+    audit_id        bigint GENERATED ALWAYS AS IDENTITY,
+    asset_id        uuid,
+    action          text NOT NULL,
+    actor           text NOT NULL,
+    version_before  integer,
+    version_after   integer,
+    request_id      text,
+    event_id        uuid,
+    detail          jsonb NOT NULL DEFAULT '{}',
+    at              timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, audit_id)
+);
+SELECT lily_protect_tenant_table('audit_log');
+CREATE INDEX audit_log_asset ON audit_log (tenant_id, asset_id, audit_id);
+
+-- The event log. P partitions; appenders take the partition's head row lock to number events, so a
+-- partition's sequence numbers commit in order and a consumer can never skip a late commit.
+CREATE TABLE log_heads (
+    partition  integer PRIMARY KEY,
+    next_seq   bigint NOT NULL DEFAULT 1
+);
+CREATE TABLE log_offsets (
+    partition    integer PRIMARY KEY,
+    applied_seq  bigint NOT NULL DEFAULT 0,
+    -- a failing event holds its partition until this time (retry backoff), keeping order
+    retry_at     timestamptz
+);
+
+CREATE TABLE events (
+    event_id         uuid PRIMARY KEY,
+    partition        integer NOT NULL,
+    seq              bigint NOT NULL,
+    tenant_id        text NOT NULL,
+    subject          text NOT NULL,
+    kind             text NOT NULL,
+    payload          jsonb NOT NULL,
+    actor            text NOT NULL,
+    request_id       text,
+    source           text NOT NULL DEFAULT 'api',
+    bulk_job_id      uuid,
+    item_index       integer,
+    status           text NOT NULL DEFAULT 'accepted'
+                     CHECK (status IN ('accepted', 'applied', 'failed', 'dead_lettered')),
+    attempts         integer NOT NULL DEFAULT 0,
+    error            text,
+    result           jsonb,
+    accepted_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    applied_at       timestamptz,
+    UNIQUE (partition, seq)
+);
+SELECT lily_protect_tenant_table('events');
+CREATE POLICY pipeline_reads_log ON events FOR SELECT TO lily_pipeline USING (true);
+CREATE POLICY pipeline_updates_log ON events FOR UPDATE TO lily_pipeline USING (true) WITH CHECK (true);
+-- Follow-up events (e.g. downstream propagation) of many tenants are appended by the consumer at once.
+CREATE POLICY pipeline_appends_log ON events FOR INSERT TO lily_pipeline WITH CHECK (true);
+CREATE INDEX events_bulk_job ON events (bulk_job_id, status) WHERE bulk_job_id IS NOT NULL;
+CREATE INDEX events_dead ON events (tenant_id, accepted_at) WHERE status = 'dead_lettered';
+CREATE INDEX events_subject ON events (tenant_id, subject, seq);
+
+CREATE TABLE idempotency_keys (
+    tenant_id     text NOT NULL,
+    key           text NOT NULL,
+    request_hash  text NOT NULL,
+    response      jsonb NOT NULL,     -- what the first request was answered with: an event id or a job id
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, key)
+);
+SELECT lily_protect_tenant_table('idempotency_keys');
+
+CREATE TABLE bulk_jobs (
+    tenant_id     text NOT NULL,
+    job_id        uuid NOT NULL,
+    actor         text NOT NULL,
+    total         integer NOT NULL DEFAULT 0,
+    rejected      integer NOT NULL DEFAULT 0,    -- items refused before reaching the log
+    errors        jsonb NOT NULL DEFAULT '[]',   -- first errors: [{"index", "error"}]
+    receiving     boolean NOT NULL DEFAULT true,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, job_id)
+);
+SELECT lily_protect_tenant_table('bulk_jobs');
