@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Any
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -96,6 +96,15 @@ def to_document(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Asset ids derive from (tenant, qualified name): every writer computes the same id for a name, so a
+# lineage placeholder and the real asset written concurrently by another worker converge on one row.
+_ASSET_NAMESPACE = UUID("6c1f4c57-0b8e-4c8a-9d0f-4c1f1a7e5e11")
+
+
+def asset_id_for(tenant_id: str, qualified_name: str) -> UUID:
+    return uuid5(_ASSET_NAMESPACE, f"{tenant_id}\x00{qualified_name}")
+
+
 def default_name(qualified_name: str) -> str:
     """The last segment of a qualified name: ``pg://db/public.orders`` → ``orders``."""
     parts = [p for p in re.split(r"[/.:]", qualified_name) if p]
@@ -105,11 +114,17 @@ def default_name(qualified_name: str) -> str:
 def merge(current: dict[str, Any] | None, payload: dict[str, Any], *, replace: bool) -> dict[str, Any]:
     """The asset's mutable state after ``payload``.
 
-    An upsert changes only the fields the client sent; a replace resets the ones it left out.
+    An upsert changes only the fields the client sent (attributes merge key by key); a replace resets
+    the ones it left out.
     """
     keep_current = current is not None and not replace
     state = {f: current[f] for f in MUTABLE_FIELDS} if keep_current and current else dict(_DEFAULTS)
     state.update({k: v for k, v in payload.items() if k in MUTABLE_FIELDS})
+    if keep_current and current and "attributes" in payload:
+        # An upsert merges attributes key by key (a null value removes the key), so sources that each
+        # own some attributes (a crawler, OpenLineage, an enrichment hook) do not erase each other's.
+        merged = {**current["attributes"], **payload["attributes"]}
+        state["attributes"] = {k: v for k, v in merged.items() if v is not None}
     if not state.get("name"):
         qualified_name = payload.get("qualified_name") or (current or {}).get("qualified_name", "")
         state["name"] = default_name(qualified_name)

@@ -13,6 +13,9 @@ from typing import Any
 ASSET_UPSERT = "asset.upsert"
 ASSET_REPLACE = "asset.replace"
 ASSET_DELETE = "asset.delete"
+LINEAGE_UPSERT = "lineage.upsert"
+LINEAGE_DELETE = "lineage.delete"
+UPSTREAM_CHANGED = "asset.upstream_changed"
 
 STATES = ("accepted", "applied", "failed", "dead_lettered")
 

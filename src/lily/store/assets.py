@@ -154,3 +154,25 @@ async def search(
         params,
     )
     return await cur.fetchall()
+
+
+async def insert_placeholders(
+    conn: Conn, tenant_id: str, placeholders: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Create placeholder assets for names nobody has written yet; returns the ones this call created.
+
+    ON CONFLICT DO NOTHING: if the real asset (or another placeholder) got there first, it stays as is.
+    """
+    if not placeholders:
+        return []
+    cur = await conn.execute(
+        "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, placeholder, version,"
+        " created_at, updated_at)"
+        " SELECT %s, * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bool[], %s::int4[],"
+        " %s::timestamptz[], %s::timestamptz[])"
+        f" ON CONFLICT DO NOTHING RETURNING {ASSET_COLUMNS}",
+        [tenant_id, *([p[c] for p in placeholders] for c in (
+            "asset_id", "qualified_name", "type", "name", "placeholder", "version", "created_at", "updated_at"
+        ))],
+    )
+    return await cur.fetchall()

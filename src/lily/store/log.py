@@ -80,12 +80,20 @@ async def partitions_with_backlog(conn: Conn) -> list[int]:
 
 
 async def try_claim(conn: Conn, partition: int) -> int | None:
-    """Lock ``partition`` for this transaction; its applied offset, or None if another worker has it."""
+    """Lock ``partition`` for this transaction; its applied offset, or None if another worker has it.
+
+    The offset is read in a second statement, after the lock is held. Read in the same statement it
+    would come from that statement's snapshot, taken *before* the lock: a worker that committed and
+    released the lock in between would leave us its old offset, and we would apply its batch again.
+    """
+    cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s) AS locked", [_PARTITION_LOCK, partition])
+    row = await cur.fetchone()
+    if row is None or not row["locked"]:
+        return None
     cur = await conn.execute(
-        "SELECT o.applied_seq FROM log_offsets o"
-        " WHERE o.partition = %s AND pg_try_advisory_xact_lock(%s, o.partition)"
-        " AND (o.retry_at IS NULL OR o.retry_at <= now())",
-        [partition, _PARTITION_LOCK],
+        "SELECT applied_seq FROM log_offsets"
+        " WHERE partition = %s AND (retry_at IS NULL OR retry_at <= now())",
+        [partition],
     )
     row = await cur.fetchone()
     return None if row is None else int(row["applied_seq"])

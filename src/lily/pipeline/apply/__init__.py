@@ -24,9 +24,10 @@ class Handler(Protocol):
 
 def handlers() -> dict[str, Handler]:
     from lily.pipeline.apply.assets import AssetHandler
+    from lily.pipeline.apply.lineage import LineageHandler
 
     registry: dict[str, Handler] = {}
-    for handler in (AssetHandler(),):
+    for handler in (AssetHandler(), LineageHandler()):
         for kind in handler.kinds:
             registry[kind] = handler
     return registry

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from pydantic import ValidationError
@@ -91,7 +90,7 @@ class AssetHandler:
         if patch:
             state["attributes"] = {**state["attributes"], **patch}
         return {
-            "asset_id": before["asset_id"] if before else uuid.uuid4(),
+            "asset_id": before["asset_id"] if before else rules.asset_id_for(event.tenant_id, event.subject),
             "qualified_name": event.subject,
             "placeholder": False,  # a real write fills in a placeholder
             "version": (before["version"] + 1) if before else 1,

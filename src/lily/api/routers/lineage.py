@@ -1,0 +1,118 @@
+"""``/metadata/lineage``: record lineage, read the graph (JSON, Mermaid, DOT), impact, removal."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from lily.api import writes
+from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
+from lily.api.responses import FastJSON
+from lily.domain import lineage as graph
+from lily.domain.errors import NotFound
+from lily.domain.events import LINEAGE_DELETE, LINEAGE_UPSERT, NewEvent
+from lily.store import assets as store_assets
+from lily.store import lineage as store_lineage
+
+router = APIRouter(prefix="/metadata/lineage", tags=["lineage"])
+
+
+async def _names(runtime: Any, tenant_id: str, refs: list[graph.AssetRef]) -> dict[graph.AssetRef, str]:
+    """Qualified name per reference. Ids must name live assets of the caller's tenant (else 404);
+    names may be new — the pipeline creates placeholders for them."""
+    by_id = [r.asset_id for r in refs if r.asset_id is not None]
+    found: dict[UUID, str] = {}
+    if by_id:
+        async with runtime.db.tenant(tenant_id) as conn:
+            for asset_id in by_id:
+                row = await store_assets.get(conn, tenant_id, asset_id)
+                if row is not None:
+                    found[asset_id] = row["qualified_name"]
+    missing = [str(a) for a in by_id if a not in found]
+    if missing:
+        raise NotFound(f"asset {missing[0]} does not exist")
+    return {r: (found[r.asset_id] if r.asset_id is not None else r.qualified_name or "") for r in refs}
+
+
+@router.post("", status_code=201, responses={202: {"description": "Accepted"}})
+async def record_lineage(
+    body: graph.LineageIn, request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId
+) -> Response:
+    names = await _names(runtime, principal.tenant_id, body.refs())
+    downstreams = [names[r] for r in body.downstreams]
+    payload = {
+        "upstreams": [names[r] for r in body.upstreams],
+        "downstreams": downstreams,
+        "process": names[body.process] if body.process else None,
+        "column_mappings": [{
+            "downstream": names[m.asset] if m.asset else downstreams[0], "column": m.column,
+            "upstreams": [{"asset": names[u.asset], "column": u.column} for u in m.upstreams],
+            "transformation": m.transformation,
+        } for m in body.column_mappings],
+    }
+    subject = payload["process"] or downstreams[0]
+    event = NewEvent(principal.tenant_id, subject, LINEAGE_UPSERT, payload, principal.actor, request_id)
+
+    async def render(result: dict[str, Any]) -> Response:
+        return FastJSON(result, status_code=201)
+
+    return await writes.write(runtime, request, principal, event, payload, render)
+
+
+@router.get("/{asset_id}", responses={200: {"content": {"text/plain": {}}}})
+async def lineage_graph(
+    asset_id: UUID,
+    principal: Viewer,
+    runtime: RuntimeDep,
+    direction: graph.Direction = "both",
+    depth: Annotated[int, Query(ge=0, description=f"hops; capped at {graph.MAX_DEPTH}")] = graph.DEFAULT_DEPTH,
+    limit: Annotated[int, Query(ge=1, le=graph.MAX_NODE_LIMIT)] = graph.DEFAULT_NODE_LIMIT,
+    columns: bool = False,
+    format: Literal["json", "mermaid", "dot"] = "json",  # noqa: A002
+) -> Response:
+    async with runtime.db.tenant(principal.tenant_id) as conn:
+        result = await store_lineage.traverse(conn, principal.tenant_id, asset_id, direction, depth, limit, columns)
+    if format == "mermaid":
+        return PlainTextResponse(graph.to_mermaid(result))
+    if format == "dot":
+        return PlainTextResponse(graph.to_dot(result), media_type="text/vnd.graphviz")
+    return FastJSON(result.model_dump(mode="json"))
+
+
+@router.get("/{asset_id}/impact")
+async def impact(
+    asset_id: UUID,
+    principal: Viewer,
+    runtime: RuntimeDep,
+    max_depth: Annotated[int, Query(ge=1)] = graph.MAX_DEPTH,
+    limit: Annotated[int, Query(ge=1, le=graph.MAX_NODE_LIMIT)] = graph.DEFAULT_NODE_LIMIT,
+) -> Response:
+    async with runtime.db.tenant(principal.tenant_id) as conn:
+        report = await store_lineage.impact(conn, principal.tenant_id, asset_id, max_depth, limit)
+    return FastJSON(report.model_dump(mode="json"))
+
+
+@router.delete("/{asset_id}")
+async def remove_lineage(
+    asset_id: UUID,
+    request: Request,
+    principal: Editor,
+    runtime: RuntimeDep,
+    request_id: RequestId,
+    direction: graph.Direction = "both",
+) -> Response:
+    async with runtime.db.tenant(principal.tenant_id) as conn:
+        row = await store_assets.get(conn, principal.tenant_id, asset_id)
+    if row is None:
+        raise NotFound(f"asset {asset_id} does not exist")
+    payload = {"asset_id": str(asset_id), "direction": direction}
+    event = NewEvent(principal.tenant_id, row["qualified_name"], LINEAGE_DELETE, payload, principal.actor,
+                     request_id)
+
+    async def render(result: dict[str, Any]) -> Response:
+        return FastJSON(result)
+
+    return await writes.write(runtime, request, principal, event, payload, render)

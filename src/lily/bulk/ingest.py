@@ -1,0 +1,129 @@
+"""Receiving a bulk job (stream → validate → stage → append) and reporting on it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from lily.bulk.items import validate
+from lily.bulk.parse import json_array_items, ndjson_lines
+from lily.config import Settings
+from lily.domain.errors import Conflict, PayloadTooLarge
+from lily.domain.events import ASSET_UPSERT, partition_of, uuid7
+from lily.store import bulk as store
+from lily.store import idempotency
+from lily.store.db import Database
+
+
+@dataclass(slots=True)
+class Receipt:
+    job_id: UUID
+    total: int
+    rejected: int
+    replayed: bool = False  # an Idempotency-Key matched an earlier job; nothing new was appended
+
+
+async def receive(
+    db: Database,
+    settings: Settings,
+    *,
+    tenant_id: str,
+    actor: str,
+    request_id: str | None,
+    chunks: AsyncIterator[bytes],
+    ndjson: bool,
+    idempotency_key: str | None = None,
+) -> Receipt:
+    """Take a whole bulk body in one transaction; the log sees its items only if all of it arrived.
+
+    Any exception while the body streams in (the size limit, a broken JSON array, too many items)
+    rolls back the transaction and with it every staged item: nothing is applied, no job exists.
+    """
+    digest = hashlib.sha256(b"ndjson\n" if ndjson else b"json\n")
+
+    async def hashed() -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            digest.update(chunk)
+            yield chunk
+
+    items: AsyncIterator[tuple[int, Any]] = ndjson_lines(hashed()) if ndjson else json_array_items(hashed())
+    job_id = uuid7()
+    counts: Counter[int] = Counter()
+    errors: list[dict[str, Any]] = []
+    total = rejected = 0
+    async with db.tenant(tenant_id) as conn:
+        await store.create_stage(conn)
+        async with store.stager(conn) as stage:
+            async for index, raw in items:
+                total = index + 1
+                if total > settings.max_bulk_items:
+                    raise PayloadTooLarge(f"a bulk job holds at most {settings.max_bulk_items} items",
+                                          limit=settings.max_bulk_items)
+                payload = validate(raw)
+                if isinstance(payload, str):
+                    rejected += 1
+                    if len(errors) < store.MAX_KEPT_ERRORS:
+                        errors.append({"index": index, "error": payload})
+                    continue
+                subject = payload["qualified_name"]
+                part = partition_of(tenant_id, subject, settings.partitions)
+                await stage.write_row((uuid7(), part, counts[part], subject, Jsonb(payload), index))
+                counts[part] += 1
+        if idempotency_key:
+            fingerprint = digest.hexdigest()
+            first = await idempotency.claim(conn, tenant_id, idempotency_key, fingerprint,
+                                            {"job_id": str(job_id)})
+            if first is not None:
+                if first["request_hash"] != fingerprint:
+                    raise Conflict("this Idempotency-Key was used with a different request",
+                                   idempotency_key=idempotency_key)
+                # The staged rows are dropped with the temp table at commit; nothing else was written.
+                return Receipt(UUID(first["response"]["job_id"]), total, rejected, replayed=True)
+        await store.create_job(conn, tenant_id, job_id, actor, total, rejected, errors)
+        await store.append_staged(conn, tenant_id, job_id, actor, request_id, ASSET_UPSERT, counts)
+    return Receipt(job_id, total, rejected)
+
+
+async def status(db: Database, tenant_id: str, job_id: UUID, *, max_errors: int = 20) -> dict[str, Any] | None:
+    """The job's state and counts, or None if this tenant has no such job."""
+    async with db.tenant(tenant_id) as conn:
+        job = await store.get_job(conn, tenant_id, job_id)
+        if job is None:
+            return None
+        by_status = await store.event_counts(conn, tenant_id, job_id)
+        failures = await store.event_failures(conn, tenant_id, job_id, max_errors)
+    applied = by_status.get("applied", 0)
+    pipeline_failed = by_status.get("failed", 0) + by_status.get("dead_lettered", 0)
+    pending = by_status.get("accepted", 0)
+    failed = job["rejected"] + pipeline_failed
+    errors = sorted(
+        [{"index": e["index"], "error": e["error"], "stage": "validation"} for e in job["errors"]]
+        + [{"index": f["index"], "error": f["error"], "stage": f["status"]} for f in failures],
+        key=lambda e: e["index"],
+    )[:max_errors]
+    return {
+        "job_id": str(job_id),
+        "state": _state(job["total"], applied, failed, pending),
+        "total": job["total"],
+        "applied": applied,
+        "failed": failed,
+        "pending": pending,
+        "rejected": job["rejected"],
+        "errors": errors,
+        "created_at": job["created_at"].isoformat(),
+    }
+
+
+def _state(total: int, applied: int, failed: int, pending: int) -> str:
+    if pending:
+        return "running" if applied or failed > 0 and applied + failed > 0 and (applied or pending < total - failed) \
+            else "queued"
+    if failed == 0:
+        return "succeeded"
+    return "failed" if applied == 0 else "partial"

@@ -1,0 +1,163 @@
+"""Applies lineage writes: resolve names (creating placeholders), upsert edges and column mappings,
+or remove an asset's lineage. Recorded in the audit log; a removal is also a version of the asset.
+
+Payload of ``lineage.upsert`` (the API and the OpenLineage connector both produce it)::
+
+    {"upstreams": [qn, ...], "downstreams": [qn, ...], "process": qn | null,
+     "column_mappings": [{"downstream": qn, "column": c, "upstreams": [{"asset": qn, "column": c}],
+                          "transformation": str | null}],
+     "types": {qn: asset type for a placeholder}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from lily.domain import assets as rules
+from lily.domain import lineage as graph
+from lily.domain.errors import Invalid, LilyError, NotFound
+from lily.domain.events import LINEAGE_DELETE, LINEAGE_UPSERT
+from lily.pipeline.context import BatchContext
+from lily.pipeline.model import PipelineEvent
+from lily.store import assets as store_assets
+from lily.store import audit as store_audit
+from lily.store import lineage as store_lineage
+
+PLACEHOLDER_TYPE = "unknown"
+
+
+def to_request(payload: dict[str, Any]) -> graph.LineageIn:
+    """The event payload (qualified names only) as the domain's lineage request."""
+
+    def ref(qn: str) -> dict[str, str]:
+        return {"qualified_name": qn}
+
+    return graph.LineageIn.model_validate({
+        "upstreams": [ref(q) for q in payload.get("upstreams", [])],
+        "downstreams": [ref(q) for q in payload.get("downstreams", [])],
+        "process": ref(payload["process"]) if payload.get("process") else None,
+        "column_mappings": [
+            {"column": m["column"], "asset": ref(m["downstream"]) if m.get("downstream") else None,
+             "upstreams": [{"asset": ref(u["asset"]), "column": u["column"]} for u in m.get("upstreams", [])],
+             "transformation": m.get("transformation")}
+            for m in payload.get("column_mappings", [])
+        ],
+    })
+
+
+def _invalid(exc: ValidationError) -> Invalid:
+    first = exc.errors()[0]
+    return Invalid(first["msg"], field=".".join(str(p) for p in first["loc"]))
+
+
+class LineageHandler:
+    kinds = (LINEAGE_UPSERT, LINEAGE_DELETE)
+
+    def validate(self, event: PipelineEvent) -> None:
+        if event.kind == LINEAGE_UPSERT:
+            try:
+                event.notes["lineage_request"] = to_request(event.payload)
+            except (ValidationError, KeyError, TypeError) as exc:
+                event.reject(_invalid(exc) if isinstance(exc, ValidationError)
+                             else Invalid(f"malformed lineage payload: {exc}", field="payload"))
+        elif event.payload.get("direction") not in ("upstream", "downstream", "both"):
+            event.reject(Invalid("direction must be upstream, downstream or both", field="direction"))
+
+    async def apply(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
+        for event in events:
+            try:
+                # A savepoint per event: a failing statement must not abort the batch's transaction.
+                async with ctx.conn.transaction():
+                    if event.kind == LINEAGE_UPSERT:
+                        event.applied(await self._upsert(ctx, event))
+                    else:
+                        event.applied(await self._delete(ctx, event))
+            except LilyError as err:
+                event.reject(err)
+
+    async def _upsert(self, ctx: BatchContext, event: PipelineEvent) -> dict[str, Any]:
+        request: graph.LineageIn = event.notes["lineage_request"]
+        names = [r.qualified_name for r in request.refs() if r.qualified_name]
+        ids = await self._resolve(ctx, event, names)
+        try:
+            plan = graph.plan(request, lambda r: ids[r.qualified_name or ""])
+        except KeyError as exc:
+            raise NotFound(f"unknown asset {exc}") from exc
+        stored = await store_lineage.upsert_edges(ctx.conn, ctx.tenant_id, plan.edges)
+        columns = await store_lineage.upsert_column_lineage(ctx.conn, ctx.tenant_id, plan.columns)
+        by_id = {v: k for k, v in ids.items()}
+        created = [e for e in stored if e.created]
+        audits = [{
+            "asset_id": down, "action": "lineage.added", "actor": event.actor, "request_id": event.request_id,
+            "event_id": event.event_id, "at": ctx.now,
+            "detail": {"upstreams": sorted(by_id[e.upstream_id] for e in created if e.downstream_id == down),
+                       "process": request.process.qualified_name if request.process else None,
+                       "source": event.source},
+        } for down in dict.fromkeys(e.downstream_id for e in created)]
+        if columns.written or columns.removed:
+            audits += [{"asset_id": ids[r.qualified_name], "action": "lineage.columns", "actor": event.actor,
+                        "request_id": event.request_id, "event_id": event.event_id, "at": ctx.now,
+                        "detail": {"written": columns.written, "removed": columns.removed}}
+                       for r in request.downstreams if r.qualified_name]
+        await store_audit.write_audit(ctx.conn, ctx.tenant_id, audits)
+        return {
+            "edges": [{"edge_id": str(e.edge_id), "upstream": by_id[e.upstream_id],
+                       "downstream": by_id[e.downstream_id],
+                       "process": by_id.get(e.process_id) if e.process_id else None, "created": e.created}
+                      for e in stored],
+            "placeholders": event.notes.get("placeholders", []),
+            "columns": {"written": columns.written, "removed": columns.removed},
+        }
+
+    async def _resolve(self, ctx: BatchContext, event: PipelineEvent, names: list[str]) -> dict[str, UUID]:
+        """Asset id per name; names nobody wrote yet become placeholders (a later real write fills them)."""
+        current = await store_assets.current_by_names(ctx.conn, ctx.tenant_id, names)
+        ids = {name: row["asset_id"] for name, row in current.items()}
+        missing = [n for n in names if n not in ids]
+        if missing:
+            types = event.payload.get("types") or {}
+            rows = [{
+                "asset_id": rules.asset_id_for(ctx.tenant_id, n), "qualified_name": n,
+                "type": types.get(n, PLACEHOLDER_TYPE), "name": rules.default_name(n), "placeholder": True,
+                "version": 1, "created_at": ctx.now, "updated_at": ctx.now,
+            } for n in missing]
+            created = await store_assets.insert_placeholders(ctx.conn, ctx.tenant_id, rows)
+            await store_assets.write(ctx.conn, ctx.tenant_id, [], [{
+                "asset_id": r["asset_id"], "version": 1, "action": "asset.placeholder_created",
+                "snapshot": rules.to_document(r), "changes": {}, "actor": event.actor,
+                "event_id": event.event_id, "request_id": event.request_id, "changed_at": ctx.now,
+            } for r in created], [{
+                "asset_id": r["asset_id"], "action": "asset.placeholder_created", "actor": event.actor,
+                "version_after": 1, "request_id": event.request_id, "event_id": event.event_id, "at": ctx.now,
+                "detail": {"referenced_by": "lineage"},
+            } for r in created])
+            event.notes["placeholders"] = [r["qualified_name"] for r in created]
+            ids.update({n: rules.asset_id_for(ctx.tenant_id, n) for n in missing})
+        return ids
+
+    async def _delete(self, ctx: BatchContext, event: PipelineEvent) -> dict[str, Any]:
+        asset_id = UUID(event.payload["asset_id"])
+        row = await store_assets.get(ctx.conn, ctx.tenant_id, asset_id)
+        if row is None:
+            raise NotFound(f"asset {asset_id} does not exist")
+        removed = await store_lineage.delete_edges(ctx.conn, ctx.tenant_id, asset_id, event.payload["direction"])
+        result = {"asset_id": str(asset_id), "removed": len(removed), "version": row["version"]}
+        if not removed:
+            return result
+        after = {**row, "version": row["version"] + 1, "updated_at": ctx.now}
+        changes = {"lineage": {"removed": [
+            {"edge_id": str(e.edge_id), "upstream_id": str(e.upstream_id), "downstream_id": str(e.downstream_id)}
+            for e in removed], "direction": event.payload["direction"]}}
+        await store_assets.write(ctx.conn, ctx.tenant_id, [after], [{
+            "asset_id": asset_id, "version": after["version"], "action": "lineage.removed",
+            "snapshot": rules.to_document(after), "changes": changes, "actor": event.actor,
+            "event_id": event.event_id, "request_id": event.request_id, "changed_at": ctx.now,
+        }], [{
+            "asset_id": asset_id, "action": "lineage.removed", "actor": event.actor,
+            "version_before": row["version"], "version_after": after["version"], "request_id": event.request_id,
+            "event_id": event.event_id, "at": ctx.now, "detail": {"removed": len(removed)},
+        }])
+        return {**result, "version": after["version"]}
