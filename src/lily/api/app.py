@@ -13,7 +13,7 @@ from lily import __version__
 from lily.api import errors
 from lily.api.limits import BodyLimitMiddleware
 from lily.api.responses import FastJSON
-from lily.api.routers import auth, events, lineage, metadata, system, tenants
+from lily.api.routers import auth, bulk, events, lineage, metadata, system, tenants
 from lily.api.runtime import Runtime
 from lily.auth.tokens import TokenConfig
 from lily.config import Settings
@@ -33,6 +33,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     events.router,
     metadata.router,
     lineage.router,
+    bulk.router,
     metadata.item_router,
 )
 

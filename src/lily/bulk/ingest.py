@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from lily.bulk.parse import json_array_items, ndjson_lines
 from lily.config import Settings
 from lily.domain.errors import Conflict, PayloadTooLarge
 from lily.domain.events import ASSET_UPSERT, partition_of, uuid7
+from lily.pipeline.waiter import AppliedWaiter
 from lily.store import bulk as store
 from lily.store import idempotency
 from lily.store.db import Database
@@ -90,6 +92,20 @@ async def receive(
     return Receipt(job_id, total, rejected)
 
 
+async def wait_done(db: Database, waiter: AppliedWaiter, tenant_id: str, job_id: UUID, timeout: float) -> bool:
+    """Wait (bounded) until every partition the job touched has moved past the job's last event.
+
+    Uses the same applied-offset notifications as single writes, so a client can long-poll the status
+    instead of spinning on it.
+    """
+    async with db.tenant(tenant_id) as conn:
+        heads = await store.last_seqs(conn, tenant_id, job_id)
+    if not heads:
+        return True
+    done = await asyncio.gather(*(waiter.wait(p, seq, timeout) for p, seq in heads.items()))
+    return all(done)
+
+
 async def status(db: Database, tenant_id: str, job_id: UUID, *, max_errors: int = 20) -> dict[str, Any] | None:
     """The job's state and counts, or None if this tenant has no such job."""
     async with db.tenant(tenant_id) as conn:
@@ -109,7 +125,7 @@ async def status(db: Database, tenant_id: str, job_id: UUID, *, max_errors: int 
     )[:max_errors]
     return {
         "job_id": str(job_id),
-        "state": _state(job["total"], applied, failed, pending),
+        "state": _state(applied, failed, pending, started=applied + pipeline_failed > 0),
         "total": job["total"],
         "applied": applied,
         "failed": failed,
@@ -120,10 +136,9 @@ async def status(db: Database, tenant_id: str, job_id: UUID, *, max_errors: int 
     }
 
 
-def _state(total: int, applied: int, failed: int, pending: int) -> str:
+def _state(applied: int, failed: int, pending: int, *, started: bool) -> str:
     if pending:
-        return "running" if applied or failed > 0 and applied + failed > 0 and (applied or pending < total - failed) \
-            else "queued"
+        return "running" if started else "queued"
     if failed == 0:
-        return "succeeded"
+        return "succeeded"  # including an empty job: nothing was asked, nothing failed
     return "failed" if applied == 0 else "partial"

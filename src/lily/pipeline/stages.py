@@ -15,6 +15,7 @@ from lily.pipeline.apply import Handler
 from lily.pipeline.context import BatchContext
 from lily.pipeline.hooks import Hook
 from lily.pipeline.model import PipelineEvent
+from lily.pipeline.propagate import propagate
 
 StageFn = Callable[[BatchContext, list[PipelineEvent]], Awaitable[None]]
 
@@ -30,12 +31,14 @@ class Pipeline:
             ("pre_hooks", self._hook_phase("pre")),
             ("enrich", self._hook_phase("enrich")),
             ("apply", self._apply),
+            ("propagate", propagate),
             ("post_hooks", self._post_hooks),
         ]
 
     async def run(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         for _name, stage in self.stages():
-            pending = [e for e in events if e.pending or _name == "post_hooks"]
+            # Stages up to apply see undecided events; propagate and post-hooks see the decided ones.
+            pending = [e for e in events if e.pending or _name in ("propagate", "post_hooks")]
             if pending:
                 await stage(ctx, pending)
 

@@ -10,6 +10,7 @@ the next worker to look picks the partition up with nothing applied twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from datetime import UTC, datetime, timedelta
@@ -43,34 +44,46 @@ class Worker:
         self.name = name
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; sleep on LISTEN when there is nothing to do."""
-        listener = await psycopg.AsyncConnection.connect(self.db.url, autocommit=True)
-        try:
+        """Consume until ``stop`` is set; sleep on LISTEN when there is nothing to do.
+
+        No error ends the loop: a worker that died on a bad row or a lost connection would leave its
+        share of the partitions to the others silently. It logs, pauses and goes on instead.
+        """
+        while not stop.is_set():
+            try:
+                await self._consume(stop)
+            except (psycopg.OperationalError, psycopg.errors.DeadlockDetected) as exc:
+                log.warning("%s: database error, backing off: %s", self.name, exc)
+                await _pause(stop, 0.5)
+            except Exception:
+                log.exception("%s: unexpected error, backing off", self.name)
+                await _pause(stop, 1.0)
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        async with await psycopg.AsyncConnection.connect(self.db.url, autocommit=True) as listener:
             await listener.execute(f"LISTEN {store_log.LOG_CHANNEL}")
             while not stop.is_set():
-                try:
-                    done = await self.drain_once()
-                except (psycopg.OperationalError, psycopg.errors.DeadlockDetected) as exc:
-                    log.warning("%s: database error, backing off: %s", self.name, exc)
-                    done = 0
-                    await asyncio.sleep(0.5)
-                if not done:
+                if not await self.drain_once(stop):
+                    # Woken by an append's NOTIFY; the timeout catches retry_at expiring and any
+                    # notification lost while the listener reconnected.
                     async for _ in listener.notifies(timeout=0.25, stop_after=1):
                         pass
-        finally:
-            await listener.close()
 
-    async def drain_once(self) -> int:
+    async def drain_once(self, stop: asyncio.Event | None = None) -> int:
         """One pass over the partitions with a backlog; the number of events processed."""
         async with self.db.system() as conn:
             parts = await store_log.partitions_with_backlog(conn)
         random.shuffle(parts)  # workers that start together spread over the partitions
         total = 0
         for partition in parts:
+            if stop is not None and stop.is_set():
+                break  # shut down between transactions: nothing is left half-done
             total += await self.process_partition(partition)
         return total
 
     async def process_partition(self, partition: int) -> int:
+        """Claim ``partition`` and apply its next batch; how many events it moved past (0 if not ours)."""
+        outcome = _Outcome()
         async with self.db.connection() as conn, conn.transaction():
             applied_seq = await store_log.try_claim(conn, partition)
             if applied_seq is None:
@@ -83,45 +96,54 @@ class Worker:
             try:
                 async with conn.transaction():
                     await self._apply(conn, events)
-                return len(events)
+                outcome.applied = events
             except Exception as exc:
-                done, error = 0, _describe(exc)
+                error = _describe(exc)
                 if len(rows) > 1:
                     log.info("%s: batch on partition %s failed, isolating", self.name, partition)
-                    done, error = await self._apply_one_by_one(conn, partition, rows)
+                    outcome.applied, error = await self._apply_one_by_one(conn, partition, rows)
+                done = len(outcome.applied)
                 if done < len(rows):
-                    await self._record_failure(conn, PipelineEvent.from_row(rows[done]), error)
-                return done
+                    outcome.failure = await self._record_failure(conn, PipelineEvent.from_row(rows[done]), error)
+        # Only what committed is counted.
+        outcome.observe()
+        return len(outcome.applied) + (outcome.failure == "dead_lettered")
 
     async def _apply_one_by_one(
         self, conn: Conn, partition: int, rows: list[dict[str, Any]]
-    ) -> tuple[int, str]:
-        """Apply events singly until one fails: how many succeeded (effects kept), and the error."""
+    ) -> tuple[list[PipelineEvent], str]:
+        """Apply events singly until one fails: those that succeeded (effects kept), and the error."""
         await as_pipeline(conn)
         fresh = await store_log.read_batch(conn, partition, rows[0]["seq"] - 1, len(rows))
-        for i, row in enumerate(fresh):
+        applied: list[PipelineEvent] = []
+        for row in fresh:
+            event = PipelineEvent.from_row(row)
             try:
                 async with conn.transaction():
-                    await self._apply(conn, [PipelineEvent.from_row(row)])
+                    await self._apply(conn, [event])
             except Exception as exc:
-                return i, _describe(exc)
-        return len(fresh), ""
+                return applied, _describe(exc)
+            applied.append(event)
+        return applied, ""
 
-    async def _record_failure(self, conn: Conn, event: PipelineEvent, error: str) -> None:
+    async def _record_failure(self, conn: Conn, event: PipelineEvent, error: str) -> str:
+        """Schedule a retry of ``event`` or, at the last attempt, dead-letter it; which one it was."""
         attempt = event.attempts + 1
         await as_pipeline(conn)
         if attempt >= self.settings.max_attempts:
             log.error("%s: event %s dead-lettered after %s attempts: %s", self.name, event.event_id,
                       attempt, error)
-            await store_log.dead_letter(conn, event.event_id, event.partition, event.seq, error)
-            metrics.DEAD_LETTERED.inc()
-        else:
-            delay = backoff(attempt, self.settings)
-            log.warning("%s: event %s failed (attempt %s), retry in %.2fs: %s", self.name, event.event_id,
-                        attempt, delay, error)
-            await store_log.record_retry(conn, event.event_id, event.partition, error,
-                                         datetime.now(UTC) + timedelta(seconds=delay))
-            metrics.RETRIED.inc()
+            await store_log.dead_letter(
+                conn, event_id=event.event_id, tenant_id=event.tenant_id, partition=event.partition,
+                seq=event.seq, subject=event.subject, kind=event.kind, attempts=attempt, error=error,
+            )
+            return "dead_lettered"
+        delay = backoff(attempt, self.settings)
+        log.warning("%s: event %s failed (attempt %s), retry in %.2fs: %s", self.name, event.event_id,
+                    attempt, delay, error)
+        await store_log.record_retry(conn, event.event_id, event.partition, error,
+                                     datetime.now(UTC) + timedelta(seconds=delay))
+        return "retry"
 
     async def _apply(self, conn: Conn, events: list[PipelineEvent]) -> None:
         """Run the stages over a partition's batch and commit outcomes and offset with the effects."""
@@ -145,11 +167,34 @@ class Worker:
             [e.error for e in events],
         )
         await store_log.advance(conn, events[0].partition, events[-1].seq)
-        metrics.observe_batch(events)
+
+
+class _Outcome:
+    """What one partition transaction did, reported to metrics after it committed."""
+
+    def __init__(self) -> None:
+        self.applied: list[PipelineEvent] = []
+        self.failure: str | None = None  # "retry" or "dead_lettered"
+
+    def observe(self) -> None:
+        if self.applied:
+            metrics.observe_batch(self.applied)
+        if self.failure == "retry":
+            metrics.RETRIED.inc()
+        elif self.failure == "dead_lettered":
+            metrics.DEAD_LETTERED.inc()
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Back off for ``seconds``, or less if asked to stop meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:2000]
+    # PostgreSQL text cannot hold NUL: an error message with one would fail the very UPDATE that
+    # records it, and the event would be retried for ever without its attempts ever counting.
+    return f"{type(exc).__name__}: {exc}".replace("\x00", "\\0")[:2000]
 
 
 def _rounds(events: list[PipelineEvent]) -> list[list[PipelineEvent]]:

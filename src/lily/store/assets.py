@@ -176,3 +176,15 @@ async def insert_placeholders(
         ))],
     )
     return await cur.fetchall()
+
+
+async def passive_assets(
+    conn: Conn, tenant_id: str, asset_ids: Sequence[UUID], source_attribute: str, passive: Sequence[str]
+) -> list[str]:
+    """Qualified names of the live assets among ``asset_ids`` with no active source of their own."""
+    cur = await conn.execute(
+        "SELECT qualified_name FROM assets WHERE tenant_id = %s AND asset_id = ANY(%s) AND deleted_at IS NULL"
+        " AND (attributes->>%s IS NULL OR attributes->>%s = ANY(%s))",
+        [tenant_id, list(asset_ids), source_attribute, source_attribute, list(passive)],
+    )
+    return [row["qualified_name"] for row in await cur.fetchall()]

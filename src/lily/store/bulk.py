@@ -121,3 +121,13 @@ async def event_failures(conn: Conn, tenant_id: str, job_id: UUID, limit: int) -
         [job_id, tenant_id, limit],
     )
     return await cur.fetchall()
+
+
+async def last_seqs(conn: Conn, tenant_id: str, job_id: UUID) -> dict[int, int]:
+    """Per partition, the sequence number of the job's last event there."""
+    cur = await conn.execute(
+        "SELECT partition, max(seq) AS seq FROM events WHERE bulk_job_id = %s AND tenant_id = %s"
+        " GROUP BY partition",
+        [job_id, tenant_id],
+    )
+    return {row["partition"]: int(row["seq"]) for row in await cur.fetchall()}

@@ -143,11 +143,23 @@ async def record_retry(conn: Conn, event_id: UUID, partition: int, error: str, r
     await conn.execute("UPDATE log_offsets SET retry_at = %s WHERE partition = %s", [retry_at, partition])
 
 
-async def dead_letter(conn: Conn, event_id: UUID, partition: int, seq: int, error: str) -> None:
+async def dead_letter(
+    conn: Conn, *, event_id: UUID, tenant_id: str, partition: int, seq: int, subject: str, kind: str,
+    attempts: int, error: str,
+) -> None:
+    """Give up on an event: mark it, queue it for an admin, and move the partition past it.
+
+    ``attempts`` counts this last one. Must run under the pipeline role.
+    """
     await conn.execute(
-        "UPDATE events SET status = 'dead_lettered', attempts = attempts + 1, error = %s,"
+        "UPDATE events SET status = 'dead_lettered', attempts = %s, error = %s,"
         " applied_at = clock_timestamp() WHERE event_id = %s",
-        [error, event_id],
+        [attempts, error, event_id],
+    )
+    await conn.execute(
+        "INSERT INTO dead_letters (tenant_id, event_id, partition, seq, subject, kind, error, attempts)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        [tenant_id, event_id, partition, seq, subject, kind, error, attempts],
     )
     await advance(conn, partition, seq)
 
@@ -168,13 +180,43 @@ async def lag(conn: Conn) -> list[dict[str, Any]]:
     return await cur.fetchall()
 
 
+async def open_dead_letters(conn: Conn) -> int:
+    """Dead letters awaiting an admin, across tenants. Must run under the pipeline role."""
+    cur = await conn.execute("SELECT count(*) AS n FROM dead_letters WHERE state = 'open'")
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def recent_latency(conn: Conn, per_partition: int = 200, window_seconds: float = 900) -> dict[str, Any]:
+    """p50/p99 accept→apply seconds over each partition's latest applied events in the window.
+
+    Walks the ``(partition, seq)`` index back from each applied offset, so it costs P small index scans
+    however long the log grows. Must run under the pipeline role (it reads every tenant's events).
+    """
+    cur = await conn.execute(
+        "SELECT count(*) AS n,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY x.s) AS p50,"
+        " percentile_cont(0.99) WITHIN GROUP (ORDER BY x.s) AS p99"
+        " FROM log_offsets o CROSS JOIN LATERAL ("
+        "   SELECT extract(epoch FROM e.applied_at - e.accepted_at)::float8 AS s FROM events e"
+        "   WHERE e.partition = o.partition AND e.seq <= o.applied_seq AND e.status = 'applied'"
+        "   AND e.applied_at > now() - make_interval(secs => %s)"
+        "   ORDER BY e.seq DESC LIMIT %s) x",
+        [window_seconds, per_partition],
+    )
+    row = await cur.fetchone()
+    n = int(row["n"]) if row else 0
+    return {"events": n, "p50_seconds": row["p50"] if row and n else None,
+            "p99_seconds": row["p99"] if row and n else None, "window_seconds": window_seconds}
+
+
 # -- reading events as a tenant ------------------------------------------------------------------
 
 
 async def get_event(conn: Conn, tenant_id: str, event_id: UUID) -> dict[str, Any] | None:
     cur = await conn.execute(
         "SELECT event_id, partition, seq, subject, kind, status, attempts, error, result, source,"
-        " accepted_at, applied_at, bulk_job_id, item_index"
+        " accepted_at, applied_at, bulk_job_id, item_index, replay_of"
         " FROM events WHERE tenant_id = %s AND event_id = %s",
         [tenant_id, event_id],
     )

@@ -25,9 +25,10 @@ class Handler(Protocol):
 def handlers() -> dict[str, Handler]:
     from lily.pipeline.apply.assets import AssetHandler
     from lily.pipeline.apply.lineage import LineageHandler
+    from lily.pipeline.apply.propagated import UpstreamChangedHandler
 
     registry: dict[str, Handler] = {}
-    for handler in (AssetHandler(), LineageHandler()):
+    for handler in (AssetHandler(), LineageHandler(), UpstreamChangedHandler()):
         for kind in handler.kinds:
             registry[kind] = handler
     return registry

@@ -60,6 +60,8 @@ class AssetHandler:
                 "event_id": event.event_id, "detail": {"changed": sorted(changes), "source": event.source},
                 "at": ctx.now,
             })
+            # Later stages (downstream propagation) react to what changed.
+            event.notes["change"] = {"action": action, "changes": changes, "asset": after}
             event.applied({"asset_id": str(after["asset_id"]), "version": after["version"],
                            "changed": True, "created": before is None})
         await store.write(ctx.conn, ctx.tenant_id, rows, versions, audits)
