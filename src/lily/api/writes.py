@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from uuid import UUID
 
 from fastapi import Request, Response
 
@@ -54,7 +55,7 @@ async def write(
     if wants_async(request) or not await runtime.writer.wait(submitted):
         return accepted_response(submitted)
     async with runtime.db.tenant(principal.tenant_id) as conn:
-        outcome = await store_log.get_event(conn, principal.tenant_id, submitted.event_id)
+        outcome = await store_log.get_event(conn, principal.tenant_id, UUID(submitted.event_id))
     assert outcome is not None
     if outcome["status"] == "failed":
         raise problem_from_result(outcome["result"] or {})

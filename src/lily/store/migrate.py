@@ -64,7 +64,7 @@ def migrate(url: str, *, partitions: int) -> int:
                 _grant_membership(conn)
                 _ensure_partitions(conn, partitions)
             row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
-            return int(row[0]) if row and row[0] is not None else 0
+            return int(str(row[0])) if row and row[0] is not None else 0
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
 
@@ -78,7 +78,7 @@ def _grant_membership(conn: psycopg.Connection[tuple[object, ...]]) -> None:
 
 def _ensure_partitions(conn: psycopg.Connection[tuple[object, ...]], partitions: int) -> None:
     row = conn.execute("SELECT count(*) FROM log_heads").fetchone()
-    existing = int(row[0]) if row else 0
+    existing = int(str(row[0])) if row else 0
     if existing == 0:
         conn.execute(
             "INSERT INTO log_heads (partition) SELECT generate_series(0, %s - 1)", [partitions]
@@ -95,4 +95,4 @@ def _ensure_partitions(conn: psycopg.Connection[tuple[object, ...]], partitions:
 
 def schema_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+    return int(str(row[0])) if row and row[0] is not None else 0

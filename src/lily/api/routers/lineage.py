@@ -43,7 +43,7 @@ async def record_lineage(
 ) -> Response:
     names = await _names(runtime, principal.tenant_id, body.refs())
     downstreams = [names[r] for r in body.downstreams]
-    payload = {
+    payload: dict[str, Any] = {
         "upstreams": [names[r] for r in body.upstreams],
         "downstreams": downstreams,
         "process": names[body.process] if body.process else None,
@@ -53,7 +53,7 @@ async def record_lineage(
             "transformation": m.transformation,
         } for m in body.column_mappings],
     }
-    subject = payload["process"] or downstreams[0]
+    subject: str = payload["process"] or downstreams[0]
     event = NewEvent(principal.tenant_id, subject, LINEAGE_UPSERT, payload, principal.actor, request_id)
 
     async def render(result: dict[str, Any]) -> Response:

@@ -15,7 +15,7 @@ from lily.store import assets as store
 
 
 class AssetHandler:
-    kinds = (ASSET_UPSERT, ASSET_REPLACE, ASSET_DELETE)
+    kinds: tuple[str, ...] = (ASSET_UPSERT, ASSET_REPLACE, ASSET_DELETE)
 
     def validate(self, event: PipelineEvent) -> None:
         # The API validated already; this guards events from other sources (bulk, replays, plugins).

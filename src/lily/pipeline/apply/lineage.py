@@ -54,7 +54,7 @@ def _invalid(exc: ValidationError) -> Invalid:
 
 
 class LineageHandler:
-    kinds = (LINEAGE_UPSERT, LINEAGE_DELETE)
+    kinds: tuple[str, ...] = (LINEAGE_UPSERT, LINEAGE_DELETE)
 
     def validate(self, event: PipelineEvent) -> None:
         if event.kind == LINEAGE_UPSERT:
@@ -90,7 +90,7 @@ class LineageHandler:
         columns = await store_lineage.upsert_column_lineage(ctx.conn, ctx.tenant_id, plan.columns)
         by_id = {v: k for k, v in ids.items()}
         created = [e for e in stored if e.created]
-        audits = [{
+        audits: list[dict[str, Any]] = [{
             "asset_id": down, "action": "lineage.added", "actor": event.actor, "request_id": event.request_id,
             "event_id": event.event_id, "at": ctx.now,
             "detail": {"upstreams": sorted(by_id[e.upstream_id] for e in created if e.downstream_id == down),

@@ -16,7 +16,7 @@ ATTRIBUTE = "lily.upstream_changed"
 
 
 class UpstreamChangedHandler:
-    kinds = (UPSTREAM_CHANGED,)
+    kinds: tuple[str, ...] = (UPSTREAM_CHANGED,)
 
     def validate(self, event: PipelineEvent) -> None:
         origin = event.payload.get("origin")

@@ -1,0 +1,1 @@
+"""Inbound sources: OpenLineage, webhooks, pollers, CDC. Each turns outside input into log events."""
