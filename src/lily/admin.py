@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from lily.auth import passwords, tokens
@@ -11,6 +12,8 @@ from lily.store import audit, identity
 from lily.store.db import Database
 
 ACTOR = "admin:cli"
+# The same rule as the tenants table's CHECK constraint: ids appear in API keys and URLs.
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 def _role(role: str) -> Role:
@@ -22,6 +25,9 @@ def _role(role: str) -> Role:
 
 
 async def create_tenant(db: Database, tenant_id: str, name: str | None = None) -> None:
+    if not TENANT_ID.fullmatch(tenant_id):
+        raise Invalid(f"tenant id {tenant_id!r} must be 1-63 lower-case letters, digits or '-', starting with a"
+                      " letter or digit", field="tenant_id")
     async with db.tenant(tenant_id) as conn:
         if not await identity.create_tenant(conn, tenant_id, name or tenant_id, {}):
             raise Conflict(f"tenant {tenant_id} already exists")

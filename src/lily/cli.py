@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -161,3 +162,35 @@ def create_api_key(tenant_id: str, name: str, role: str) -> None:
 
     key = _admin_call(lambda db: ops.create_api_key(db, tenant_id, name, role))
     click.echo(key)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Lily's base URL.")
+@click.option("--token", envvar="LILY_TOKEN", required=True, help="API key or JWT (editor+); env LILY_TOKEN.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the job until it ends.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def ingest(file: Path, url: str, token: str, wait: bool, progress: bool) -> None:
+    """Send a JSON array or NDJSON file of assets through the bulk API.
+
+    Exits 0 when every item was applied, 3 when some or all failed (errors are listed), 1 when the
+    upload itself was refused.
+    """
+    from lily.bulk.client import IngestError
+    from lily.bulk.client import ingest as run
+
+    try:
+        status = run(file, url, token, wait=wait, progress=progress)
+    except IngestError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    if not wait:
+        click.echo(f"job {status['job_id']} accepted: {status['total']} items ({status['rejected']} rejected)"
+                   f"; status at {status['status_url']}")
+        return
+    click.echo(f"job {status['job_id']}: {status['state']} — total {status['total']}, applied"
+               f" {status['applied']}, failed {status['failed']}")
+    for error in status["errors"]:
+        click.echo(f"  item {error['index']}: {error['error']}")
+    if status["state"] != "succeeded":
+        sys.exit(3)

@@ -8,6 +8,7 @@ from typing import Any
 from .helpers import assert_problem, create, fingerprint
 
 QN = "pg://warehouse/public.orders"
+STAMP = {"lily.source": "api"}  # the built-in source_stamp hook marks what wrote an asset
 
 
 def key_id(tenant: Any, role: str) -> str:
@@ -22,7 +23,7 @@ async def test_create_returns_201_with_the_full_asset(client, tenant):
     a = r.json()
     assert a["qualified_name"] == QN and a["type"] == "table" and a["name"] == "orders"
     assert a["description"] == "all orders" and a["owners"] == ["ann", "bo"] and a["tags"] == ["pii"]
-    assert a["attributes"] == {"rows": 10, "nested": {"a": [1, 2]}}
+    assert a["attributes"] == {"rows": 10, "nested": {"a": [1, 2]}, **STAMP}
     assert a["version"] == 1 and a["deleted_at"] is None
     assert datetime.fromisoformat(a["created_at"]) == datetime.fromisoformat(a["updated_at"])
     assert r.headers["etag"] == f'"{a["asset_id"]}:1"'
@@ -88,7 +89,7 @@ async def test_history_pages_newest_first(client, tenant):
         items = body["history"]["items"]
         assert len(items) == (10 if pages < 2 else 5)
         for v in items:
-            assert v["snapshot"]["attributes"] == {"n": v["version"] - 1}
+            assert v["snapshot"]["attributes"] == {"n": v["version"] - 1, **STAMP}
         seen += [v["version"] for v in items]
         pages += 1
         cursor = body["history"]["next_cursor"]
@@ -111,7 +112,7 @@ async def test_put_replaces_mutable_fields_with_if_match(client, app, tenant):
     put = r.json()
     assert put["version"] == 2 and put["type"] == "view" and put["tags"] == ["y"]
     # Replace: every field not sent returns to its default; the identity never changes.
-    assert put["description"] is None and put["owners"] == [] and put["attributes"] == {}
+    assert put["description"] is None and put["owners"] == [] and put["attributes"] == STAMP
     assert put["name"] == "orders" and put["qualified_name"] == QN and put["asset_id"] == asset["asset_id"]
     assert r.headers["etag"] == f'"{asset["asset_id"]}:2"'
     history = (await client.get(url, headers=h)).json()["history"]["items"]

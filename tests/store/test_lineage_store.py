@@ -22,7 +22,7 @@ from lily.store.db import Database, owner_connection
 from lily.store.migrate import migrate
 
 # The lead replaces this fixture with the shared conftest one; until then each module makes its own.
-ADMIN_URL = os.environ.get("LILY_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get("LILY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def aid(name: str) -> UUID:

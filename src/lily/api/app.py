@@ -13,10 +13,11 @@ from lily import __version__
 from lily.api import errors
 from lily.api.limits import BodyLimitMiddleware
 from lily.api.responses import FastJSON
-from lily.api.routers import auth, bulk, events, lineage, metadata, system, tenants
+from lily.api.routers import auth, bulk, dead_letters, events, lineage, metadata, system, tenants
 from lily.api.runtime import Runtime
 from lily.auth.tokens import TokenConfig
 from lily.config import Settings
+from lily.connectors.openlineage.router import router as openlineage_router
 from lily.pipeline.waiter import AppliedWaiter
 from lily.pipeline.writer import Writer
 from lily.store.db import Database
@@ -31,6 +32,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     system.router,
     tenants.router,
     events.router,
+    dead_letters.router,
     metadata.router,
     lineage.router,
     bulk.router,
@@ -75,6 +77,7 @@ def create_app(settings: Settings, database_url: str, *, run_workers: bool = Tru
     )
     for router in API_ROUTERS:
         app.include_router(router, prefix=BASE_PATH)
+    app.include_router(openlineage_router)  # Marquez's paths (/api/v1/lineage), outside BASE_PATH
     errors.install(app)
     app.add_middleware(
         BodyLimitMiddleware,

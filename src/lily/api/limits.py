@@ -29,19 +29,33 @@ class BodyLimitMiddleware:
             await _too_large(limit)(scope, receive, send)
             return
         seen = 0
+        exceeded = started = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    exceeded = True
                     raise BodyTooLarge(limit)
             return message
 
+        async def guarded(message: Message) -> None:
+            # Frameworks may catch the error raised while reading and answer on their own (FastAPI turns
+            # it into a 400); once the limit is passed, whatever the app answers is replaced by the 413.
+            nonlocal started
+            if exceeded and not started:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, guarded)
         except BodyTooLarge:
+            if started:  # too late to answer 413; let the server abort the response
+                raise
+        if exceeded and not started:
             await _too_large(limit)(scope, receive, send)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -14,13 +15,30 @@ def encode(position: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(position)).decode().rstrip("=")
 
 
-def decode(cursor: str | None) -> Any:
+def decode(cursor: str | None, *, field: str = "cursor", valid: Callable[[Any], bool] | None = None) -> Any:
+    """The position in ``cursor``; 422 naming ``field`` when it is not one this API issued.
+
+    ``valid`` checks the decoded position's shape, so a well-formed but foreign cursor never reaches SQL.
+    """
     if not cursor:
         return None
     try:
-        return orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        position = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, orjson.JSONDecodeError) as exc:
-        raise Invalid("cursor is not one this API issued", field="cursor") from exc
+        raise Invalid(f"{field} is not one this API issued", field=field) from exc
+    if valid is not None and not valid(position):
+        raise Invalid(f"{field} is not one this API issued", field=field)
+    return position
+
+
+def positive_int(position: Any) -> bool:
+    return type(position) is int and 0 < position < 2**63
+
+
+def rank_and_id(position: Any) -> bool:
+    """A search position: ``[rank, asset id]``."""
+    return (isinstance(position, list) and len(position) == 2 and type(position[0]) in (int, float)
+            and isinstance(position[1], str) and len(position[1]) <= 64)
 
 
 def page(items: list[Any], limit: int, position_of: Any) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 QualifiedName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
 AssetType = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    # The pattern is checked on the text as sent (before lower-casing), so it admits capitals.
+    str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 ]
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 

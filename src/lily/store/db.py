@@ -102,6 +102,8 @@ async def insert_rows(
 
     COPY would be faster but PostgreSQL refuses COPY FROM into tables with row-level security, and
     every tenant table has it; ``INSERT … SELECT FROM unnest(…)`` is the next best, a single round trip.
+    The arrays travel in binary (``%b``): the text array format makes psycopg escape every quote of
+    every jsonb element with a Python-level regex, which cost 3-4x the insert itself on version rows.
     """
     if not rows:
         return
@@ -109,7 +111,7 @@ async def insert_rows(
     for row in rows:
         for i, value in enumerate(row):
             arrays[i].append(Jsonb(value) if types[i] == "jsonb" and value is not None else value)
-    casts = ", ".join(f"%s::{t}[]" for t in types)
+    casts = ", ".join(f"%b::{t}[]" for t in types)
     await conn.execute(
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({casts})", arrays
     )

@@ -48,17 +48,20 @@ log = logging.getLogger(__name__)
 
 _EDGE_COLUMNS = "edge_id, upstream_id, downstream_id, process_id"
 
-# One BFS level. No ORDER BY: the index returns rows in key order already, and the LIMIT (edge budget
-# + 1) is what keeps a hub's fan-out from being read in full.
+# One BFS level. Node ids come back as text: Python hashes and compares str in C but UUID in Python,
+# and a walk does several set/dict lookups per edge. The edge id stays a uuid (loaded in C) because
+# the answer carries it as one. No ORDER BY: the index yields key order already, and the LIMIT (the
+# edge budget + 1) is what keeps a hub's fan-out from being read in full.
+_STEP_COLUMNS = "edge_id, upstream_id::text, downstream_id::text, process_id::text"
 _STEP: dict[Step, str] = {
-    "downstream": f"SELECT {_EDGE_COLUMNS} FROM lineage_edges"
+    "downstream": f"SELECT {_STEP_COLUMNS} FROM lineage_edges"
     " WHERE tenant_id = %s AND upstream_id = ANY(%s::uuid[]) LIMIT %s",
-    "upstream": f"SELECT {_EDGE_COLUMNS} FROM lineage_edges"
+    "upstream": f"SELECT {_STEP_COLUMNS} FROM lineage_edges"
     " WHERE tenant_id = %s AND downstream_id = ANY(%s::uuid[]) LIMIT %s",
 }
 
 _NODES = (
-    "SELECT asset_id, qualified_name, type, name, placeholder, deleted_at IS NOT NULL"
+    "SELECT asset_id::text, asset_id, qualified_name, type, name, placeholder, deleted_at IS NOT NULL"
     " FROM assets WHERE tenant_id = %s AND asset_id = ANY(%s::uuid[])"
 )
 
@@ -238,26 +241,25 @@ async def upsert_column_lineage(conn: Conn, tenant_id: str, columns: Sequence[Co
 
 
 # ---------------------------------------------------------------- walks
+# Inside a walk, asset ids are the text form (see _STEP); they become UUIDs once, in _node_rows.
+
+_EdgeRow = tuple[str, str, str | None]  # upstream, downstream, process
+_NodeRow = tuple[UUID, str, str, str, bool, bool]  # asset_id, qualified_name, type, name, placeholder, deleted
 
 
 @dataclass(slots=True)
 class _Walk:
     """Who a breadth-first walk reached, how far away, through which node, and the edges it read."""
 
-    distance: dict[UUID, int]
-    parent: dict[UUID, UUID] = field(default_factory=dict)
-    edges: dict[UUID, tuple[UUID, UUID, UUID | None]] = field(default_factory=dict)
+    distance: dict[str, int]
+    parent: dict[str, str] = field(default_factory=dict)
+    edges: dict[UUID, _EdgeRow] = field(default_factory=dict)
     fetched: int = 0
     truncated: bool = False
 
 
 async def _walk(
-    conn: Conn,
-    tenant_id: str,
-    roots: Sequence[UUID],
-    steps: Sequence[Step],
-    depth: int,
-    node_limit: int,
+    conn: Conn, tenant_id: str, roots: Sequence[str], steps: Sequence[Step], depth: int, node_limit: int
 ) -> _Walk:
     """Walk ``steps`` directions from ``roots`` up to ``depth`` levels, keeping at most ``node_limit``
     nodes (roots included) and reading at most ``node_limit * EDGE_LIMIT_FACTOR`` edges.
@@ -283,17 +285,16 @@ async def _walk(
                 walk.truncated = True
                 del rows[budget:]
             walk.fetched += len(rows)
-            frontier[step] = _advance(walk, rows, step, level, seen[step], node_limit)
+            frontier[step] = _advance(walk, rows, step == "downstream", level, seen[step], node_limit)
         if walk.truncated or not any(frontier.values()):
             break
     return walk
 
 
 def _advance(
-    walk: _Walk, rows: list[tuple[Any, ...]], step: Step, level: int, seen: set[UUID], node_limit: int
-) -> list[UUID]:
+    walk: _Walk, rows: list[tuple[Any, ...]], downstream: bool, level: int, seen: set[str], node_limit: int
+) -> list[str]:
     """Take in one level's edges; return the next frontier."""
-    downstream = step == "downstream"
     distance, parent, edges = walk.distance, walk.parent, walk.edges
     nxt = []
     for edge_id, up, down, proc in rows:
@@ -315,9 +316,9 @@ def _steps(direction: Direction) -> tuple[Step, ...]:
     return ("upstream", "downstream") if direction == "both" else (direction,)
 
 
-async def _node_rows(conn: Conn, tenant_id: str, ids: Sequence[UUID]) -> dict[UUID, tuple[Any, ...]]:
+async def _node_rows(conn: Conn, tenant_id: str, ids: Sequence[str]) -> dict[str, _NodeRow]:
     cur = await conn.cursor(row_factory=tuple_row).execute(_NODES, [tenant_id, list(ids)])
-    return {row[0]: row for row in await cur.fetchall()}
+    return {row[0]: row[1:] for row in await cur.fetchall()}
 
 
 async def traverse(
@@ -335,32 +336,31 @@ async def traverse(
     Raises :class:`NotFound` when the asset is not the tenant's.
     """
     depth, node_limit = clamp_depth(depth), clamp_node_limit(node_limit)
-    walk = await _walk(conn, tenant_id, [asset_id], _steps(direction), depth, node_limit)
+    root = str(asset_id)
+    walk = await _walk(conn, tenant_id, [root], _steps(direction), depth, node_limit)
     processes = {p for _, _, p in walk.edges.values() if p is not None}
     rows = await _node_rows(conn, tenant_id, [*walk.distance, *processes])
-    if asset_id not in rows:
+    if root not in rows:
         raise NotFound(f"asset {asset_id} not found")
     nodes = [
-        LineageNode(
-            asset_id=a, qualified_name=qn, type=t, name=n, placeholder=ph, deleted=dl, depth=walk.distance[a]
-        )
-        for a, qn, t, n, ph, dl in (rows[a] for a in walk.distance if a in rows)
+        LineageNode(a, qn, t, n, ph, walk.distance[key], dl)
+        for key, (a, qn, t, n, ph, dl) in rows.items()
+        if key in walk.distance
     ]
     nodes.sort(key=lambda n: (n.depth, n.qualified_name))
     columns = await _columns(conn, tenant_id, list(walk.edges)) if with_columns else None
-    # An asset purged between the walk and the node query takes its edges out of the answer too.
-    drawn = {a: r for a, r in walk.edges.items() if r[0] in rows and r[1] in rows}
-    edges = [
-        LineageEdge(
-            edge_id=edge_id, upstream_id=up, downstream_id=down, process_id=proc,
-            process_qualified_name=rows[proc][1] if proc in rows else None,
-            columns=columns.get(edge_id, []) if columns is not None else None,
-        )
-        for edge_id, (up, down, proc) in drawn.items()
-    ]
-    edges.sort(key=lambda e: (
-        rows[e.upstream_id][1], rows[e.downstream_id][1], e.process_qualified_name or ""
-    ))
+    edges = []
+    for edge_id, (up, down, proc) in walk.edges.items():
+        # An asset purged between the walk and the node query takes its edges out of the answer too.
+        if up in rows and down in rows:
+            process = rows.get(proc) if proc is not None else None
+            edges.append(LineageEdge(
+                edge_id, rows[up][0], rows[down][0],
+                process[0] if process else None, process[1] if process else None,
+                columns.get(edge_id, []) if columns is not None else None,
+            ))
+    names = {row[0]: row[1] for row in rows.values()}
+    edges.sort(key=lambda e: (names[e.upstream_id], names[e.downstream_id], e.process_qualified_name or ""))
     return LineageGraph(
         root=asset_id, direction=direction, depth=depth, node_limit=node_limit, truncated=walk.truncated,
         depth_reached=max(walk.distance.values()), nodes=nodes, edges=edges,
@@ -373,9 +373,7 @@ async def _columns(conn: Conn, tenant_id: str, edge_ids: list[UUID]) -> dict[UUI
         return out
     cur = await conn.cursor(row_factory=tuple_row).execute(_COLUMNS, [tenant_id, edge_ids])
     for edge_id, dc, uc, t in await cur.fetchall():
-        out.setdefault(edge_id, []).append(
-            ColumnEdge(downstream_column=dc, upstream_column=uc, transformation=t)
-        )
+        out.setdefault(edge_id, []).append(ColumnEdge(dc, uc, t))
     return out
 
 
@@ -385,22 +383,21 @@ async def impact(
     """Every asset downstream of ``asset_id`` (up to ``limit`` of them), nearest first, each with its
     distance and one shortest path from ``asset_id``. Raises :class:`NotFound` for an unknown asset."""
     max_depth, limit = clamp_depth(max_depth), clamp_node_limit(limit)
-    walk = await _walk(conn, tenant_id, [asset_id], ("downstream",), max_depth, limit + 1)
+    root = str(asset_id)
+    walk = await _walk(conn, tenant_id, [root], ("downstream",), max_depth, limit + 1)
     rows = await _node_rows(conn, tenant_id, list(walk.distance))
-    if asset_id not in rows:
+    if root not in rows:
         raise NotFound(f"asset {asset_id} not found")
+    steps = {key: PathStep(row[0], row[1]) for key, row in rows.items()}
     assets = []
-    for node, dist in walk.distance.items():
-        if node == asset_id:
+    for key, dist in walk.distance.items():
+        if key == root or key not in rows:
             continue
-        path = [node]
-        while path[-1] != asset_id:
+        path = [key]
+        while path[-1] != root:
             path.append(walk.parent[path[-1]])
-        _, qn, t, n, ph, dl = rows[node]
-        assets.append(ImpactedAsset(
-            asset_id=node, qualified_name=qn, type=t, name=n, placeholder=ph, deleted=dl, distance=dist,
-            path=[PathStep(asset_id=p, qualified_name=rows[p][1]) for p in reversed(path)],
-        ))
+        a, qn, t, n, ph, dl = rows[key]
+        assets.append(ImpactedAsset(a, qn, t, n, ph, dist, [steps[p] for p in reversed(path) if p in steps], dl))
     assets.sort(key=lambda a: (a.distance, a.qualified_name))
     return ImpactReport(root=asset_id, max_depth=max_depth, truncated=walk.truncated, assets=assets)
 
@@ -410,10 +407,10 @@ async def downstream_without_source(
 ) -> list[UUID]:
     """Assets downstream of any of ``asset_ids`` within ``depth`` hops, each once, nearest first,
     the given assets themselves left out. Bounded so a change can never fan out without end."""
-    roots = list(dict.fromkeys(asset_ids))
+    roots = list(dict.fromkeys(str(a) for a in asset_ids))
     if not roots:
         return []
     walk = await _walk(conn, tenant_id, roots, ("downstream",), clamp_depth(depth), limit + len(roots))
     if walk.truncated:
         log.warning("downstream of %d assets cut at %d (tenant %s)", len(roots), limit, tenant_id)
-    return [a for a, d in sorted(walk.distance.items(), key=lambda item: item[1]) if d > 0]
+    return [UUID(a) for a, d in sorted(walk.distance.items(), key=lambda item: item[1]) if d > 0]

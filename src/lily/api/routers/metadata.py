@@ -65,7 +65,7 @@ async def search(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    after = pagination.decode(cursor)
+    after = pagination.decode(cursor, valid=pagination.rank_and_id)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         rows = await store.search(conn, principal.tenant_id, q=q, qualified_name=qualified_name,
                                   types=[t.lower() for t in type or []], tags=tag or [],
@@ -83,7 +83,7 @@ async def audit_trail(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    after = pagination.decode(cursor)
+    after = pagination.decode(cursor, valid=pagination.positive_int)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         if not await store.exists_ever(conn, principal.tenant_id, asset_id):
             raise NotFound(f"asset {asset_id} does not exist")
@@ -100,7 +100,7 @@ async def get_asset(
     history_limit: Annotated[int, Query(ge=1, le=200)] = 20,
     history_cursor: str | None = None,
 ) -> Response:
-    before = pagination.decode(history_cursor)
+    before = pagination.decode(history_cursor, field="history_cursor", valid=pagination.positive_int)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         row = await store.get(conn, principal.tenant_id, asset_id, include_deleted=include_deleted)
         if row is None:

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lily.api.deps import Admin, RuntimeDep
 from lily.api.responses import FastJSON
+from lily.pipeline import metrics as pipeline_metrics
 from lily.store import system as store_system
 
 router = APIRouter(tags=["system"])
@@ -26,7 +27,9 @@ async def health(runtime: RuntimeDep) -> Response:
     return FastJSON(body)
 
 
+@router.get("/metrics", response_class=Response)
 @router.get("/system/metrics", response_class=Response)
-async def metrics(principal: Admin) -> Response:
+async def metrics(principal: Admin, runtime: RuntimeDep) -> Response:
     """Prometheus metrics of this process (admin token required: scrape with a bearer key)."""
+    await pipeline_metrics.refresh(runtime.db)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

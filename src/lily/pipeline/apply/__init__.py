@@ -26,9 +26,10 @@ def handlers() -> dict[str, Handler]:
     from lily.pipeline.apply.assets import AssetHandler
     from lily.pipeline.apply.lineage import LineageHandler
     from lily.pipeline.apply.propagated import UpstreamChangedHandler
+    from lily.pipeline.apply.runs import RunHandler
 
     registry: dict[str, Handler] = {}
-    for handler in (AssetHandler(), LineageHandler(), UpstreamChangedHandler()):
+    for handler in (AssetHandler(), LineageHandler(), UpstreamChangedHandler(), RunHandler()):
         for kind in handler.kinds:
             registry[kind] = handler
     return registry

@@ -1,0 +1,39 @@
+"""``/system``: health needs no credentials; metrics need an admin. The OpenAPI document lists the API."""
+
+from __future__ import annotations
+
+from lily.store.migrate import available
+
+from .helpers import assert_problem
+
+
+async def test_health_needs_no_auth(client):
+    r = await client.get("/system/health")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ok" and body["database"] == "ok"
+    assert body["schema_version"] == max(number for number, _, _ in available())
+    assert body["pipeline"]["lag"] == 0
+    # Credentials, good or bad, make no difference to a probe.
+    assert (await client.get("/system/health", headers={"Authorization": "Bearer junk"})).status_code == 200
+
+
+async def test_metrics_need_an_admin(client, tenant):
+    assert_problem(await client.get("/system/metrics"), 401)
+    assert_problem(await client.get("/system/metrics", headers=tenant.headers("steward")), 403)
+    r = await client.get("/system/metrics", headers=tenant.headers("admin"))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+
+
+async def test_openapi_lists_every_endpoint_of_the_core(client):
+    r = await client.get("http://lily.test/openapi.json")
+    assert r.status_code == 200
+    paths = r.json()["paths"]
+    for path, methods in {
+        "/lily/v1/auth/login": {"post"}, "/lily/v1/auth/validate": {"get"}, "/lily/v1/auth/logout": {"post"},
+        "/lily/v1/system/health": {"get"}, "/lily/v1/tenants/{tenant_id}/config": {"get"},
+        "/lily/v1/tenants/{tenant_id}/sources": {"get"}, "/lily/v1/metadata": {"post"},
+        "/lily/v1/metadata/{asset_id}": {"get", "put", "delete"}, "/lily/v1/metadata/search": {"get"},
+        "/lily/v1/metadata/audit/{asset_id}": {"get"},
+    }.items():
+        assert methods <= set(paths[path]), path

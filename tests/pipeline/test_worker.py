@@ -1,0 +1,151 @@
+"""The consumer in-process: partition exclusion, two workers racing, shutdown, resilience."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+from lily import admin
+from lily.config import Settings
+from lily.domain.events import ASSET_UPSERT, NewEvent, partition_of
+from lily.pipeline.runner import build_pipeline
+from lily.pipeline.worker import Worker
+from lily.store import log as store_log
+from lily.store.db import Database
+
+from .support import hold_partition, subjects_in_partition, until
+
+TENANT = "acme"
+
+
+def upserts(subjects: list[str], rounds: int) -> list[NewEvent]:
+    """``rounds`` updates of every subject, interleaved; attribute n counts 1..rounds per subject."""
+    return [
+        NewEvent(TENANT, s, ASSET_UPSERT, {"qualified_name": s, "type": "table", "attributes": {"n": n}}, "test")
+        for n in range(1, rounds + 1) for s in subjects
+    ]
+
+
+async def append(db: Database, events: list[NewEvent], settings: Settings) -> None:
+    async with db.tenant(TENANT) as conn:
+        await store_log.append(conn, events, settings.partitions)
+
+
+async def backlog(db: Database) -> int:
+    async with db.system() as conn:
+        return sum(int(r["lag"]) for r in await store_log.lag(conn))
+
+
+async def versions_by_subject(database_url: str) -> dict[str, list[int]]:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            "SELECT a.qualified_name, (v.snapshot->'attributes'->>'n')::int FROM asset_versions v"
+            " JOIN assets a USING (tenant_id, asset_id) ORDER BY a.qualified_name, v.version"
+        )
+        out: dict[str, list[int]] = {}
+        for name, n in await cur.fetchall():
+            out.setdefault(name, []).append(n)
+        return out
+
+
+@pytest.fixture
+async def tenant_db(db: Database) -> Database:
+    await admin.create_tenant(db, TENANT)
+    return db
+
+
+async def test_a_held_partition_is_skipped_then_taken(tenant_db: Database, settings: Settings,
+                                                      database_url: str) -> None:
+    worker = Worker(tenant_db, settings, build_pipeline(settings))
+    subjects = subjects_in_partition(TENANT, 5, settings.partitions, 3, "pg://db/s.x")
+    await append(tenant_db, upserts(subjects, 2), settings)
+    async with hold_partition(database_url, 5):
+        assert await worker.process_partition(5) == 0  # another holder: not ours to touch
+        assert await backlog(tenant_db) == 6
+    assert await worker.process_partition(5) == 6
+    assert await backlog(tenant_db) == 0
+
+
+async def test_two_workers_racing_apply_every_event_once_in_order(
+    tenant_db: Database, settings: Settings, database_url: str
+) -> None:
+    # Small batches and few partitions: the two workers contend for the same partitions all the time.
+    s = settings.model_copy(update={"worker_batch_size": 7})
+    subjects = [f"pg://db/s.r{i}" for i in range(40)]
+    assert len({partition_of(TENANT, x, s.partitions) for x in subjects}) == s.partitions
+    pipeline = build_pipeline(s)
+    stop = asyncio.Event()
+    second = Database(database_url, min_size=1, max_size=2)
+    await second.open()
+    try:
+        tasks = [asyncio.create_task(Worker(db, s, pipeline, name=f"w{i}").run(stop))
+                 for i, db in enumerate((tenant_db, second))]
+        for chunk in range(5):  # append while they consume
+            await append(tenant_db, upserts(subjects, 20)[chunk * 160:(chunk + 1) * 160], s)
+
+        async def drained() -> bool:
+            return await backlog(tenant_db) == 0
+
+        await until(drained, timeout=60, what="the backlog to drain")
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+    finally:
+        stop.set()
+        await second.close()
+    versions = await versions_by_subject(database_url)
+    assert versions == {x: list(range(1, 21)) for x in subjects}
+
+
+async def test_stop_ends_the_worker_between_transactions(
+    tenant_db: Database, settings: Settings, database_url: str
+) -> None:
+    s = settings.model_copy(update={"worker_batch_size": 5})
+    await append(tenant_db, upserts([f"pg://db/s.st{i}" for i in range(30)], 10), s)
+    stop = asyncio.Event()
+    task = asyncio.create_task(Worker(tenant_db, s, build_pipeline(s)).run(stop))
+
+    async def some_applied() -> bool:
+        return await backlog(tenant_db) < 250
+
+    await until(some_applied, what="some events to be applied")
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        # Each partition is consistent: everything up to its offset decided, everything after untouched.
+        cur = await conn.execute(
+            "SELECT count(*) FILTER (WHERE (e.seq <= o.applied_seq) <> (e.status = 'applied'))"
+            " FROM events e JOIN log_offsets o USING (partition)"
+        )
+        assert (await cur.fetchone()) == (0,)
+    assert await backlog(tenant_db) > 0  # it did stop before the end
+
+
+async def test_an_unexpected_error_does_not_end_the_worker(
+    tenant_db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = store_log.partitions_with_backlog
+    calls = {"n": 0}
+
+    async def flaky(conn: Any) -> list[int]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("a bug in the consumer")
+        return await real(conn)
+
+    monkeypatch.setattr(store_log, "partitions_with_backlog", flaky)
+    await append(tenant_db, upserts(["pg://db/s.alive"], 3), settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(Worker(tenant_db, settings, build_pipeline(settings)).run(stop))
+    try:
+
+        async def drained() -> bool:
+            return await backlog(tenant_db) == 0
+
+        await until(drained, what="the worker to recover and drain")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+    assert calls["n"] >= 2

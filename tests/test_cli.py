@@ -1,0 +1,161 @@
+"""The real ``lily`` command, run as a subprocess against the test database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from conftest import TEST_PARTITIONS
+from lily.store.migrate import available
+
+
+def lily_command() -> list[str]:
+    script = Path(sys.executable).parent / "lily"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("lily")
+    assert found, "the lily command is not installed (pip install -e .)"
+    return [found]
+
+
+@pytest.fixture
+def env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "LILY_DATABASE_URL": database_url, "LILY_HOME": str(tmp_path / "home"),
+            "LILY_PARTITIONS": str(TEST_PARTITIONS), "LILY_LOG_LEVEL": "WARNING"}
+
+
+def lily(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*lily_command(), *args], env=env, input=stdin, capture_output=True, text=True,
+                          timeout=60)
+
+
+async def test_admin_commands(env: dict[str, str], client: httpx.AsyncClient) -> None:
+    r = lily(env, "admin", "create-tenant", "initech", "--name", "Initech")
+    assert r.returncode == 0, r.stderr
+    assert "initech" in r.stdout
+    r = lily(env, "admin", "create-user", "initech", "alice", "--role", "editor", "--password-stdin",
+             stdin="a-long-password\n")
+    assert r.returncode == 0, r.stderr
+    assert "a-long-password" not in r.stdout + r.stderr
+    r = lily(env, "admin", "create-api-key", "initech", "ci", "--role", "admin")
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip()
+    assert key.startswith("lily_initech.") and "\n" not in key
+
+    # The printed key and the user's password both authenticate against the API.
+    v = await client.get("/auth/validate", headers={"Authorization": f"Bearer {key}"})
+    assert v.status_code == 200, v.text
+    assert v.json()["claims"]["tenant_id"] == "initech" and v.json()["claims"]["roles"] == ["admin"]
+    login = await client.post("/auth/login", json={"tenant_id": "initech", "username": "alice",
+                                                   "password": "a-long-password"})
+    assert login.status_code == 200, login.text
+    config = await client.get("/tenants/initech/config", headers={"Authorization": f"Bearer {key}"})
+    assert config.json()["name"] == "Initech"
+
+    # Refusals exit non-zero with a message on stderr, and create nothing.
+    for args, stdin in [
+        (("admin", "create-api-key", "initech", "k", "--role", "root"), None),
+        (("admin", "create-user", "initech", "bob", "--role", "owner", "--password-stdin"), "a-long-password\n"),
+        (("admin", "create-tenant", "initech"), None),  # exists already
+        (("admin", "create-tenant", "Not_Valid!"), None),
+        (("admin", "create-user", "initech", "alice", "--role", "viewer", "--password-stdin"), "another-password\n"),
+        (("admin", "create-user", "initech", "carol", "--role", "viewer", "--password-stdin"), "short\n"),
+        (("admin", "create-api-key", "nope", "k", "--role", "viewer"), None),
+    ]:
+        r = lily(env, *args, stdin=stdin)
+        assert r.returncode != 0, (args, r.stdout)
+        assert r.stderr.strip(), args
+        assert "Traceback" not in r.stderr, r.stderr
+    r = await client.get("/tenants/initech/sources", headers={"Authorization": f"Bearer {key}"})
+    assert [s["name"] for s in r.json()["inbound"]] == ["ci"]
+    login = await client.post("/auth/login", json={"tenant_id": "initech", "username": "alice",
+                                                   "password": "another-password"})
+    assert login.status_code == 401
+
+
+def test_migrate_is_idempotent(env: dict[str, str], database_url: str) -> None:
+    latest = max(number for number, _, _ in available())
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute("SELECT version, applied_at FROM schema_migrations ORDER BY version").fetchall()
+    for _ in range(2):
+        r = lily(env, "migrate")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == f"schema at version {latest}"
+    with psycopg.connect(database_url) as conn:
+        after = conn.execute("SELECT version, applied_at FROM schema_migrations ORDER BY version").fetchall()
+    assert after == before and len(after) == len(available())
+
+
+def test_migrate_refuses_another_partition_count(env: dict[str, str]) -> None:
+    r = lily({**env, "LILY_PARTITIONS": str(TEST_PARTITIONS * 2)}, "migrate")
+    assert r.returncode != 0
+    assert "LILY_PARTITIONS" in r.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until_healthy(base: str, proc: subprocess.Popen[Any], deadline_seconds: float = 60) -> dict[str, Any]:
+    """Poll the readiness endpoint until it answers 200; fail if the server exits or the deadline passes."""
+    deadline = time.monotonic() + deadline_seconds
+    with httpx.Client(timeout=2) as http:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"lily serve exited with {proc.returncode}"
+            try:
+                r = http.get(f"{base}/system/health")
+                if r.status_code == 200:
+                    body: dict[str, Any] = r.json()
+                    return body
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)  # between polls of the readiness endpoint, not as synchronisation
+    raise AssertionError("lily serve did not become healthy in time")
+
+
+def test_serve_really_serves(env: dict[str, str]) -> None:
+    assert lily(env, "admin", "create-tenant", "acme").returncode == 0
+    key = lily(env, "admin", "create-api-key", "acme", "ci", "--role", "editor").stdout.strip()
+    assert key.startswith("lily_acme.")
+    port = free_port()
+    proc = subprocess.Popen([*lily_command(), "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/lily/v1"
+    try:
+        health = wait_until_healthy(base, proc)
+        assert health["status"] == "ok" and health["schema_version"] == max(n for n, _, _ in available())
+        with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {key}"}) as http:
+            r = http.post(f"{base}/metadata", json={"qualified_name": "pg://db/s.t", "type": "table"})
+            assert r.status_code == 201, r.text
+            r = http.get(f"{base}/metadata/{r.json()['asset_id']}")
+            assert r.status_code == 200 and r.json()["version"] == 1
+            # Over a real socket, a chunked body over the limit is refused too.
+            chunks = (b"x" * 65536 for _ in range(20))
+            r = http.post(f"{base}/metadata", content=chunks, headers={"content-type": "application/json"})
+            assert r.status_code == 413, r.text
+            assert r.headers["content-type"] == "application/problem+json"
+            assert http.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200
+    finally:
+        proc.terminate()
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+    # uvicorn shuts down cleanly, then re-raises the signal it caught so the exit status reports it.
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output, output
