@@ -201,6 +201,8 @@ def load(url: str, assets: int, layers: int, seed: int) -> None:
              " FROM lineage_edges e TABLESAMPLE BERNOULLI (10) REPEATABLE (7), generate_series(1, 2) g")
         rebuild(conn, stripped)
         step("vacuum analyze", conn.execute, "VACUUM ANALYZE")
+        # Otherwise the first queries pay for writing out the pages the load and VACUUM dirtied.
+        step("checkpoint", conn.execute, "CHECKPOINT")
 
 
 # ---------------------------------------------------------------- the recursive CTE alternative
@@ -313,6 +315,8 @@ async def measure(url: str, count: int, compare_cte: bool) -> None:
             starts = [r["asset_id"] for r in await cur.fetchall()]
         # Warm-up: first use of each statement on the connection, and the OS page cache.
         await timed(db, "warm-up", starts[:50], walk_call("both", 5))
+        # The machine may be shared: say how busy it was, next to the figures.
+        print(f"load average before measuring: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         rows = []
         directions: tuple[lineage.Direction, ...] = ("downstream", "upstream", "both")
         steps: tuple[Step, ...] = ("downstream", "upstream")
@@ -326,7 +330,7 @@ async def measure(url: str, count: int, compare_cte: bool) -> None:
             rows.append(await timed(db, f"{direction} depth {MAX_DEPTH}, limit {MAX_NODE_LIMIT}", few,
                                     walk_call(direction, MAX_DEPTH, MAX_NODE_LIMIT)))
         rows.append(await timed(db, f"impact depth {MAX_DEPTH}, limit 1000", starts, impact_call(MAX_DEPTH)))
-        print()
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
         print_table(rows)
         if compare_cte:
             cte_rows = []

@@ -63,8 +63,8 @@ async def test_admin_commands(env: dict[str, str], client: httpx.AsyncClient) ->
     config = await client.get("/tenants/initech/config", headers={"Authorization": f"Bearer {key}"})
     assert config.json()["name"] == "Initech"
 
-    # Refusals exit non-zero with a message on stderr, and create nothing.
-    for args, stdin in [
+    # Refusals exit non-zero with a message on stderr, and create nothing. They are independent: run at once.
+    refusals = [
         (("admin", "create-api-key", "initech", "k", "--role", "root"), None),
         (("admin", "create-user", "initech", "bob", "--role", "owner", "--password-stdin"), "a-long-password\n"),
         (("admin", "create-tenant", "initech"), None),  # exists already
@@ -72,13 +72,16 @@ async def test_admin_commands(env: dict[str, str], client: httpx.AsyncClient) ->
         (("admin", "create-user", "initech", "alice", "--role", "viewer", "--password-stdin"), "another-password\n"),
         (("admin", "create-user", "initech", "carol", "--role", "viewer", "--password-stdin"), "short\n"),
         (("admin", "create-api-key", "nope", "k", "--role", "viewer"), None),
-    ]:
-        r = lily(env, *args, stdin=stdin)
-        assert r.returncode != 0, (args, r.stdout)
-        assert r.stderr.strip(), args
-        assert "Traceback" not in r.stderr, r.stderr
-    r = await client.get("/tenants/initech/sources", headers={"Authorization": f"Bearer {key}"})
-    assert [s["name"] for s in r.json()["inbound"]] == ["ci"]
+    ]
+    procs = [subprocess.Popen([*lily_command(), *args], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args, _ in refusals]
+    for (args, stdin), proc in zip(refusals, procs, strict=True):
+        out, err = proc.communicate(stdin, timeout=60)
+        assert proc.returncode != 0, (args, out)
+        assert err.strip(), args
+        assert "Traceback" not in err, err
+    sources = await client.get("/tenants/initech/sources", headers={"Authorization": f"Bearer {key}"})
+    assert [s["name"] for s in sources.json()["inbound"]] == ["ci"]
     login = await client.post("/auth/login", json={"tenant_id": "initech", "username": "alice",
                                                    "password": "another-password"})
     assert login.status_code == 401

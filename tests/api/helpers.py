@@ -42,7 +42,7 @@ async def fingerprint(db: Database, tenant_id: str) -> dict[str, Any]:
             "events": "SELECT event_id, status FROM events ORDER BY event_id",
             "revoked": "SELECT jti FROM revoked_tokens ORDER BY jti",
         }.items():
-            cur = await conn.execute(sql)  # type: ignore[arg-type]
+            cur = await conn.execute(sql)
             out[name] = await cur.fetchall()
     return out
 

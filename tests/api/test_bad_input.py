@@ -6,7 +6,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import orjson
+
+from lily import admin
+from lily.api.app import create_app
 
 from .helpers import assert_problem, create, fields_of, fingerprint
 
@@ -24,6 +28,9 @@ async def test_malformed_json_is_400(client, app, tenant):
             r = await client.request(method, url, content=body, headers=h)
             problem = assert_problem(r, 400, "malformed-json")
             assert problem["title"] == "Malformed JSON"
+    # JSON nested too deeply for the parser is a bad request too.
+    r = await client.post("/metadata", content=b"[" * 100_000, headers=h)
+    assert assert_problem(r, 400, "bad-request")["title"] == "Bad request"
     assert await fingerprint(app.state.runtime.db, tenant.tenant_id) == before
 
 
@@ -64,6 +71,23 @@ async def test_wrong_types_and_missing_fields_are_422_naming_the_field(client, a
                          ({"type": "table", "owners": "ann"}, {"owners"})]:
         problem = assert_problem(await client.put(url, json=body, headers=h), 422, "validation")
         assert fields_of(problem) == fields, (body, problem)
+    # Valid JSON that PostgreSQL cannot store, or that is not really JSON, is refused up front (not a 500).
+    deep = b'{"qualified_name": "pg://x/y", "type": "table", "attributes": ' + b'{"a": ' * 40 + b"1" + b"}" * 41
+    for raw, fields in [
+        (rb'{"qualified_name": "pg://x/\u0000", "type": "table"}', {"qualified_name"}),
+        (rb'{"qualified_name": "pg://x/y", "type": "table", "description": "a\u0000b"}', {"description"}),
+        (rb'{"qualified_name": "pg://x/y", "type": "table", "tags": ["a\u0000b"]}', {"tags[0]"}),
+        (rb'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"k\u0000": 1}}', {"attributes"}),
+        (rb'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"k": ["\u0000"]}}', {"attributes"}),
+        (b'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"n": NaN}}', {"attributes"}),
+        (b'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"n": -Infinity}}', {"attributes"}),
+        (b'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"n": 1e999}}', {"attributes"}),
+        (deep, {"attributes"}),
+    ]:
+        problem = assert_problem(await client.post("/metadata", content=raw, headers={**h, **JSON}), 422)
+        assert fields_of(problem) == fields, (raw, problem)
+    r = await client.post("/metadata", content=b"", headers={**h, **JSON})
+    assert fields_of(assert_problem(r, 422, "validation")) == {"body"}
     # A body that is JSON but not declared as JSON is not an asset either.
     r = await client.post("/metadata", content=orjson.dumps({"qualified_name": "pg://x/y", "type": "table"}),
                           headers={**h, "content-type": "text/plain"})
@@ -165,3 +189,23 @@ async def test_unauthenticated_writes_are_401_and_change_nothing(client, app, te
 async def test_method_not_allowed_is_a_problem(client, tenant):
     r = await client.patch("/metadata/search", headers=tenant.headers("editor"))
     assert_problem(r, 405)
+
+
+async def test_the_body_limit_is_configurable(settings, database_url, make_tenant):
+    small = create_app(settings.model_copy(update={"max_asset_body_bytes": 300}), database_url, run_workers=False)
+    async with small.router.lifespan_context(small):
+        await admin.create_tenant(small.state.runtime.db, "tiny")
+        key = await admin.create_api_key(small.state.runtime.db, "tiny", "k", "editor")
+        transport = httpx.ASGITransport(app=small)
+        async with httpx.AsyncClient(transport=transport, base_url="http://lily.test/lily/v1") as c:
+            body = {"qualified_name": "pg://x/y", "type": "table", "description": "d" * 300}
+            r = await c.post("/metadata", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert assert_problem(r, 413)["limit"] == 300
+
+
+async def test_overlong_request_ids_are_refused(client, app, tenant):
+    before = await fingerprint(app.state.runtime.db, tenant.tenant_id)
+    r = await client.post("/metadata", json={"qualified_name": QN, "type": "table"},
+                          headers={**tenant.headers("editor"), "X-Request-ID": "r" * 1000})
+    assert fields_of(assert_problem(r, 422, "validation")) == {"X-Request-ID"}
+    assert await fingerprint(app.state.runtime.db, tenant.tenant_id) == before

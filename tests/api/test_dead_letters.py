@@ -4,6 +4,7 @@ event of the same subject exists unless forced."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -163,3 +164,11 @@ async def test_discard_drops_a_letter_and_keeps_the_event(client, tenant, test_h
     assert_problem(await client.delete(f"{BASE}/{uuid.uuid4()}", headers=admin), 404)
     state = await settled(client, tenant.headers("viewer"), event_id)
     assert state["state"] == "dead_lettered" and state["dead_letter"]["state"] == "discarded"
+
+
+async def test_two_admins_replaying_one_letter_at_once_replay_it_once(client, tenant, test_hooks):
+    event_id = await dead_letter(client, tenant, test_hooks, "pg://db/s.twice")
+    test_hooks.BROKEN_SUBJECTS.clear()
+    admin = tenant.headers("admin")
+    answers = await asyncio.gather(*(client.post(f"{BASE}/{event_id}/replay", headers=admin) for _ in range(2)))
+    assert sorted(r.status_code for r in answers) == [202, 409]

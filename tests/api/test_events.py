@@ -106,3 +106,21 @@ async def test_unknown_and_other_tenants_events_are_404(client, tenant, other_te
     assert (await client.get(f"/events/{event_id}", headers=tenant.headers("viewer"))).status_code == 200
     assert_problem(await client.get(f"/events/{event_id}", headers=other_tenant.headers("admin")), 404)
     assert_problem(await client.get(f"/events/{event_id}"), 401)
+
+
+async def test_prefer_is_parsed_per_rfc_7240(client, tenant):
+    r = await client.post("/metadata", json={"qualified_name": "pg://db/s.prefer", "type": "table"},
+                          headers=tenant.headers("editor", Prefer="return=minimal, respond-async; x=1"))
+    assert r.status_code == 202 and r.headers["preference-applied"] == "respond-async"
+
+
+async def test_a_wait_that_runs_out_answers_202_and_the_write_still_applies(client, tenant, database_url, settings):
+    name = "pg://db/s.slow"
+    async with hold_partition(database_url, partition_of(tenant.tenant_id, name, settings.partitions)):
+        # wait=0 shortens the configured bound; the held partition guarantees the wait runs out.
+        r = await client.post("/metadata", json={"qualified_name": name, "type": "table"},
+                              headers=tenant.headers("editor", Prefer="wait=0"))
+        assert r.status_code == 202, r.text
+        assert "preference-applied" not in r.headers  # the client did not ask for async
+    state = await settled(client, tenant.headers("viewer"), r.json()["event_id"])
+    assert state["state"] == "applied"

@@ -46,6 +46,7 @@ from openlineage.client.facet_v2 import (
     job_type_job,
     schema_dataset,
 )
+from openlineage.client.generated.base import DatasetFacet
 from openlineage.client.serde import Serde
 from openlineage.client.transport.http import ApiKeyTokenProvider, HttpCompression, HttpConfig, HttpTransport
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -334,8 +335,10 @@ def test_events_out_of_order_leave_the_latest_state(live: Live) -> None:
         client.emit(event)
     # A second, later run that fails.
     client.emit(run_event(RunState.START, T0 + timedelta(hours=1), second))
-    client.emit(run_event(RunState.FAIL, T0 + timedelta(hours=1, minutes=5), second, errorMessage=(
-        error_message_run.ErrorMessageRunFacet(message="division by zero", programmingLanguage="SQL"))))
+    fail = run_event(RunState.FAIL, T0 + timedelta(hours=1, minutes=5), second, errorMessage=(
+        error_message_run.ErrorMessageRunFacet(message="division by zero", programmingLanguage="SQL")))
+    fail.job = Job("etl", "daily_totals")  # end events often carry fewer job facets than START
+    client.emit(fail)
     live.wait_applied(tenant)
 
     runs = asset(live, tenant, "etl/daily_totals")["attributes"]
@@ -343,6 +346,7 @@ def test_events_out_of_order_leave_the_latest_state(live: Live) -> None:
     assert [h["state"] for h in runs["runs"][first]["history"]] == ["START", "RUNNING", "COMPLETE"]
     assert runs["runs"][second]["state"] == "FAIL" and runs["runs"][second]["error"] == "division by zero"
     assert runs["last_run"]["run_id"] == second and runs["last_run"]["state"] == "FAIL"
+    assert runs["openlineage"]["facets"]["jobType"]["integration"] == "SQL"  # kept, not erased
 
 
 def test_resending_changes_nothing(live: Live) -> None:
@@ -392,6 +396,19 @@ def test_dataset_and_job_events(live: Live) -> None:
     assert {n["id"] for n in r.json()["graph"]} == {
         "dataset:kafka://broker:9092:clicks", "job:stream:sessionize", "dataset:s3://lake:sessions/daily",
     }
+
+
+def test_big_compressed_event_is_taken_and_its_facets_bounded(live: Live) -> None:
+    tenant = live.tenant()
+    # 2 MB of facet: over the 1 MiB wire limit uncompressed, far under it gzipped (as the client sends).
+    blob = DatasetFacet().with_additional_properties(blob="lily " * (400 * 1024))
+    small = DatasetFacet().with_additional_properties(note="kept as sent")
+    tenant.client().emit(DatasetEvent(eventTime=T0.isoformat(), dataset=StaticDataset(
+        "s3://lake", "raw/big", facets={"big": blob, "small": small})))
+    live.wait_applied(tenant)
+    facets = asset(live, tenant, "s3://lake/raw/big")["attributes"]["openlineage"]["facets"]
+    assert facets["big"]["_truncated"] is True and facets["big"]["_bytes"] > 2_000_000
+    assert facets["small"]["note"] == "kept as sent"
 
 
 # ---------------------------------------------------------------- batch
@@ -456,6 +473,8 @@ def test_malformed_events_are_refused_whole(live: Live) -> None:
          "schemaURL"),
         (lambda e: e.update(eventTime=12), "eventTime"),
         (lambda e: e.update(outputs={"not": "a list"}), "outputs"),
+        # Valid alone, refused as a whole: the job may not also be one of its datasets.
+        (lambda e: e["inputs"].append({"namespace": "etl", "name": "daily_totals"}), "job"),
     ):
         body = _problem(post(mutated(change)), 422)
         assert field in {e["field"] for e in body["errors"]}, body
@@ -463,8 +482,8 @@ def test_malformed_events_are_refused_whole(live: Live) -> None:
     assert _problem(post(b"{not json"), 400)["type"].endswith("/malformed-json")
     assert _problem(post(b"[]"), 422)["errors"][0]["field"] == "body"
     _problem(post(b"x" * (2 * 1024 * 1024)), 413)  # over the body limit
-    bomb = gzip.compress(b" " * (16 * 1024 * 1024))  # 16 KiB that inflate to 16 MiB
-    assert len(bomb) < 64 * 1024
+    bomb = gzip.compress(b" " * (64 * 1024 * 1024))  # ~64 KiB that inflate to 64 MiB
+    assert len(bomb) < 128 * 1024
     _problem(post(bomb, **{"Content-Encoding": "gzip"}), 413)
     _problem(post(b"\x1f\x8b garbage", **{"Content-Encoding": "gzip"}), 400)
     _problem(post(good.encode(), **{"Content-Encoding": "br"}), 415)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lily.connectors.openlineage import graph, runs, translate
+from lily.connectors.openlineage import facets, graph, runs, translate
 from lily.connectors.openlineage.events import DatasetEvent, JobEvent, RunEvent, parse_batch, parse_event
 from lily.connectors.openlineage.router import MalformedBody, gunzip
 from lily.domain.errors import Invalid, PayloadTooLarge
@@ -132,13 +132,13 @@ def test_run_event_translation() -> None:
 
 
 def test_no_edges_without_both_sides_and_facets_bounded() -> None:
-    big = {"blob": "x" * (translate.MAX_FACET_BYTES + 1)}
+    big = {"blob": "x" * (facets.MAX_FACET_BYTES + 1)}
     event = parse_event(run_event(outputs=[{"namespace": "pg", "name": "t",
                                             "facets": {"custom": big, "gone": {"_deleted": True}}}]))
     out = translate.translate(event, "acme", "key:k")
     assert LINEAGE_UPSERT not in {e.kind for e in out}
-    facets = out[0].payload["attributes"]["openlineage"]["facets"]
-    assert facets == {"custom": {"_truncated": True, "_bytes": len(big["blob"]) + 11}}
+    kept = out[0].payload["attributes"]["openlineage"]["facets"]
+    assert kept == {"custom": {"_truncated": True, "_bytes": len(big["blob"]) + 11}}
 
 
 def test_job_named_like_a_dataset_is_refused() -> None:
@@ -177,6 +177,30 @@ def test_equal_times_prefer_the_later_life_cycle_step_and_keep_errors() -> None:
     attrs = runs.apply_change(attrs, change("START", T0, rid))
     assert attrs["runs"][str(rid)]["state"] == "FAIL"
     assert attrs["runs"][str(rid)]["error"] == "boom"
+
+
+def test_job_facets_of_runs_merge_facet_by_facet() -> None:
+    rid = uuid.uuid4()
+    sql = {"_producer": "p", "query": "select 1"}
+    job_type = {"processingType": "BATCH", "integration": "SQL"}
+    start = change("START", T0, rid).model_copy(update={"job_facets": {"sql": sql, "jobType": job_type}})
+    attrs = runs.apply_change({}, start)
+    assert attrs["openlineage"] == {"namespace": "etl", "name": "daily", "facets": {"sql": sql, "jobType": job_type}}
+    # COMPLETE carries fewer facets: none is lost. A ``_deleted`` facet is removed.
+    done = change("COMPLETE", T0 + timedelta(minutes=1), rid).model_copy(
+        update={"job_facets": {"jobType": job_type, "sql": {"_deleted": True}}})
+    attrs = {**attrs, **runs.apply_change(attrs, done)}
+    assert attrs["openlineage"]["facets"] == {"jobType": job_type}
+    # Without job facets the attribute is left alone.
+    assert "openlineage" not in runs.apply_change(attrs, change("OTHER", T0, rid))
+
+
+def test_run_event_job_facets_travel_with_the_run_change() -> None:
+    event = parse_event({**run_event(), "job": {"namespace": "etl", "name": "daily",
+                                                "facets": {"sql": {"query": "select 1"}}}})
+    job, run = (e.payload for e in translate.translate(event, "acme", "key:k"))
+    assert "attributes" not in job
+    assert run["job_facets"] == {"sql": {"query": "select 1"}}
 
 
 def test_runs_are_bounded_and_last_run_is_the_newest() -> None:

@@ -40,7 +40,8 @@ def test_merge_upsert_keeps_and_replace_resets() -> None:
 
 
 def test_diff() -> None:
-    before = {"type": "table", "name": "t", "description": None, "owners": [], "tags": [], "attributes": {}}
+    before: dict[str, object] = {"type": "table", "name": "t", "description": None, "owners": [], "tags": [],
+                                 "attributes": {}}
     assert rules.diff(before, dict(before)) == {}
     assert rules.diff(before, {**before, "tags": ["a"]}) == {"tags": {"from": [], "to": ["a"]}}
     assert set(rules.diff(None, before)) == set(rules.MUTABLE_FIELDS)

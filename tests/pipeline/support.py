@@ -22,7 +22,7 @@ PARTITION_LOCK = 0x4C4F47  # lily.store.log._PARTITION_LOCK: the workers' adviso
 
 
 async def until(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"
+    check: Callable[[], Awaitable[T | None]], *, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"
 ) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds.
 

@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lily.api.runtime import Runtime
 from lily.auth import tokens
-from lily.domain.errors import Forbidden, Unauthorized
+from lily.domain.errors import Forbidden, Invalid, Unauthorized
 from lily.domain.roles import Role, highest
 from lily.store import identity
 
@@ -89,8 +89,17 @@ Steward = Annotated[Principal, require(Role.steward)]
 Admin = Annotated[Principal, require(Role.admin)]
 
 
+MAX_REQUEST_ID = 200
+
+
 def request_id(request: Request) -> str:
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+    """The client's ``X-Request-ID`` (kept in history and audit), else a new one."""
+    given = request.headers.get("x-request-id")
+    if not given:
+        return uuid.uuid4().hex
+    if len(given) > MAX_REQUEST_ID or not given.isprintable():
+        raise Invalid(f"X-Request-ID must be at most {MAX_REQUEST_ID} printable characters", field="X-Request-ID")
+    return given
 
 
 RequestId = Annotated[str, Depends(request_id)]

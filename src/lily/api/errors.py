@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,10 +53,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> FastJSON:
-        slugs = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized", 413: "payload-too-large"}
-        return problem(exc.status_code, slugs.get(exc.status_code, "http-error"),
-                       str(exc.detail) if exc.status_code != 404 else "Not found",
-                       "no such resource" if exc.status_code == 404 else str(exc.detail))
+        # Raised by the framework itself: unknown routes, wrong methods, bodies it could not parse.
+        slugs = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 401: "unauthorized",
+                 413: "payload-too-large"}
+        try:
+            title = HTTPStatus(exc.status_code).phrase.capitalize()
+        except ValueError:
+            title = "Error"
+        detail = "no such resource" if exc.status_code == 404 else str(exc.detail)
+        return problem(exc.status_code, slugs.get(exc.status_code, "http-error"), title, detail)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> FastJSON:

@@ -1,7 +1,8 @@
 """How every write answers: append through the log, then wait (bounded) for the pipeline's outcome.
 
 ``Prefer: respond-async`` (RFC 7240) skips the wait and answers 202 with the event's status URL; so
-does a wait that runs out. A repeat of an ``Idempotency-Key`` answers what the first request caused.
+does a wait that runs out. ``Prefer: wait=N`` shortens the wait (never beyond the configured bound).
+A repeat of an ``Idempotency-Key`` answers what the first request caused.
 """
 
 from __future__ import annotations
@@ -24,17 +25,39 @@ Render = Callable[[dict[str, Any]], Awaitable[Response]]
 STATUS_PATH = "/lily/v1/events/{}"
 
 
+def preferences(request: Request) -> dict[str, str]:
+    """RFC 7240 preferences, ``token[=value]`` separated by commas (parameters after ``;`` ignored)."""
+    found: dict[str, str] = {}
+    for header in request.headers.getlist("prefer"):
+        for item in header.split(","):
+            token = item.split(";", 1)[0].strip()
+            if token:
+                name, _, value = token.partition("=")
+                found.setdefault(name.strip().lower(), value.strip().strip('"'))
+    return found
+
+
 def wants_async(request: Request) -> bool:
-    prefer = request.headers.get("prefer", "")
-    return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
+    return "respond-async" in preferences(request)
 
 
-def accepted_response(submitted: Submitted) -> FastJSON:
+def wait_bound(prefs: dict[str, str], configured: float) -> float:
+    """How long to wait for the pipeline: ``wait=N`` may shorten the configured bound, never lengthen it."""
+    try:
+        asked = float(prefs["wait"])
+    except (KeyError, ValueError):
+        return configured
+    return max(0.0, min(asked, configured))
+
+
+def accepted_response(submitted: Submitted, *, async_preferred: bool = True) -> FastJSON:
     url = STATUS_PATH.format(submitted.event_id)
+    # Preference-Applied only when the client asked for it: a wait that ran out did not "apply" it.
+    headers = {"Location": url, **({"Preference-Applied": "respond-async"} if async_preferred else {})}
     return FastJSON(
         {"event_id": submitted.event_id, "status": "accepted", "status_url": url},
         status_code=202,
-        headers={"Location": url, "Preference-Applied": "respond-async"},
+        headers=headers,
     )
 
 
@@ -52,8 +75,11 @@ async def write(
         idempotency_key=key,
         fingerprint=request_hash(request.method, request.url.path, body) if key else None,
     )
-    if wants_async(request) or not await runtime.writer.wait(submitted):
+    prefs = preferences(request)
+    if "respond-async" in prefs:
         return accepted_response(submitted)
+    if not await runtime.writer.wait(submitted, wait_bound(prefs, runtime.settings.write_wait_seconds)):
+        return accepted_response(submitted, async_preferred=False)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         outcome = await store_log.get_event(conn, principal.tenant_id, UUID(submitted.event_id))
     assert outcome is not None
@@ -65,7 +91,7 @@ async def write(
             event_id=submitted.event_id,
         )
     if outcome["status"] != "applied":
-        return accepted_response(submitted)
+        return accepted_response(submitted, async_preferred=False)
     return await render(outcome["result"])
 
 

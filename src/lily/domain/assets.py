@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Annotated, Any
@@ -9,12 +10,41 @@ from uuid import UUID, uuid5
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-QualifiedName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
+# PostgreSQL text and jsonb cannot hold U+0000: refuse it here (422) rather than fail in the store.
+_NO_NUL = r"^[^\x00]*$"
+QualifiedName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024, pattern=_NO_NUL)
+]
 AssetType = Annotated[
     # The pattern is checked on the text as sent (before lower-casing), so it admits capitals.
     str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 ]
-Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256, pattern=_NO_NUL)]
+MAX_ATTRIBUTE_DEPTH = 32
+
+
+def _check_attributes(value: dict[str, Any]) -> dict[str, Any]:
+    """Free JSON, but storable: no U+0000, no NaN or infinities (not JSON), bounded nesting."""
+
+    def walk(node: Any, path: str, depth: int) -> None:
+        if depth > MAX_ATTRIBUTE_DEPTH:
+            raise ValueError(f"{path} nests deeper than {MAX_ATTRIBUTE_DEPTH} levels")
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if "\x00" in key:
+                    raise ValueError(f"a key in {path} contains U+0000")
+                walk(child, f"{path}.{key}", depth + 1)
+        elif isinstance(node, list):
+            for i, child in enumerate(node):
+                walk(child, f"{path}[{i}]", depth + 1)
+        elif isinstance(node, str) and "\x00" in node:
+            raise ValueError(f"{path} contains U+0000")
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError(f"{path} is {node}, which JSON cannot represent")
+
+    walk(value, "attributes", 1)
+    return value
+
 
 # Fields a client may set; qualified_name is the identity (and the event log's subject), never changed.
 MUTABLE_FIELDS = ("type", "name", "description", "owners", "tags", "attributes")
@@ -28,13 +58,15 @@ def _unique(values: list[str]) -> list[str]:
 class AssetFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)] | None = None
-    description: Annotated[str, StringConstraints(max_length=65536)] | None = None
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512,
+                                           pattern=_NO_NUL)] | None = None
+    description: Annotated[str, StringConstraints(max_length=65536, pattern=_NO_NUL)] | None = None
     owners: list[Label] = Field(default_factory=list, max_length=256)
     tags: list[Label] = Field(default_factory=list, max_length=256)
     attributes: dict[str, Any] = Field(default_factory=dict)
 
     _dedupe = field_validator("owners", "tags")(_unique)
+    _storable = field_validator("attributes")(_check_attributes)
 
 
 class AssetIn(AssetFields):

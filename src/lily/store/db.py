@@ -102,8 +102,8 @@ async def insert_rows(
 
     COPY would be faster but PostgreSQL refuses COPY FROM into tables with row-level security, and
     every tenant table has it; ``INSERT … SELECT FROM unnest(…)`` is the next best, a single round trip.
-    The arrays travel in binary (``%b``): the text array format makes psycopg escape every quote of
-    every jsonb element with a Python-level regex, which cost 3-4x the insert itself on version rows.
+    The arrays travel in binary (``%b``): in text format psycopg escapes every quote of every jsonb
+    element with a Python-level regex, which cost 3-4x the insert itself for asset version rows.
     """
     if not rows:
         return

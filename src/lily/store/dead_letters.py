@@ -31,7 +31,8 @@ class Filter:
 
 
 def _where(tenant_id: str, f: Filter) -> tuple[list[str], list[Any]]:
-    where, params = ["d.tenant_id = %s"], [tenant_id]
+    where: list[str] = ["d.tenant_id = %s"]
+    params: list[Any] = [tenant_id]
     for clause, value in (
         ("d.state = %s", f.state),
         ("d.kind = %s", f.kind),

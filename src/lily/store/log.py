@@ -122,7 +122,7 @@ async def record_outcomes(
     await conn.execute(
         "UPDATE events e SET status = r.status, result = r.result, error = r.error,"
         " applied_at = clock_timestamp(), attempts = e.attempts + 1"
-        " FROM unnest(%s::uuid[], %s::text[], %s::jsonb[], %s::text[]) AS r(event_id, status, result, error)"
+        " FROM unnest(%b::uuid[], %b::text[], %b::jsonb[], %b::text[]) AS r(event_id, status, result, error)"
         " WHERE e.event_id = r.event_id",
         [event_ids, statuses, [Jsonb(r) if r is not None else None for r in results], errors],
     )

@@ -17,13 +17,14 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from lily.domain.errors import Invalid
+from lily.domain.lineage import MAX_REFS
 
 EventKind = Literal["RunEvent", "DatasetEvent", "JobEvent"]
 EventType = Literal["START", "RUNNING", "COMPLETE", "ABORT", "FAIL", "OTHER"]
 
 # Lily's qualified names are at most 1024 characters and are ``{namespace}/{name}``.
 MAX_QUALIFIED_NAME = 1024
-MAX_DATASETS = 1000  # per inputs / outputs list; Lily writes at most 10,000 edges per event anyway
+MAX_DATASETS = MAX_REFS  # per inputs / outputs list, as for Lily's own lineage writes
 MAX_BATCH = 1000  # events per /lineage/batch request
 MAX_FIELDS = 10_000  # schema fields (after flattening nested ones), column lineage entries
 
@@ -80,7 +81,8 @@ class InputField(_Open):
 
 
 class ColumnLineageField(_Open):
-    inputFields: list[InputField] = Field(max_length=MAX_FIELDS)  # the spec's camelCase
+    # At most MAX_REFS inputs per column: what Lily's lineage accepts for one downstream column.
+    inputFields: list[InputField] = Field(max_length=MAX_REFS)  # the spec's camelCase
     transformationDescription: Text | None = None
     transformationType: Text | None = None
 
@@ -240,7 +242,8 @@ def _field(loc: tuple[Any, ...] | list[Any], prefix: str) -> str:
 
 def kind_of(raw: dict[str, Any]) -> EventKind:
     """Which event ``raw`` is: named by its schemaURL's fragment (``#/$defs/RunEvent``; older
-    producers wrote ``#/definitions/RunEvent``), else told by its shape, as Marquez does."""
+    producers wrote ``#/definitions/RunEvent``), else told by its shape (a ``run`` or ``eventType`` makes
+    a RunEvent, a ``dataset`` a DatasetEvent, anything else is read as a JobEvent and must name a job)."""
     url = raw.get("schemaURL")
     fragment = urlsplit(url).fragment if isinstance(url, str) else ""
     named = fragment.rstrip("/").rsplit("/", 1)[-1]

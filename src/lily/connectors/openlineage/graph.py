@@ -13,8 +13,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from lily.connectors.openlineage.facets import ATTRIBUTE
 from lily.connectors.openlineage.runs import LAST_RUN
-from lily.connectors.openlineage.translate import ATTRIBUTE, COLUMNS, JOB
+from lily.connectors.openlineage.translate import COLUMNS, JOB
 
 Link = tuple[UUID, UUID, UUID | None]  # (upstream, downstream, process)
 

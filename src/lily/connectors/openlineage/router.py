@@ -33,8 +33,21 @@ from lily.store import openlineage as store_ol
 router = APIRouter(prefix="/api/v1", tags=["openlineage"])
 
 MARQUEZ_DEFAULT_DEPTH = 20  # Marquez's default; Lily clamps it to its own cap (domain.lineage.MAX_DEPTH)
+# What a gzip body may inflate to. The wire size is bounded before this by BodyLimitMiddleware
+# (LILY_MAX_ASSET_BODY_BYTES); compressed events may be bigger than that once inflated (Spark's plan
+# facets compress tenfold), and this bound only has to keep a zip bomb from exhausting memory.
+MAX_INFLATED_BYTES = 8 * 1024 * 1024
 # A job's graph is walked from each dataset it reads or writes; past this many, from the first ones only.
 MAX_JOB_STARTS = 50
+
+# The body is read raw (to decompress it under a bound first), so describe it for the OpenAPI document.
+_EVENT_BODY = {"requestBody": {"required": True, "description": "An OpenLineage RunEvent, DatasetEvent or "
+                               "JobEvent; may be sent with Content-Encoding: gzip",
+                               "content": {"application/json": {"schema": {"type": "object"}}}}}
+_BATCH_BODY = {"requestBody": {"required": True, "description": "A JSON array of OpenLineage events; "
+                               "may be sent with Content-Encoding: gzip",
+                               "content": {"application/json": {"schema": {"type": "array",
+                                                                           "items": {"type": "object"}}}}}}
 
 
 class MalformedBody(LilyError):
@@ -71,7 +84,7 @@ async def _json_body(request: Request, limit: int) -> Any:
     # The raw body is already bounded by BodyLimitMiddleware; the decompressed one by gunzip.
     raw = await request.body()
     encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding == "gzip":
+    if encoding in ("gzip", "x-gzip"):  # x-gzip: the older name, which RFC 9110 asks servers to accept
         raw = gunzip(raw, limit)
     elif encoding not in ("", "identity"):
         raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; use gzip or none")
@@ -82,10 +95,10 @@ async def _json_body(request: Request, limit: int) -> Any:
 
 
 @router.post("/lineage", status_code=201, response_class=Response,
-             responses={201: {"description": "Recorded (empty body, as Marquez answers)"}})
+             responses={201: {"description": "Recorded (empty body, as Marquez answers)"}}, openapi_extra=_EVENT_BODY)
 async def record_event(request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId) -> Response:
     """Take one OpenLineage event (RunEvent, DatasetEvent or JobEvent), plain or gzip-compressed."""
-    event = parse_event(await _json_body(request, runtime.settings.max_asset_body_bytes))
+    event = parse_event(await _json_body(request, MAX_INFLATED_BYTES))
     await runtime.writer.append_many(
         principal.tenant_id, translate(event, principal.tenant_id, principal.actor, request_id)
     )
@@ -93,11 +106,11 @@ async def record_event(request: Request, principal: Editor, runtime: RuntimeDep,
 
 
 @router.post("/lineage/batch", status_code=201, response_class=Response,
-             responses={201: {"description": "All recorded (empty body)"}})
+             responses={201: {"description": "All recorded (empty body)"}}, openapi_extra=_BATCH_BODY)
 async def record_batch(request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId) -> Response:
     """Take a JSON array of OpenLineage events: every one is validated first, and all are recorded
     in one transaction, or none (the error names the index of each bad one)."""
-    events = parse_batch(await _json_body(request, runtime.settings.max_asset_body_bytes))
+    events = parse_batch(await _json_body(request, MAX_INFLATED_BYTES))
     lily_events = []
     for i, event in enumerate(events):
         try:

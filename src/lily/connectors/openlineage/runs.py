@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from lily.connectors.openlineage import facets
 from lily.connectors.openlineage.events import EventType
 
 OPENLINEAGE_RUN = "openlineage.run"  # the event kind: one run state change of one job
@@ -43,6 +44,7 @@ class RunChange(BaseModel):
     job_namespace: str
     job_name: str
     error: str | None = None  # the errorMessage facet's message, on FAIL
+    job_facets: dict[str, Any] = Field(default_factory=dict)  # merged into attributes.openlineage
 
 
 def timestamp(value: datetime) -> str:
@@ -73,7 +75,8 @@ def _summary(run_id: str, history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def apply_change(attributes: dict[str, Any], change: RunChange) -> dict[str, Any]:
-    """The ``runs`` and ``last_run`` attributes after ``change`` (equal to the current ones on a re-send)."""
+    """The ``runs`` and ``last_run`` attributes after ``change`` (equal to the current ones on a re-send),
+    and ``openlineage`` (the job's facets, merged facet by facet) when the event carried job facets."""
     runs: dict[str, Any] = dict(attributes.get(RUNS) or {})
     run_id = str(change.run_id)
     entry: dict[str, Any] = {"state": change.state, "event_time": timestamp(change.event_time)}
@@ -90,4 +93,8 @@ def apply_change(attributes: dict[str, Any], change: RunChange) -> dict[str, Any
         runs = {r["run_id"]: r for r in keep}
     latest = max(runs.values(), key=lambda r: (r["first_event_time"], r["run_id"]))
     last_run = {k: latest[k] for k in ("run_id", "state", "event_time", "started_at", "ended_at")}
-    return {RUNS: runs, LAST_RUN: last_run}
+    out = {RUNS: runs, LAST_RUN: last_run}
+    if change.job_facets:
+        out[facets.ATTRIBUTE] = facets.merged(attributes.get(facets.ATTRIBUTE), change.job_namespace,
+                                              change.job_name, change.job_facets)
+    return out

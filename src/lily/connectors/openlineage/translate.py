@@ -3,8 +3,9 @@
 - every dataset (inputs, outputs, a DatasetEvent's dataset) → ``asset.upsert`` of type ``dataset``;
   its ``schema`` facet becomes ``attributes.columns``, ``documentation`` the description, ``ownership``
   the owners, and the other facets are kept, bounded, under ``attributes.openlineage``;
-- the job → ``asset.upsert`` of type ``job`` (same facet rules);
-- a RunEvent's state change → ``openlineage.run`` on the job (see :mod:`.runs`);
+- the job → ``asset.upsert`` of type ``job`` (same facet rules, except that a RunEvent's job facets
+  travel with the run change and are merged facet by facet: see :mod:`.runs`);
+- a RunEvent's state change → ``openlineage.run`` on the job;
 - inputs → job → outputs → one ``lineage.upsert`` with the job as process; the outputs'
   ``columnLineage`` facets become its column mappings.
 
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from lily.connectors.openlineage.events import (
     ColumnLineageField,
     Dataset,
@@ -33,6 +32,7 @@ from lily.connectors.openlineage.events import (
     RunEvent,
     SchemaField,
 )
+from lily.connectors.openlineage.facets import ATTRIBUTE, bounded, kept
 from lily.connectors.openlineage.runs import OPENLINEAGE_RUN, timestamp
 from lily.domain.assets import default_name
 from lily.domain.errors import Invalid
@@ -41,17 +41,8 @@ from lily.domain.lineage import MAX_EDGES_PER_REQUEST, MAX_REFS
 
 SOURCE = "openlineage"
 DATASET, JOB = "dataset", "job"
-ATTRIBUTE = "openlineage"  # attributes.openlineage: {namespace, name, facets}
 COLUMNS = "columns"
-
-# Facets are kept for people to read, not as a blob store: one facet over 16 KiB, or facets beyond
-# 128 KiB in all, are kept as a marker saying how big they were.
-MAX_FACET_BYTES = 16 * 1024
-MAX_FACETS_BYTES = 128 * 1024
-MAX_FACETS = 100
 MAX_NAME_CHARS = 512  # Lily's display-name limit
-# Facets that become Lily fields rather than being kept as they came.
-_LIFTED = frozenset({"schema", "columnLineage"})
 
 
 def translate(event: Event, tenant_id: str, actor: str, request_id: str | None = None) -> list[NewEvent]:
@@ -73,7 +64,10 @@ def translate(event: Event, tenant_id: str, actor: str, request_id: str | None =
         raise Invalid(f"the job and a dataset are both named {job.qualified_name!r}", field="job")
     out = [new(qn, ASSET_UPSERT, dataset_payload(ds)) for qn, ds in datasets.items()]
     # The job's events share its subject, so the log applies them in this order.
-    out.append(new(job.qualified_name, ASSET_UPSERT, job_payload(job)))
+    # A run's job facets are merged facet by facet by the run handler (START usually carries more of
+    # them than COMPLETE; replacing them as a whole would make two job versions per run out of nothing).
+    # A JobEvent states the job as it is: its facets replace the recorded ones.
+    out.append(new(job.qualified_name, ASSET_UPSERT, job_payload(job, with_facets=not isinstance(event, RunEvent))))
     if isinstance(event, RunEvent):
         out.append(new(job.qualified_name, OPENLINEAGE_RUN, run_payload(event)))
     lineage = lineage_payload(job.qualified_name, event.inputs, event.outputs)
@@ -105,40 +99,23 @@ def _raw_facets(node: Dataset | Job) -> dict[str, Any]:
     return node.facets.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def bounded_facets(facets: dict[str, Any]) -> dict[str, Any]:
-    """The facets to keep: deleted ones (``_deleted: true``) dropped, oversized ones reduced to a marker."""
-    out: dict[str, Any] = {}
-    total = 0
-    for name in sorted(facets)[:MAX_FACETS]:
-        value = facets[name]
-        if name in _LIFTED or not isinstance(value, dict) or value.get("_deleted") is True:
-            continue
-        size = len(orjson.dumps(value))
-        if size > MAX_FACET_BYTES or total + size > MAX_FACETS_BYTES:
-            out[name] = {"_truncated": True, "_bytes": size}
-            continue
-        out[name] = value
-        total += size
-    return out
-
-
 def _display_name(name: str, qualified_name: str) -> str:
     return name if len(name) <= MAX_NAME_CHARS else default_name(qualified_name)[:MAX_NAME_CHARS]
 
 
-def _common(node: Dataset | Job, asset_type: str) -> dict[str, Any]:
+def _common(node: Dataset | Job, asset_type: str, *, with_facets: bool = True) -> dict[str, Any]:
     qn = node.qualified_name
     payload: dict[str, Any] = {"qualified_name": qn, "type": asset_type, "name": _display_name(node.name, qn)}
-    facets = node.facets
-    if facets.documentation is not None:
-        payload["description"] = facets.documentation.description
-    if facets.ownership is not None:
-        payload["owners"] = list(dict.fromkeys(o.name for o in facets.ownership.owners))
-    kept = bounded_facets(_raw_facets(node))
+    typed = node.facets
+    if typed.documentation is not None:
+        payload["description"] = typed.documentation.description
+    if typed.ownership is not None:
+        payload["owners"] = list(dict.fromkeys(o.name for o in typed.ownership.owners))
+    facets = bounded(_raw_facets(node)) if with_facets else {}
     # Sent only when there are facets: an event without them (common for inputs) must not erase the
     # ones an earlier event recorded, and upserts replace an attribute key as a whole.
-    if kept:
-        payload["attributes"] = {ATTRIBUTE: {"namespace": node.namespace, "name": node.name, "facets": kept}}
+    if facets:
+        payload["attributes"] = {ATTRIBUTE: {"namespace": node.namespace, "name": node.name, "facets": facets}}
     return payload
 
 
@@ -149,8 +126,8 @@ def dataset_payload(ds: Dataset) -> dict[str, Any]:
     return payload
 
 
-def job_payload(job: Job) -> dict[str, Any]:
-    return _common(job, JOB)
+def job_payload(job: Job, *, with_facets: bool = True) -> dict[str, Any]:
+    return _common(job, JOB, with_facets=with_facets)
 
 
 def columns(fields: list[SchemaField], prefix: str = "") -> list[dict[str, Any]]:
@@ -177,6 +154,7 @@ def run_payload(event: RunEvent) -> dict[str, Any]:
         "job_namespace": event.job.namespace,
         "job_name": event.job.name,
         "error": message if isinstance(message, str) and event.eventType == "FAIL" else None,
+        "job_facets": kept(_raw_facets(event.job)),
     }
 
 
@@ -230,6 +208,8 @@ def lineage_payload(
     ups = [qn for qn in ups if qn not in written]
     if not ups or not downs:
         return None
+    if process is not None and process in {*ups, *downs}:
+        raise Invalid(f"the job {process!r} is also named as a dataset of its own lineage", field="job")
     if len(ups) > MAX_REFS or len(downs) > MAX_REFS or len(ups) * len(downs) > MAX_EDGES_PER_REQUEST:
         raise Invalid(
             f"{len(ups)} inputs x {len(downs)} outputs is more lineage than one event may carry "

@@ -22,7 +22,7 @@ JOB_TYPE = "job"
 
 
 class RunHandler:
-    kinds = (OPENLINEAGE_RUN,)
+    kinds: tuple[str, ...] = (OPENLINEAGE_RUN,)
 
     def validate(self, event: PipelineEvent) -> None:
         try:
@@ -60,6 +60,8 @@ class RunHandler:
                            "run_id": str(change.run_id), "state": change.state},
                 "at": ctx.now,
             })
+            # What later stages (propagation, outbox) read about an asset change, as AssetHandler leaves it.
+            event.notes["change"] = {"action": action, "changes": changes, "asset": after}
             event.applied({"asset_id": str(after["asset_id"]), "version": after["version"],
                            "changed": True, "created": before is None})
         await store.write(ctx.conn, ctx.tenant_id, rows, versions, audits)
