@@ -338,6 +338,15 @@ async def measure(url: str, count: int, compare_cte: bool) -> None:
                 for depth in (3, 5, 10):
                     cte_rows.append(await timed(db, f"CTE {step_} depth {depth}", few, cte_call(step_, depth)))
                     cte_rows.append(await timed(db, f"BFS {step_} depth {depth}", few, walk_call(step_, depth)))
+            # A CTE's LIMIT applies after the recursion: from a hub it reads everything first.
+            async with db.tenant(TENANT) as conn:
+                cur = await conn.execute(
+                    "SELECT asset_id FROM assets WHERE tenant_id = %s AND qualified_name = ANY(%s)",
+                    [TENANT, [f"bench://warehouse/l00/t{h:07d}" for h in range(HUBS)]],
+                )
+                hubs = [r["asset_id"] for r in await cur.fetchall()]
+            cte_rows.append(await timed(db, "CTE downstream depth 3, from hubs", hubs, cte_call("downstream", 3)))
+            cte_rows.append(await timed(db, "BFS downstream depth 3, from hubs", hubs, walk_call("downstream", 3)))
             print(f"\nrecursive CTE against the level-by-level walk (same {len(few)} starts, limit 1000):")
             print_table(cte_rows)
     finally:

@@ -17,6 +17,8 @@ import psycopg
 import pytest
 
 from conftest import TEST_PARTITIONS
+from lily import admin
+from lily.domain.errors import Invalid, NotFound
 from lily.store.migrate import available
 
 
@@ -135,7 +137,7 @@ def test_serve_really_serves(env: dict[str, str]) -> None:
     key = lily(env, "admin", "create-api-key", "acme", "ci", "--role", "editor").stdout.strip()
     assert key.startswith("lily_acme.")
     port = free_port()
-    proc = subprocess.Popen([*lily_command(), "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([*lily_command(), "serve", "--port", str(port)], env={**env, "LILY_LOG_LEVEL": "INFO"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}/lily/v1"
     try:
@@ -162,3 +164,22 @@ def test_serve_really_serves(env: dict[str, str]) -> None:
     # uvicorn shuts down cleanly, then re-raises the signal it caught so the exit status reports it.
     assert proc.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output, output
+
+
+async def test_admin_operations_refuse_bad_names(db: Any) -> None:
+    """What the CLI passes through: bad ids and names are refused before they reach the database."""
+    await admin.create_tenant(db, "acme")
+    for call in (lambda: admin.create_tenant(db, "x\x00"), lambda: admin.create_tenant(db, "-leading-dash"),
+                 lambda: admin.create_tenant(db, "t" * 64), lambda: admin.create_tenant(db, "okay", "bad\x00name"),
+                 lambda: admin.create_user(db, "acme", "", "a-long-password", "viewer"),
+                 lambda: admin.create_user(db, "acme", "line\nbreak", "a-long-password", "viewer"),
+                 lambda: admin.create_user(db, "ac\x00me", "u", "a-long-password", "viewer"),
+                 lambda: admin.create_user(db, "nope", "u", "a-long-password", "viewer"),
+                 lambda: admin.create_api_key(db, "acme", "", "viewer"),
+                 lambda: admin.create_api_key(db, "acme", "k", "superuser"),
+                 lambda: admin.create_api_key(db, "Nope", "k", "viewer")):
+        with pytest.raises((Invalid, NotFound)):
+            await call()
+    async with db.tenant("acme") as conn:
+        cur = await conn.execute("SELECT action FROM audit_log")
+        assert [r["action"] for r in await cur.fetchall()] == ["tenant.created"]

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from lily.auth import passwords, tokens
 from lily.domain.errors import Conflict, Invalid, NotFound
 from lily.domain.roles import Role
+from lily.domain.tenants import is_tenant_id
 from lily.store import audit, identity
 from lily.store.db import Database
 
 ACTOR = "admin:cli"
-# The same rule as the tenants table's CHECK constraint: ids appear in API keys and URLs.
-TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 def _role(role: str) -> Role:
@@ -24,10 +22,19 @@ def _role(role: str) -> Role:
                       field="role") from exc
 
 
+def _label(value: str, field: str, max_length: int = 256) -> str:
+    """Names of users, keys and tenants: 1 to ``max_length`` printable characters."""
+    if not value or len(value) > max_length or not value.isprintable():
+        raise Invalid(f"{field} must be 1 to {max_length} printable characters", field=field)
+    return value
+
+
 async def create_tenant(db: Database, tenant_id: str, name: str | None = None) -> None:
-    if not TENANT_ID.fullmatch(tenant_id):
+    if not is_tenant_id(tenant_id):
         raise Invalid(f"tenant id {tenant_id!r} must be 1-63 lower-case letters, digits or '-', starting with a"
                       " letter or digit", field="tenant_id")
+    if name is not None:
+        _label(name, "name")
     async with db.tenant(tenant_id) as conn:
         if not await identity.create_tenant(conn, tenant_id, name or tenant_id, {}):
             raise Conflict(f"tenant {tenant_id} already exists")
@@ -37,8 +44,11 @@ async def create_tenant(db: Database, tenant_id: str, name: str | None = None) -
 
 async def create_user(db: Database, tenant_id: str, username: str, password: str, role: str) -> None:
     checked = _role(role)
+    _label(username, "username")
     if len(password) < 8:
         raise Invalid("password must be at least 8 characters", field="password")
+    if not is_tenant_id(tenant_id):
+        raise NotFound(f"tenant {tenant_id} does not exist")
     async with db.tenant(tenant_id) as conn:
         if await identity.get_tenant(conn, tenant_id) is None:
             raise NotFound(f"tenant {tenant_id} does not exist")
@@ -53,7 +63,10 @@ async def create_user(db: Database, tenant_id: str, username: str, password: str
 async def create_api_key(db: Database, tenant_id: str, name: str, role: str) -> str:
     """Create a key and return it; only its hash is kept, so this is the one time it is shown."""
     checked = _role(role)
+    _label(name, "name")
     key_id, key, key_hash = tokens.new_api_key(tenant_id)
+    if not is_tenant_id(tenant_id):
+        raise NotFound(f"tenant {tenant_id} does not exist")
     async with db.tenant(tenant_id) as conn:
         if await identity.get_tenant(conn, tenant_id) is None:
             raise NotFound(f"tenant {tenant_id} does not exist")

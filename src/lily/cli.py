@@ -70,8 +70,9 @@ def _serve(host: str | None, port: int | None, run_workers: bool) -> None:
     settings = _settings()
     url = _migrated_url(settings)
     app = create_app(settings, url, run_workers=run_workers)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="info",
-                access_log=False)
+    # uvicorn logs at the level `lily --log-level` (LILY_LOG_LEVEL) set for everything else.
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level=level, access_log=False)
 
 
 @main.command()
@@ -145,7 +146,7 @@ def create_user(tenant_id: str, username: str, role: str, password_stdin: bool) 
     from lily import admin as ops
 
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
     _admin_call(lambda db: ops.create_user(db, tenant_id, username, password, role))

@@ -128,6 +128,8 @@ async def test_cursor_pagination_has_no_duplicates_or_gaps(client, tenant):
 async def test_bad_search_parameters(client, tenant):
     h = tenant.headers("viewer")
     for params, field in [({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"q": "x" * 513}, "q"),
-                          ({"cursor": "garbage!"}, "cursor")]:
+                          ({"cursor": "garbage!"}, "cursor"), ({"q": "a\x00"}, "q"),
+                          ({"qualified_name": "\x00"}, "qualified_name"), ({"type": ["table", "\x00"]}, "type[1]"),
+                          ({"tag": "\x00"}, "tag[0]")]:
         problem = assert_problem(await client.get("/metadata/search", params=params, headers=h), 422, "validation")
         assert [e["field"] for e in problem["errors"]] == [field]

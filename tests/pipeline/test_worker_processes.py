@@ -230,7 +230,9 @@ def database_url_32(pg_admin_url: str) -> Iterator[str]:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.mark.slow
 async def test_default_32_partitions_two_worker_processes_one_killed(database_url_32: str, tmp_path: Path) -> None:
+    """The same with the default partition count (more partitions per worker to take over)."""
     figures = await run_with_kill(database_url_32, 32, tmp_path, total=3_000, subjects=300)
     print(f"\n3,000 events, 32 partitions, 2 worker processes, one killed: {figures}")
 

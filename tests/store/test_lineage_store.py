@@ -164,6 +164,8 @@ async def test_node_limit_sets_truncated(db: Database) -> None:
     assert len(cut.edges) == 4  # only edges between nodes that made it in
     whole = await walk(db, "hub", "downstream", 1, node_limit=11)
     assert not whole.truncated and len(whole.nodes) == 11
+    alone = await walk(db, "hub", "both", 3, node_limit=1)
+    assert alone.truncated and names(alone) == {"hub"} and alone.edges == []
 
 
 async def test_column_lineage(db: Database) -> None:
@@ -220,7 +222,10 @@ async def test_downstream_without_source_dedupes(db: Database) -> None:
         diamond = await lineage.downstream_without_source(conn, "t1", [aid("d1"), aid("d2")], depth=5)
         cycle = await lineage.downstream_without_source(conn, "t1", [aid("x")], depth=10)
         near = await lineage.downstream_without_source(conn, "t1", [aid("c0")], depth=2)
+        # The pipeline hands over ids as they sit in event payloads: text, possibly upper case.
+        as_text = await lineage.downstream_without_source(conn, "t1", [str(aid("c0")).upper()], depth=1)
     assert diamond == [aid("d3"), aid("d4")]
+    assert as_text == [aid("c1")]
     assert set(cycle) == {aid("y"), aid("z")}
     assert near == [aid("c1"), aid("c2")]
 

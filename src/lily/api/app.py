@@ -82,6 +82,8 @@ def create_app(settings: Settings, database_url: str, *, run_workers: bool = Tru
     app.add_middleware(
         BodyLimitMiddleware,
         default=settings.max_asset_body_bytes,
-        overrides={f"{BASE_PATH}/metadata/bulk": settings.max_bulk_body_bytes},
+        # OpenLineage producers batch events and Spark plans are large: they get the bulk limit.
+        overrides={f"{BASE_PATH}/metadata/bulk": settings.max_bulk_body_bytes,
+                   "/api/v1/lineage": settings.max_bulk_body_bytes},
     )
     return app

@@ -11,15 +11,15 @@ from uuid import UUID, uuid5
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 # PostgreSQL text and jsonb cannot hold U+0000: refuse it here (422) rather than fail in the store.
-_NO_NUL = r"^[^\x00]*$"
+NO_NUL = r"^[^\x00]*$"
 QualifiedName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024, pattern=_NO_NUL)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024, pattern=NO_NUL)
 ]
 AssetType = Annotated[
     # The pattern is checked on the text as sent (before lower-casing), so it admits capitals.
     str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 ]
-Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256, pattern=_NO_NUL)]
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256, pattern=NO_NUL)]
 MAX_ATTRIBUTE_DEPTH = 32
 
 
@@ -59,8 +59,8 @@ class AssetFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512,
-                                           pattern=_NO_NUL)] | None = None
-    description: Annotated[str, StringConstraints(max_length=65536, pattern=_NO_NUL)] | None = None
+                                           pattern=NO_NUL)] | None = None
+    description: Annotated[str, StringConstraints(max_length=65536, pattern=NO_NUL)] | None = None
     owners: list[Label] = Field(default_factory=list, max_length=256)
     tags: list[Label] = Field(default_factory=list, max_length=256)
     attributes: dict[str, Any] = Field(default_factory=dict)

@@ -71,7 +71,7 @@ async def lineage_graph(
     depth: Annotated[int, Query(ge=0, description=f"hops; capped at {graph.MAX_DEPTH}")] = graph.DEFAULT_DEPTH,
     limit: Annotated[int, Query(ge=1, le=graph.MAX_NODE_LIMIT)] = graph.DEFAULT_NODE_LIMIT,
     columns: bool = False,
-    format: Literal["json", "mermaid", "dot"] = "json",  # noqa: A002
+    format: Literal["json", "mermaid", "dot"] = "json",
 ) -> Response:
     async with runtime.db.tenant(principal.tenant_id) as conn:
         result = await store_lineage.traverse(conn, principal.tenant_id, asset_id, direction, depth, limit, columns)

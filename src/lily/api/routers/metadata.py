@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import StringConstraints
 
 from lily.api import pagination, writes
 from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
@@ -15,6 +16,8 @@ from lily.domain.errors import NotFound, PreconditionFailed
 from lily.domain.events import ASSET_DELETE, ASSET_REPLACE, ASSET_UPSERT, NewEvent
 from lily.store import assets as store
 from lily.store import audit as store_audit
+
+SearchTerm = Annotated[str, StringConstraints(max_length=256, pattern=rules.NO_NUL)]
 
 # Listed before ``item_router`` so /metadata/search never matches /metadata/{asset_id}.
 router = APIRouter(prefix="/metadata", tags=["metadata"])
@@ -58,10 +61,11 @@ async def create_or_update(
 async def search(
     principal: Viewer,
     runtime: RuntimeDep,
-    q: Annotated[str | None, Query(max_length=512, description="Full text: name, qualified name, description")] = None,
-    qualified_name: Annotated[str | None, Query(max_length=1024)] = None,
-    type: Annotated[list[str] | None, Query(description="Asset types; repeat for any of several")] = None,
-    tag: Annotated[list[str] | None, Query(description="Tags; repeat to require all")] = None,
+    q: Annotated[str | None, Query(max_length=512, pattern=rules.NO_NUL,
+                                   description="Full text: name, qualified name, description")] = None,
+    qualified_name: Annotated[str | None, Query(max_length=1024, pattern=rules.NO_NUL)] = None,
+    type: Annotated[list[SearchTerm] | None, Query(description="Asset types; repeat for any of several")] = None,
+    tag: Annotated[list[SearchTerm] | None, Query(description="Tags; repeat to require all")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
