@@ -192,18 +192,22 @@ async def scenarios(base: str, key: str, total: int, concurrency: list[int], war
         return lambda http, i: create(http, i, f"c{clients}")
 
     results = []
+    print(HEADER, flush=True)
     for clients in concurrency:
         results.append(await run(clients, total, headers, base, create_as(clients), "create  POST /metadata"))
+        print(row(results[-1]), flush=True)
     for clients in concurrency:
         results.append(await run(clients, total, headers, base, read, "read    GET /metadata/{id}"))
+        print(row(results[-1]), flush=True)
     return results
 
 
-def report(results: list[Result]) -> None:
-    print(f"{'scenario':<28} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-    for r in results:
-        print(f"{r.scenario:<28} {r.clients:>7} {r.requests:>8} {r.errors:>6} {r.rate:>8.0f}"
-              f" {r.percentile(50):>8.1f} {r.percentile(99):>8.1f}")
+HEADER = f"{'scenario':<28} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+
+
+def row(r: Result) -> str:
+    return (f"{r.scenario:<28} {r.clients:>7} {r.requests:>8} {r.errors:>6} {r.rate:>8.0f}"
+            f" {r.percentile(50):>8.1f} {r.percentile(99):>8.1f}")
 
 
 def main() -> None:
@@ -221,7 +225,7 @@ def main() -> None:
     def go(base: str, key: str) -> None:
         print(f"target {base}, {args.requests} requests per scenario, Python {sys.version.split()[0]},"
               f" {os.cpu_count()} CPUs")
-        report(asyncio.run(scenarios(base, key, args.requests, args.concurrency, args.warmup)))
+        asyncio.run(scenarios(base, key, args.requests, args.concurrency, args.warmup))
 
     if args.url:
         if not args.key:

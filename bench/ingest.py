@@ -56,7 +56,7 @@ LILY = [sys.executable, "-c", "from lily.cli import main; main()"]
 def with_dbname(url: str, dbname: str) -> str:
     params = conninfo_to_dict(url)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -124,16 +124,19 @@ def start_cluster(database_url: str, home: Path, mode: str, workers: int, port: 
     _wait_for_line(procs[0], b"Application startup complete", "the API")
     for proc in procs[1:]:
         _wait_for_line(proc, b"consuming", "a worker")
-    for proc in procs:
-        # Keep draining stderr so a chatty process never blocks on a full pipe.
-        threading.Thread(target=_drain, args=(proc,), daemon=True).start()
+    for i, proc in enumerate(procs):
+        # Keep draining stderr (a chatty process must never block on a full pipe) into a log file.
+        log = home / ("api.log" if i == 0 else f"worker-{i}.log")
+        threading.Thread(target=_drain, args=(proc, log), daemon=True).start()
     return Cluster(f"http://127.0.0.1:{port}", procs)
 
 
-def _drain(proc: subprocess.Popen[bytes]) -> None:
+def _drain(proc: subprocess.Popen[bytes], path: Path) -> None:
     assert proc.stderr is not None
-    for _line in proc.stderr:
-        pass
+    with path.open("ab") as out:
+        for line in proc.stderr:
+            out.write(line)
+            out.flush()
 
 
 # ---------------------------------------------------------------------------------- measurements
@@ -289,10 +292,13 @@ async def run(args: argparse.Namespace) -> None:
         key = await admin.create_api_key(db, TENANT, "bench", "editor")
         await db.close()
         with TemporaryDirectory() as home:
-            cluster = start_cluster(url, Path(home), args.mode, args.workers, args.port, args.batch_size)
+            logs = Path(args.logs or home)
+            logs.mkdir(parents=True, exist_ok=True)
+            cluster = start_cluster(url, logs, args.mode, args.workers, args.port, args.batch_size)
             print(f"lily: mode={args.mode} workers={args.workers} partitions={args.partitions}"
                   f" batch={args.batch_size or 'default'} cpus={os.cpu_count()}")
-            limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+            # Shorter than uvicorn's 5 s keep-alive, so the client never reuses a connection the server is closing.
+            limits = httpx.Limits(max_connections=300, max_keepalive_connections=300, keepalive_expiry=2.0)
             async with httpx.AsyncClient(base_url=cluster.url, timeout=120, limits=limits) as client, \
                     await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                 if args.single_seconds > 0:
@@ -360,6 +366,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--single-seconds", type=float, default=10.0)
     p.add_argument("--bulk-items", type=int, default=100_000)
     p.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    p.add_argument("--logs", default=None, help="directory for the Lily processes' logs (default: temporary)")
     return p.parse_args(argv)
 
 

@@ -186,9 +186,10 @@ async def test_column_mapping_replaces_the_columns_inputs_on_that_edge(db: Datab
         col = ColumnSpec(aid("lonely"), aid("t1_only"), None, "out", "a", None)
         first = await lineage.upsert_column_lineage(conn, "t1", [col])
         same = await lineage.upsert_column_lineage(conn, "t1", [col])
-        moved = await lineage.upsert_column_lineage(
-            conn, "t1", [ColumnSpec(aid("lonely"), aid("t1_only"), None, "out", "b", "b + 1")]
-        )
+        moved = await lineage.upsert_column_lineage(conn, "t1", [
+            ColumnSpec(aid("lonely"), aid("t1_only"), None, "out", "b", "b"),
+            ColumnSpec(aid("lonely"), aid("t1_only"), None, "out", "b", "b + 1"),  # the last one given wins
+        ])
         graph = await lineage.traverse(conn, "t1", aid("t1_only"), "upstream", 1, with_columns=True)
         await lineage.delete_edges(conn, "t1", aid("lonely"), "both")
     with pytest.raises(NotFound):
@@ -197,7 +198,7 @@ async def test_column_mapping_replaces_the_columns_inputs_on_that_edge(db: Datab
                 conn, "t1", [ColumnSpec(aid("t1_only"), aid("lonely"), None, "out", "a", None)]
             )
     assert (first.written, same.written, moved.written, moved.removed) == (1, 0, 1, 1)
-    assert [c.upstream_column for c in graph.edges[0].columns or []] == ["b"]
+    assert [(c.upstream_column, c.transformation) for c in graph.edges[0].columns or []] == [("b", "b + 1")]
 
 
 async def test_impact_lists_distance_and_path(db: Database) -> None:

@@ -63,7 +63,7 @@ def ingest(path: Path, url: str, token: str, *, wait: bool = True, progress: boo
         return _follow(client, job, token, progress)
 
 
-def _chunks(path: Path, bar: tqdm) -> Iterator[bytes]:  # type: ignore[type-arg]
+def _chunks(path: Path, bar: tqdm) -> Iterator[bytes]:
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
             bar.update(len(chunk))

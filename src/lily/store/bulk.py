@@ -33,17 +33,53 @@ async def create_stage(conn: Conn) -> None:
     )
 
 
-@asynccontextmanager
-async def stager(conn: Conn) -> AsyncIterator[AsyncCopy]:
-    """A COPY into the staging table; ``write_row((event_id, partition, ord, subject, payload, index))``.
+class Stager:
+    """Writes staged items into a COPY as preformatted text lines, in batches.
 
-    ``ord`` is the item's position within its partition, so the append computes ``seq`` by addition
-    instead of sorting with a window function while it holds the partition locks.
+    ``copy.write_row`` adapts each value in Python (~10 µs an item); one f-string per item and one
+    ``write`` per ``_FLUSH_BYTES`` is several times cheaper, and this is the per-item hot path of a
+    100,000-item upload. ``ord`` is the item's position within its partition, so the append computes
+    ``seq`` by addition instead of sorting with a window function while it holds the partition locks.
     """
+
+    _FLUSH_BYTES = 256 * 1024
+
+    def __init__(self, copy: AsyncCopy) -> None:
+        self._copy = copy
+        self._lines: list[str] = []
+        self._size = 0
+
+    async def add(self, event_id: str, partition: int, ord_: int, subject: str, payload_json: str, index: int) -> None:
+        line = f"{event_id}\t{partition}\t{ord_}\t{_escape(subject)}\t{_escape(payload_json)}\t{index}\n"
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self._FLUSH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._lines:
+            await self._copy.write("".join(self._lines).encode())
+            self._lines.clear()
+            self._size = 0
+
+
+# COPY text format: backslash, tab, newline and carriage return must be escaped inside a value.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _escape(value: str) -> str:
+    return value.translate(_COPY_ESCAPES)
+
+
+@asynccontextmanager
+async def stager(conn: Conn) -> AsyncIterator[Stager]:
+    """A COPY into the staging table, fed by ``Stager.add``; flushed and finished on exit."""
     async with conn.cursor() as cur, cur.copy(
         "COPY bulk_stage (event_id, partition, ord, subject, payload, item_index) FROM STDIN"
     ) as copy:
-        yield copy
+        stage = Stager(copy)
+        yield stage
+        await stage.flush()
 
 
 async def create_job(

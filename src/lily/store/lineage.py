@@ -62,7 +62,6 @@ _STEP: dict[Step, str] = {
 }
 
 
-
 def _uuid_array(ids: Iterable[str]) -> str:
     """A uuid[] literal from canonical uuid text. psycopg quotes each element of a list of str with a
     regex; on a 10k-node walk that cost more than the queries. Every id here came from PostgreSQL's
@@ -221,7 +220,10 @@ async def upsert_column_lineage(conn: Conn, tenant_id: str, columns: Sequence[Co
     Each (edge, downstream column) given is replaced as a whole: inputs not listed again are removed.
     Raises :class:`NotFound` if a mapping names an edge that does not exist.
     """
-    specs = list(dict.fromkeys(columns))
+    # One spec per mapping, the last transformation given winning (ON CONFLICT may touch a row once).
+    last = {(c.upstream_id, c.downstream_id, c.process_id, c.downstream_column, c.upstream_column): c
+            for c in columns}
+    specs = list(last.values())
     if not specs:
         return ColumnWrite(0, 0)
     cur = await conn.cursor(row_factory=tuple_row).execute(_MATCH_COLUMNS, {
@@ -233,7 +235,6 @@ async def upsert_column_lineage(conn: Conn, tenant_id: str, columns: Sequence[Co
         "ucols": [c.upstream_column for c in specs],
         "trans": [c.transformation for c in specs],
     })
-    # The last transformation given for a mapping wins (ON CONFLICT may touch a row only once).
     matched = {(edge, dc, uc): t for edge, dc, uc, t in await cur.fetchall()}
     if len({(c.upstream_id, c.downstream_id, c.process_id) for c in specs}) > len({k[0] for k in matched}):
         raise NotFound("a column mapping names lineage that does not exist")

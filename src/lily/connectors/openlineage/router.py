@@ -33,9 +33,8 @@ from lily.store import openlineage as store_ol
 router = APIRouter(prefix="/api/v1", tags=["openlineage"])
 
 MARQUEZ_DEFAULT_DEPTH = 20  # Marquez's default; Lily clamps it to its own cap (domain.lineage.MAX_DEPTH)
-# What a gzip body may inflate to. The wire size is bounded before this by BodyLimitMiddleware
-# (LILY_MAX_ASSET_BODY_BYTES); compressed events may be bigger than that once inflated (Spark's plan
-# facets compress tenfold), and this bound only has to keep a zip bomb from exhausting memory.
+# What a gzip body may inflate to. The wire size is bounded before this by BodyLimitMiddleware (these
+# paths get LILY_MAX_BULK_BODY_BYTES); this bound keeps a zip bomb from exhausting memory.
 MAX_INFLATED_BYTES = 8 * 1024 * 1024
 # A job's graph is walked from each dataset it reads or writes; past this many, from the first ones only.
 MAX_JOB_STARTS = 50

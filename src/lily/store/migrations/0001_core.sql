@@ -4,15 +4,19 @@
 -- the policy below, keyed on the transaction-local setting lily.tenant_id. The application runs as
 -- lily_app, a role that owns nothing and cannot bypass RLS; the migration runner grants it DML.
 
+-- Roles belong to the cluster, not the database: several Lily databases (or their concurrent first
+-- migrations) share them, so "already exists" is success.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lily_app') THEN
-        CREATE ROLE lily_app NOLOGIN NOBYPASSRLS;
-    END IF;
-    -- The log consumer reads the whole event log across tenants (and nothing else across tenants).
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lily_pipeline') THEN
-        CREATE ROLE lily_pipeline NOLOGIN NOBYPASSRLS;
-    END IF;
+    CREATE ROLE lily_app NOLOGIN NOBYPASSRLS;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END
+$$;
+-- The log consumer reads the whole event log across tenants (and nothing else across tenants).
+DO $$
+BEGIN
+    CREATE ROLE lily_pipeline NOLOGIN NOBYPASSRLS;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END
 $$;
 
