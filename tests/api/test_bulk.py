@@ -43,20 +43,22 @@ async def names(db: Any, tenant_id: str) -> set[str]:
 
 
 async def test_json_array_mixed_valid_and_invalid(client: Any, tenant: Any, db: Any) -> None:
-    items = [asset(0), {"type": "table"}, asset(2, tags=["pii"]), asset(3, type="Not A Type!"), 42, asset(5)]
+    items = [asset(0), {"type": "table"}, asset(2, tags=["pii"]), asset(3, type="Not A Type!"), 42, asset(5),
+             asset(6, attributes={"note": "nul \u0000 inside"})]
     r = await client.post("/metadata/bulk", content=orjson.dumps(items), headers=tenant.headers("editor"))
     assert r.status_code == 202, r.text
     job = r.json()
-    assert job["total"] == 6 and job["rejected"] == 3
+    assert job["total"] == 7 and job["rejected"] == 4
     assert r.headers["location"] == job["status_url"]
     status = await finished(client, tenant, job["job_id"])
     assert status["state"] == "partial"
-    assert (status["total"], status["applied"], status["failed"], status["pending"]) == (6, 3, 3, 0)
+    assert (status["total"], status["applied"], status["failed"], status["pending"]) == (7, 3, 4, 0)
     errors = {e["index"]: e["error"] for e in status["errors"]}
-    assert sorted(errors) == [1, 3, 4]
+    assert sorted(errors) == [1, 3, 4, 6]
     assert "qualified_name" in errors[1] and "Field required" in errors[1]
     assert errors[3].startswith("type:")
     assert "dictionary" in errors[4]
+    assert errors[6].startswith("attributes:") and "U+0000" in errors[6]
     assert await names(db, tenant.tenant_id) == {f"pg://db/s.table_{i}" for i in (0, 2, 5)}
     # The applied items went through the same pipeline as single writes: versions and audit exist.
     r = await client.get("/metadata/search", params={"tag": "pii"}, headers=tenant.headers("viewer"))

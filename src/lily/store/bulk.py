@@ -34,7 +34,7 @@ async def create_stage(conn: Conn) -> None:
 
 
 class Stager:
-    """Writes staged items into a COPY as preformatted text lines, in batches.
+    """Feeds staged items into a COPY as preformatted text lines, in batches.
 
     ``copy.write_row`` adapts each value in Python (~10 µs an item); one f-string per item and one
     ``write`` per ``_FLUSH_BYTES`` is several times cheaper, and this is the per-item hot path of a
@@ -49,12 +49,12 @@ class Stager:
         self._lines: list[str] = []
         self._size = 0
 
-    async def add(self, event_id: str, partition: int, ord_: int, subject: str, payload_json: str, index: int) -> None:
+    def add(self, event_id: str, partition: int, ord_: int, subject: str, payload_json: str, index: int) -> bool:
+        """Buffer one item; True when the buffer is full and the caller should ``await flush()``."""
         line = f"{event_id}\t{partition}\t{ord_}\t{_escape(subject)}\t{_escape(payload_json)}\t{index}\n"
         self._lines.append(line)
         self._size += len(line)
-        if self._size >= self._FLUSH_BYTES:
-            await self.flush()
+        return self._size >= self._FLUSH_BYTES
 
     async def flush(self) -> None:
         if self._lines:

@@ -190,7 +190,6 @@ CREATE POLICY pipeline_updates_log ON events FOR UPDATE TO lily_pipeline USING (
 -- Follow-up events (e.g. downstream propagation) of many tenants are appended by the consumer at once.
 CREATE POLICY pipeline_appends_log ON events FOR INSERT TO lily_pipeline WITH CHECK (true);
 CREATE INDEX events_bulk_job ON events (bulk_job_id, status) WHERE bulk_job_id IS NOT NULL;
-CREATE INDEX events_dead ON events (tenant_id, accepted_at) WHERE status = 'dead_lettered';
 CREATE INDEX events_subject ON events (tenant_id, subject, seq);
 
 CREATE TABLE idempotency_keys (
