@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -72,7 +73,15 @@ def _serve(host: str | None, port: int | None, run_workers: bool) -> None:
     app = create_app(settings, url, run_workers=run_workers)
     # uvicorn logs at the level `lily --log-level` (LILY_LOG_LEVEL) set for everything else.
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    # After a graceful shutdown uvicorn re-raises the signal it caught. With the default SIGTERM action
+    # that kills the process before atexit handlers run, leaving the embedded PostgreSQL running; exiting
+    # normally instead lets it stop. (SIGINT already ends in KeyboardInterrupt, which unwinds.)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level=level, access_log=False)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(0)
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import httpx
@@ -78,7 +79,7 @@ async def test_directions(client, tenant):
 
 async def test_depth_limits_and_the_cap(client, tenant):
     chain = [f"c{i:02}" for i in range(MAX_DEPTH + 2)]  # 22 assets, 21 hops
-    for up, down in zip(chain, chain[1:], strict=False):
+    for up, down in pairwise(chain):
         await link(client, tenant, [up], [down])
     first, middle = await asset_id(client, tenant, chain[0]), await asset_id(client, tenant, chain[10])
 
@@ -140,11 +141,12 @@ async def test_column_lineage(client, tenant):
                       process={"qualified_name": "dbt://models/revenue"}, column_mappings=[
         {"column": "revenue_eur", "asset": {"qualified_name": "pg://db/mart.revenue"}, "upstreams": [
             {"asset": {"qualified_name": "pg://db/raw.orders"}, "column": "amount"},
+            {"asset": {"qualified_name": "pg://db/raw.orders"}, "column": "discount"},
             {"asset": {"qualified_name": "pg://db/raw.fx"}, "column": "rate"}],
-         "transformation": "sum(amount * rate)"},
+         "transformation": "sum((amount - discount) * rate)"},
         {"column": "order_id", "upstreams": [{"asset": {"qualified_name": "pg://db/raw.orders"}, "column": "id"}]},
     ])
-    assert body["columns"] == {"written": 3, "removed": 0}
+    assert body["columns"] == {"written": 4, "removed": 0}
 
     g = await graph(client, tenant, raw["asset_id"], direction="downstream", columns="true")
     by_id = {n["asset_id"]: n["qualified_name"] for n in g["nodes"]}
@@ -153,7 +155,8 @@ async def test_column_lineage(client, tenant):
     assert edge["process_qualified_name"] == "dbt://models/revenue"
     assert edge["process_id"] == await asset_id(client, tenant, "dbt://models/revenue")
     assert sorted((c["downstream_column"], c["upstream_column"], c["transformation"]) for c in edge["columns"]) == [
-        ("order_id", "id", None), ("revenue_eur", "amount", "sum(amount * rate)")]
+        ("order_id", "id", None), ("revenue_eur", "amount", "sum((amount - discount) * rate)"),
+        ("revenue_eur", "discount", "sum((amount - discount) * rate)")]
 
     # Upstream from the mart, both input edges carry their columns.
     mart = await asset_id(client, tenant, "pg://db/mart.revenue")
@@ -161,11 +164,12 @@ async def test_column_lineage(client, tenant):
     by_id = {n["asset_id"]: n["qualified_name"] for n in g["nodes"]}
     cols = {by_id[e["upstream_id"]]: [(c["downstream_column"], c["upstream_column"]) for c in e["columns"]]
             for e in g["edges"]}
-    assert cols == {"pg://db/raw.orders": [("order_id", "id"), ("revenue_eur", "amount")],
+    assert cols == {"pg://db/raw.orders": [("order_id", "id"), ("revenue_eur", "amount"),
+                                           ("revenue_eur", "discount")],
                     "pg://db/raw.fx": [("revenue_eur", "rate")]}
     assert all(e["columns"] is None for e in (await graph(client, tenant, mart))["edges"])
 
-    # A mapping states the whole input of a column: writing it again without "rate" drops that input.
+    # A mapping states the whole input of a column on an edge: without "discount" again, that input goes.
     body = await link(client, tenant, ["pg://db/raw.orders", "pg://db/raw.fx"], ["pg://db/mart.revenue"],
                       process={"qualified_name": "dbt://models/revenue"}, column_mappings=[
         {"column": "revenue_eur", "upstreams": [{"asset": {"qualified_name": "pg://db/raw.orders"},
@@ -173,8 +177,9 @@ async def test_column_lineage(client, tenant):
     assert body["columns"] == {"written": 1, "removed": 1}
     assert [e["created"] for e in body["edges"]] == [False, False]
     g = await graph(client, tenant, mart, direction="upstream", columns=True)
+    by_id = {n["asset_id"]: n["qualified_name"] for n in g["nodes"]}
     cols = {(c["downstream_column"], c["upstream_column"], c["transformation"])
-            for e in g["edges"] for c in e["columns"]}
+            for e in g["edges"] if by_id[e["upstream_id"]] == "pg://db/raw.orders" for c in e["columns"]}
     assert cols == {("order_id", "id", None), ("revenue_eur", "amount", "sum(amount)")}
     # An edge without mappings says so with an empty list, not null.
     await link(client, tenant, ["pg://db/raw.customers"], ["pg://db/mart.revenue"])
@@ -220,3 +225,15 @@ async def test_node_limit_truncates(client, tenant):
         r = await client.get(f"/metadata/lineage/{hub['asset_id']}", params={"limit": bad},
                              headers=tenant.headers("viewer"))
         assert fields_of(assert_problem(r, 422, "validation")) == {"limit"}
+
+
+async def test_column_changes_are_audited_on_the_asset_they_concern(client, tenant):
+    orders, mart_a = {"qualified_name": "pg://db/raw.orders"}, {"qualified_name": "pg://db/mart.a"}
+    await link(client, tenant, ["pg://db/raw.orders"], ["pg://db/mart.a", "pg://db/mart.b"], column_mappings=[
+        {"column": c, "asset": mart_a, "upstreams": [{"asset": orders, "column": "id"}]} for c in ("x", "y")])
+    trails = {}
+    for qn in ("pg://db/mart.a", "pg://db/mart.b"):
+        r = await client.get(f"/metadata/audit/{await asset_id(client, tenant, qn)}", headers=tenant.headers("viewer"))
+        trails[qn] = {a["action"]: a["detail"] for a in r.json()["items"]}
+    assert trails["pg://db/mart.a"]["lineage.columns"] == {"columns": ["x", "y"], "written": 2, "removed": 0}
+    assert set(trails["pg://db/mart.b"]) == {"asset.placeholder_created", "lineage.added"}  # b has no mappings

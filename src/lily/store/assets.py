@@ -66,31 +66,34 @@ async def write(
     per-column arrays, since ``owners``/``tags`` are arrays themselves and ``unnest`` would flatten them.
     The caller guarantees distinct names in a batch, so no row is updated twice by one statement.
     """
-    if assets:
-        await conn.execute(
-            "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, description, owners,"
-            " tags, attributes, placeholder, version, created_at, updated_at, deleted_at)"
-            " SELECT %s, r.asset_id, r.qualified_name, r.type, r.name, r.description,"
-            " coalesce(r.owners, '{}'), coalesce(r.tags, '{}'), coalesce(r.attributes, '{}'), r.placeholder,"
-            " r.version, r.created_at, r.updated_at, r.deleted_at"
-            f" FROM jsonb_to_recordset(%s::jsonb) AS r({_ASSET_RECORD})"
-            " ON CONFLICT (tenant_id, qualified_name) DO UPDATE SET type = EXCLUDED.type,"
-            " name = EXCLUDED.name, description = EXCLUDED.description, owners = EXCLUDED.owners,"
-            " tags = EXCLUDED.tags, attributes = EXCLUDED.attributes,"
-            " placeholder = EXCLUDED.placeholder, version = EXCLUDED.version,"
-            " updated_at = EXCLUDED.updated_at, deleted_at = EXCLUDED.deleted_at",
-            [tenant_id, Jsonb([{c: a[c] for c in _ASSET_FIELDS} for a in assets])],
+    # One round trip for the three statements: they do not depend on each other's results, and the
+    # pipeline mode sends them back to back (errors still surface, at the end of the block).
+    async with conn.pipeline():
+        if assets:
+            await conn.execute(
+                "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, description, owners,"
+                " tags, attributes, placeholder, version, created_at, updated_at, deleted_at)"
+                " SELECT %s, r.asset_id, r.qualified_name, r.type, r.name, r.description,"
+                " coalesce(r.owners, '{}'), coalesce(r.tags, '{}'), coalesce(r.attributes, '{}'), r.placeholder,"
+                " r.version, r.created_at, r.updated_at, r.deleted_at"
+                f" FROM jsonb_to_recordset(%s::jsonb) AS r({_ASSET_RECORD})"
+                " ON CONFLICT (tenant_id, qualified_name) DO UPDATE SET type = EXCLUDED.type,"
+                " name = EXCLUDED.name, description = EXCLUDED.description, owners = EXCLUDED.owners,"
+                " tags = EXCLUDED.tags, attributes = EXCLUDED.attributes,"
+                " placeholder = EXCLUDED.placeholder, version = EXCLUDED.version,"
+                " updated_at = EXCLUDED.updated_at, deleted_at = EXCLUDED.deleted_at",
+                [tenant_id, Jsonb([{c: a[c] for c in _ASSET_FIELDS} for a in assets])],
+            )
+        await insert_rows(
+            conn, "asset_versions",
+            ("tenant_id", "asset_id", "version", "action", "snapshot", "changes", "actor", "event_id", "request_id",
+             "origin", "changed_at"),
+            ("text", "uuid", "int4", "text", "jsonb", "jsonb", "text", "uuid", "text", "jsonb", "timestamptz"),
+            [(tenant_id, v["asset_id"], v["version"], v["action"], v["snapshot"], v["changes"], v["actor"],
+              v["event_id"], v["request_id"], v.get("origin"), v["changed_at"]) for v in versions],
         )
-    await insert_rows(
-        conn, "asset_versions",
-        ("tenant_id", "asset_id", "version", "action", "snapshot", "changes", "actor", "event_id", "request_id",
-         "origin", "changed_at"),
-        ("text", "uuid", "int4", "text", "jsonb", "jsonb", "text", "uuid", "text", "jsonb", "timestamptz"),
-        [(tenant_id, v["asset_id"], v["version"], v["action"], v["snapshot"], v["changes"], v["actor"],
-          v["event_id"], v["request_id"], v.get("origin"), v["changed_at"]) for v in versions],
-    )
-    if audits:
-        await write_audit(conn, tenant_id, audits)
+        if audits:
+            await write_audit(conn, tenant_id, audits)
 
 
 async def version_snapshot(conn: Conn, tenant_id: str, asset_id: UUID, version: int) -> dict[str, Any] | None:

@@ -19,6 +19,9 @@ from lily.store import lineage as store_lineage
 
 router = APIRouter(prefix="/metadata/lineage", tags=["lineage"])
 
+DEPTH_HEADER = "Lily-Lineage-Depth"  # the depth used, after clamping to graph.MAX_DEPTH
+TRUNCATED_HEADER = "Lily-Lineage-Truncated"  # "true" when the node limit cut the answer short
+
 
 async def _names(runtime: Any, tenant_id: str, refs: list[graph.AssetRef]) -> dict[graph.AssetRef, str]:
     """Qualified name per reference. Ids must name live assets of the caller's tenant (else 404);
@@ -75,11 +78,14 @@ async def lineage_graph(
 ) -> Response:
     async with runtime.db.tenant(principal.tenant_id) as conn:
         result = await store_lineage.traverse(conn, principal.tenant_id, asset_id, direction, depth, limit, columns)
+    # The text formats have no room for the answer's bounds, so every format states them in headers too:
+    # a pasted diagram cut by the node limit must not pass for the whole graph.
+    headers = {DEPTH_HEADER: str(result.depth), TRUNCATED_HEADER: str(result.truncated).lower()}
     if format == "mermaid":
-        return PlainTextResponse(graph.to_mermaid(result))
+        return PlainTextResponse(graph.to_mermaid(result), headers=headers)
     if format == "dot":
-        return PlainTextResponse(graph.to_dot(result), media_type="text/vnd.graphviz")
-    return FastJSON(result.model_dump(mode="json"))
+        return PlainTextResponse(graph.to_dot(result), media_type="text/vnd.graphviz", headers=headers)
+    return FastJSON(result.model_dump(mode="json"), headers=headers)
 
 
 @router.get("/{asset_id}/impact")
@@ -105,7 +111,8 @@ async def remove_lineage(
     direction: graph.Direction = "both",
 ) -> Response:
     async with runtime.db.tenant(principal.tenant_id) as conn:
-        row = await store_assets.get(conn, principal.tenant_id, asset_id)
+        # A deleted asset keeps its edges (its graph still shows it, marked deleted), so they can be removed.
+        row = await store_assets.get(conn, principal.tenant_id, asset_id, include_deleted=True)
     if row is None:
         raise NotFound(f"asset {asset_id} does not exist")
     payload = {"asset_id": str(asset_id), "direction": direction}

@@ -98,10 +98,14 @@ class LineageHandler:
                        "source": event.source},
         } for down in dict.fromkeys(e.downstream_id for e in created)]
         if columns.written or columns.removed:
-            audits += [{"asset_id": ids[r.qualified_name], "action": "lineage.columns", "actor": event.actor,
+            # On the downstream assets the mappings are about, not on every downstream of the request.
+            mapped: dict[UUID, set[str]] = {}
+            for c in plan.columns:
+                mapped.setdefault(c.downstream_id, set()).add(c.downstream_column)
+            audits += [{"asset_id": down, "action": "lineage.columns", "actor": event.actor,
                         "request_id": event.request_id, "event_id": event.event_id, "at": ctx.now,
-                        "detail": {"written": columns.written, "removed": columns.removed}}
-                       for r in request.downstreams if r.qualified_name]
+                        "detail": {"columns": sorted(cols), "written": columns.written, "removed": columns.removed}}
+                       for down, cols in mapped.items()]
         await store_audit.write_audit(ctx.conn, ctx.tenant_id, audits)
         return {
             "edges": [{"edge_id": str(e.edge_id), "upstream": by_id[e.upstream_id],
@@ -140,7 +144,7 @@ class LineageHandler:
 
     async def _delete(self, ctx: BatchContext, event: PipelineEvent) -> dict[str, Any]:
         asset_id = UUID(event.payload["asset_id"])
-        row = await store_assets.get(ctx.conn, ctx.tenant_id, asset_id)
+        row = await store_assets.get(ctx.conn, ctx.tenant_id, asset_id, include_deleted=True)
         if row is None:
             raise NotFound(f"asset {asset_id} does not exist")
         removed = await store_lineage.delete_edges(ctx.conn, ctx.tenant_id, asset_id, event.payload["direction"])
