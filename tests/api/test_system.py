@@ -7,7 +7,7 @@ from lily.store.migrate import available
 from .helpers import assert_problem
 
 
-async def test_health_needs_no_auth(client):
+async def test_health_metrics_and_openapi(client, tenant):
     r = await client.get("/system/health")
     assert r.status_code == 200, r.text
     body = r.json()
@@ -17,15 +17,13 @@ async def test_health_needs_no_auth(client):
     # Credentials, good or bad, make no difference to a probe.
     assert (await client.get("/system/health", headers={"Authorization": "Bearer junk"})).status_code == 200
 
-
-async def test_metrics_need_an_admin(client, tenant):
+    # Metrics need an admin.
     assert_problem(await client.get("/system/metrics"), 401)
     assert_problem(await client.get("/system/metrics", headers=tenant.headers("steward")), 403)
     r = await client.get("/system/metrics", headers=tenant.headers("admin"))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
 
-
-async def test_openapi_lists_every_endpoint_of_the_core(client):
+    # The OpenAPI document lists every endpoint of the core.
     r = await client.get("http://lily.test/openapi.json")
     assert r.status_code == 200
     paths = r.json()["paths"]

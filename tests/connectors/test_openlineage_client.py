@@ -481,7 +481,7 @@ def test_malformed_events_are_refused_whole(live: Live) -> None:
 
     assert _problem(post(b"{not json"), 400)["type"].endswith("/malformed-json")
     assert _problem(post(b"[]"), 422)["errors"][0]["field"] == "body"
-    _problem(post(b"x" * (2 * 1024 * 1024)), 413)  # over the body limit
+    _problem(post(b"x" * (9 * 1024 * 1024)), 413)  # over the 8 MiB limit of one event
     bomb = gzip.compress(b" " * (64 * 1024 * 1024))  # ~64 KiB that inflate to 64 MiB
     assert len(bomb) < 128 * 1024
     _problem(post(bomb, **{"Content-Encoding": "gzip"}), 413)

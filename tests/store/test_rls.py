@@ -122,7 +122,7 @@ def count(conn: psycopg.Connection[Any], table: str) -> int:
     return int(row[0])
 
 
-def test_no_tenant_set_sees_no_rows(database_url: str, populated: list[str]) -> None:
+def test_no_tenant_sees_no_rows_and_no_tenant_writes_anothers(database_url: str, populated: list[str]) -> None:
     populated_tables = {"tenants", "users", "api_keys", "revoked_tokens", "assets", "asset_versions",
                         "audit_log", "events"}
     with psycopg.connect(database_url, row_factory=dict_row) as owner:
@@ -152,10 +152,10 @@ def test_no_tenant_set_sees_no_rows(database_url: str, populated: list[str]) -> 
             conn.execute("SET row_security = off; SELECT count(*) FROM assets")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("ALTER TABLE assets NO FORCE ROW LEVEL SECURITY")
+    check_writes_cannot_cross_tenants(database_url, *populated)
 
 
-def test_writes_cannot_cross_tenants(database_url: str, populated: list[str]) -> None:
-    mine, theirs = populated
+def check_writes_cannot_cross_tenants(database_url: str, mine: str, theirs: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"SET ROLE {APP_ROLE}")
         with conn.transaction():

@@ -33,8 +33,8 @@ from lily.store import openlineage as store_ol
 router = APIRouter(prefix="/api/v1", tags=["openlineage"])
 
 MARQUEZ_DEFAULT_DEPTH = 20  # Marquez's default; Lily clamps it to its own cap (domain.lineage.MAX_DEPTH)
-# What a gzip body may inflate to. The wire size is bounded before this by BodyLimitMiddleware (these
-# paths get LILY_MAX_BULK_BODY_BYTES); this bound keeps a zip bomb from exhausting memory.
+# The size of one event, plain or once inflated (a bound that also stops zip bombs). A batch may be as
+# large as a bulk load (LILY_MAX_BULK_BODY_BYTES), which BodyLimitMiddleware enforces on the wire.
 MAX_INFLATED_BYTES = 8 * 1024 * 1024
 # A job's graph is walked from each dataset it reads or writes; past this many, from the first ones only.
 MAX_JOB_STARTS = 50
@@ -87,6 +87,8 @@ async def _json_body(request: Request, limit: int) -> Any:
         raw = gunzip(raw, limit)
     elif encoding not in ("", "identity"):
         raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; use gzip or none")
+    elif len(raw) > limit:
+        raise PayloadTooLarge(f"the event exceeds {limit} bytes", limit=limit)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -109,7 +111,7 @@ async def record_event(request: Request, principal: Editor, runtime: RuntimeDep,
 async def record_batch(request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId) -> Response:
     """Take a JSON array of OpenLineage events: every one is validated first, and all are recorded
     in one transaction, or none (the error names the index of each bad one)."""
-    events = parse_batch(await _json_body(request, MAX_INFLATED_BYTES))
+    events = parse_batch(await _json_body(request, runtime.settings.max_bulk_body_bytes))
     lily_events = []
     for i, event in enumerate(events):
         try:
