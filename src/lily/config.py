@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     partitions: int = Field(default=32, ge=1, le=1024)
     write_wait_seconds: float = 5.0
     worker_batch_size: int = 1000
+    worker_partitions_per_transaction: int = Field(default=8, ge=1)
     workers_in_serve: int = 1
     max_attempts: int = 5
     retry_base_seconds: float = 0.2

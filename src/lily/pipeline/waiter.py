@@ -73,8 +73,8 @@ class AppliedWaiter:
                 async with await psycopg.AsyncConnection.connect(self.db.url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {store_log.APPLIED_CHANNEL}")
                     async for note in conn.notifies():
-                        partition, _, seq = note.payload.partition(":")
-                        self._advance(int(partition), int(seq))
+                        for partition, seq in store_log.parse_applied(note.payload):
+                            self._advance(partition, seq)
             except psycopg.OperationalError as exc:
                 log.warning("applied-listener lost its connection, reconnecting: %s", exc)
                 await asyncio.sleep(1)

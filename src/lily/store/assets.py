@@ -9,7 +9,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from lily.store.audit import write_audit
-from lily.store.db import Conn
+from lily.store.db import Conn, insert_rows
 
 # The shape of one asset in the JSON document ``write`` sends (``jsonb_to_recordset`` column list).
 _ASSET_RECORD = (
@@ -18,11 +18,6 @@ _ASSET_RECORD = (
     " deleted_at timestamptz"
 )
 _ASSET_FIELDS = tuple(part.split()[0] for part in _ASSET_RECORD.split(","))
-_VERSION_RECORD = (
-    "asset_id uuid, version integer, action text, snapshot jsonb, changes jsonb, actor text, event_id uuid,"
-    " request_id text, origin jsonb, changed_at timestamptz"
-)
-_VERSION_FIELDS = tuple(part.split()[0] for part in _VERSION_RECORD.split(","))
 
 ASSET_COLUMNS = (
     "asset_id, qualified_name, type, name, description, owners, tags, attributes, placeholder, version,"
@@ -89,17 +84,14 @@ async def write(
                 " updated_at = EXCLUDED.updated_at, deleted_at = EXCLUDED.deleted_at",
                 [tenant_id, Jsonb([{c: a[c] for c in _ASSET_FIELDS} for a in assets])],
             )
-        if versions:
-            # Versions carry two jsonb documents each: one orjson pass over the whole batch is far
-            # cheaper than adapting 2,000 jsonb values one by one into arrays (``insert_rows``).
-            await conn.execute(
-                "INSERT INTO asset_versions (tenant_id, asset_id, version, action, snapshot, changes, actor,"
-                " event_id, request_id, origin, changed_at)"
-                " SELECT %s, r.asset_id, r.version, r.action, r.snapshot, r.changes, r.actor, r.event_id,"
-                " r.request_id, r.origin, r.changed_at"
-                f" FROM jsonb_to_recordset(%s::jsonb) AS r({_VERSION_RECORD})",
-                [tenant_id, Jsonb([{c: v.get(c) for c in _VERSION_FIELDS} for v in versions])],
-            )
+        await insert_rows(
+            conn, "asset_versions",
+            ("tenant_id", "asset_id", "version", "action", "snapshot", "changes", "actor", "event_id", "request_id",
+             "origin", "changed_at"),
+            ("text", "uuid", "int4", "text", "jsonb", "jsonb", "text", "uuid", "text", "jsonb", "timestamptz"),
+            [(tenant_id, v["asset_id"], v["version"], v["action"], v["snapshot"], v["changes"], v["actor"],
+              v["event_id"], v["request_id"], v.get("origin"), v["changed_at"]) for v in versions],
+        )
         if audits:
             await write_audit(conn, tenant_id, audits)
 

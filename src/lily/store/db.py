@@ -82,6 +82,13 @@ async def set_tenant(conn: Conn, tenant_id: str) -> None:
     await conn.execute("SELECT set_config('lily.tenant_id', %s, true)", [tenant_id])
 
 
+async def as_app_for(conn: Conn, tenant_id: str) -> None:
+    """``SET LOCAL ROLE lily_app`` and switch the tenant, in one round trip (the worker does this per group)."""
+    await conn.execute(
+        f"SELECT set_config('role', '{APP_ROLE}', true), set_config('lily.tenant_id', %s, true)", [tenant_id]
+    )
+
+
 async def as_pipeline(conn: Conn) -> None:
     await conn.execute(f"SET LOCAL ROLE {PIPELINE_ROLE}")
 

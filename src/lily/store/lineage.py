@@ -61,6 +61,26 @@ _STEP: dict[Step, str] = {
     " WHERE tenant_id = %s AND downstream_id = ANY(%s::uuid[]) LIMIT %s",
 }
 
+# The edges the given assets carry as their process, on the partial index lineage_edges_process. A
+# process is a node of its own when a walk starts from it: its inputs are its upstream neighbours and
+# its outputs its downstream ones (input → job → output, as OpenLineage and Marquez draw it).
+_CARRIED = (
+    f"SELECT {_STEP_COLUMNS} FROM lineage_edges"
+    " WHERE tenant_id = %s AND process_id = ANY(%s::uuid[]) LIMIT %s"
+)
+# Measurement switch (temporary).
+_THROUGH = "root"
+_STEP_UNION: dict[Step, str] = {
+    "downstream": f"(SELECT {_STEP_COLUMNS}, false FROM lineage_edges"
+    " WHERE tenant_id = %s AND upstream_id = ANY(%s::uuid[]) LIMIT %s) UNION ALL"
+    f" (SELECT {_STEP_COLUMNS}, true FROM lineage_edges"
+    " WHERE tenant_id = %s AND process_id = ANY(%s::uuid[]) LIMIT %s)",
+    "upstream": f"(SELECT {_STEP_COLUMNS}, false FROM lineage_edges"
+    " WHERE tenant_id = %s AND downstream_id = ANY(%s::uuid[]) LIMIT %s) UNION ALL"
+    f" (SELECT {_STEP_COLUMNS}, true FROM lineage_edges"
+    " WHERE tenant_id = %s AND process_id = ANY(%s::uuid[]) LIMIT %s)",
+}
+
 
 def _uuid_array(ids: Iterable[str]) -> str:
     """A uuid[] literal from canonical uuid text. psycopg quotes each element of a list of str with a
@@ -284,19 +304,42 @@ async def _walk(
     seen = {step: set(roots) for step in steps}
     frontier = {step: list(roots) for step in steps}
     cur = conn.cursor(row_factory=tuple_row)
+    carried: list[tuple[Any, ...]] = []
+    if depth >= 1 and _THROUGH == "root":
+        carried = await (await cur.execute(_CARRIED, [tenant_id, _uuid_array(roots), edge_limit + 1])).fetchall()
+        if len(carried) > edge_limit:
+            walk.truncated = True
+            del carried[edge_limit:]
+        walk.fetched += len(carried)
     for level in range(1, depth + 1):
         for step in steps:
             if not frontier[step]:
                 continue
             budget = edge_limit - walk.fetched
-            rows: list[tuple[Any, ...]] = await (
-                await cur.execute(_STEP[step], [tenant_id, _uuid_array(frontier[step]), budget + 1])
-            ).fetchall()
+            ids = _uuid_array(frontier[step])
+            if _THROUGH == "reached":
+                rows = await (await cur.execute(
+                    _STEP_UNION[step], [tenant_id, ids, budget + 1, tenant_id, ids, budget + 1])).fetchall()
+                if len(rows) > budget:
+                    walk.truncated = True
+                    del rows[budget:]
+                walk.fetched += len(rows)
+                plain = [r[:4] for r in rows if not r[4]]
+                via = [r[:4] for r in rows if r[4]]
+                nxt = _advance(walk, plain, step == "downstream", level, seen[step], node_limit)
+                if via:
+                    nxt += _advance_carried(walk, via, step == "downstream", level, seen[step], node_limit)
+                frontier[step] = nxt
+                continue
+            rows = await (await cur.execute(_STEP[step], [tenant_id, ids, budget + 1])).fetchall()
             if len(rows) > budget:
                 walk.truncated = True
                 del rows[budget:]
             walk.fetched += len(rows)
-            frontier[step] = _advance(walk, rows, step == "downstream", level, seen[step], node_limit)
+            nxt = _advance(walk, rows, step == "downstream", level, seen[step], node_limit)
+            if level == 1 and carried:
+                nxt += _advance_carried(walk, carried, step == "downstream", level, seen[step], node_limit)
+            frontier[step] = nxt
         if walk.truncated or not any(frontier.values()):
             break
     return walk
@@ -317,6 +360,28 @@ def _advance(
                     continue  # neither the node nor the edge to it
                 distance[far] = level
                 parent[far] = near
+            seen.add(far)
+            nxt.append(far)
+        edges[edge_id] = (up, down, proc)
+    return nxt
+
+
+def _advance_carried(
+    walk: _Walk, rows: list[tuple[Any, ...]], downstream: bool, level: int, seen: set[str], node_limit: int
+) -> list[str]:
+    """Like :func:`_advance`, for edges read through their process: the process is the near end, and
+    the edge's downstream (or, walking upstream, its upstream) the far one."""
+    distance, parent, edges = walk.distance, walk.parent, walk.edges
+    nxt = []
+    for edge_id, up, down, proc in rows:
+        far = down if downstream else up
+        if far not in seen:
+            if far not in distance:
+                if len(distance) >= node_limit:
+                    walk.truncated = True
+                    continue
+                distance[far] = level
+                parent[far] = proc
             seen.add(far)
             nxt.append(far)
         edges[edge_id] = (up, down, proc)

@@ -102,6 +102,64 @@ async def try_claim(conn: Conn, partition: int) -> int | None:
 _PARTITION_LOCK = 0x4C4F47  # "LOG": the advisory lock namespace for partitions
 
 
+async def try_claim_many(conn: Conn, partitions: Sequence[int]) -> dict[int, int]:
+    """Lock whichever of ``partitions`` no other worker holds; their applied offsets.
+
+    As in :func:`try_claim`, the offsets are read by a second statement, after the locks are held.
+    """
+    cur = await conn.execute(
+        "SELECT p FROM unnest(%s::int[]) AS p WHERE pg_try_advisory_xact_lock(%s, p)",
+        [list(partitions), _PARTITION_LOCK],
+    )
+    locked = [row["p"] for row in await cur.fetchall()]
+    if not locked:
+        return {}
+    cur = await conn.execute(
+        "SELECT partition, applied_seq FROM log_offsets"
+        " WHERE partition = ANY(%s) AND (retry_at IS NULL OR retry_at <= now())",
+        [locked],
+    )
+    return {row["partition"]: int(row["applied_seq"]) for row in await cur.fetchall()}
+
+
+async def read_batches(conn: Conn, offsets: dict[int, int], per_partition: int) -> list[dict[str, Any]]:
+    """The next events of several partitions, each partition's in order. Must run as the pipeline role."""
+    cur = await conn.execute(
+        "SELECT e.* FROM unnest(%s::int[], %s::bigint[]) AS o(p, s) CROSS JOIN LATERAL ("
+        " SELECT event_id, partition, seq, tenant_id, subject, kind, payload, actor, request_id,"
+        " source, bulk_job_id, item_index, attempts, accepted_at"
+        " FROM events WHERE partition = o.p AND seq > o.s ORDER BY seq LIMIT %s) e",
+        [list(offsets), list(offsets.values()), per_partition],
+    )
+    return await cur.fetchall()
+
+
+async def advance_many(conn: Conn, last_seq: dict[int, int]) -> None:
+    """Move several partitions' offsets at once and tell waiting writers (``lily_applied``)."""
+    await conn.execute(
+        "UPDATE log_offsets o SET applied_seq = v.s, retry_at = NULL"
+        " FROM unnest(%s::int[], %s::bigint[]) AS v(p, s) WHERE o.partition = v.p",
+        [list(last_seq), list(last_seq.values())],
+    )
+    await notify_applied(conn, last_seq)
+
+
+async def notify_applied(conn: Conn, last_seq: dict[int, int]) -> None:
+    # Payload "p:seq,p:seq,…"; NOTIFY payloads stop at 8000 bytes, so long lists go in several.
+    pairs = [f"{p}:{s}" for p, s in last_seq.items()]
+    for i in range(0, len(pairs), 300):
+        await conn.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, ",".join(pairs[i:i + 300])])
+
+
+def parse_applied(payload: str) -> list[tuple[int, int]]:
+    """The (partition, seq) pairs of a ``lily_applied`` notification."""
+    out = []
+    for pair in payload.split(","):
+        partition, _, seq = pair.partition(":")
+        out.append((int(partition), int(seq)))
+    return out
+
+
 async def read_batch(conn: Conn, partition: int, after_seq: int, limit: int) -> list[dict[str, Any]]:
     """The next events of a partition, in order. Must run under the pipeline role."""
     cur = await conn.execute(
@@ -132,7 +190,7 @@ async def advance(conn: Conn, partition: int, seq: int) -> None:
     await conn.execute(
         "UPDATE log_offsets SET applied_seq = %s, retry_at = NULL WHERE partition = %s", [seq, partition]
     )
-    await conn.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, f"{partition}:{seq}"])
+    await notify_applied(conn, {partition: seq})
 
 
 async def record_retry(conn: Conn, event_id: UUID, partition: int, error: str, retry_at: datetime) -> None:
