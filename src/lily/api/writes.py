@@ -19,8 +19,10 @@ from lily.domain.errors import LilyError, problem_from_result
 from lily.domain.events import NewEvent
 from lily.pipeline.writer import Submitted, request_hash
 from lily.store import log as store_log
+from lily.store.db import Conn
 
-Render = Callable[[dict[str, Any]], Awaitable[Response]]
+# Renders an applied write's result, reading what it needs through the given (tenant) connection.
+Render = Callable[[Conn, dict[str, Any]], Awaitable[Response]]
 
 STATUS_PATH = "/lily/v1/events/{}"
 
@@ -80,19 +82,20 @@ async def write(
         return accepted_response(submitted)
     if not await runtime.writer.wait(submitted, wait_bound(prefs, runtime.settings.write_wait_seconds)):
         return accepted_response(submitted, async_preferred=False)
+    # One transaction reads the outcome and renders it (one pool checkout, fewer round trips).
     async with runtime.db.tenant(principal.tenant_id) as conn:
         outcome = await store_log.get_event(conn, principal.tenant_id, UUID(submitted.event_id))
-    assert outcome is not None
-    if outcome["status"] == "failed":
-        raise problem_from_result(outcome["result"] or {})
-    if outcome["status"] == "dead_lettered":
-        raise DeadLettered(
-            "the pipeline could not apply this write; it is in the dead-letter queue",
-            event_id=submitted.event_id,
-        )
-    if outcome["status"] != "applied":
-        return accepted_response(submitted, async_preferred=False)
-    return await render(outcome["result"])
+        assert outcome is not None
+        if outcome["status"] == "failed":
+            raise problem_from_result(outcome["result"] or {})
+        if outcome["status"] == "dead_lettered":
+            raise DeadLettered(
+                "the pipeline could not apply this write; it is in the dead-letter queue",
+                event_id=submitted.event_id,
+            )
+        if outcome["status"] != "applied":
+            return accepted_response(submitted, async_preferred=False)
+        return await render(conn, outcome["result"])
 
 
 class DeadLettered(LilyError):

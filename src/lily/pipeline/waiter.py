@@ -43,7 +43,7 @@ class AppliedWaiter:
         self._waiting.setdefault(partition, []).append((seq, fut))
         try:
             # The event may have been applied before we registered: ask once.
-            async with self.db.system() as conn:
+            async with self.db.connection() as conn:  # one autocommit read: no transaction needed
                 offsets = await store_log.applied_offsets(conn, [partition])
             self._advance(partition, offsets.get(partition, 0))
             await asyncio.wait_for(asyncio.shield(fut), timeout)

@@ -25,7 +25,7 @@ from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.pipeline.stages import Pipeline
 from lily.store import log as store_log
-from lily.store.db import Conn, Database, as_app_for, as_pipeline
+from lily.store.db import Conn, Database, as_app_for, as_pipeline, as_pipeline_relaxed
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Worker:
             offsets = await store_log.try_claim_many(conn, partitions)
             if not offsets:
                 return 0
-            await as_pipeline(conn)
+            await as_pipeline_relaxed(conn)
             per_partition = max(1, self.settings.worker_batch_size // len(offsets))
             rows = await store_log.read_batches(conn, offsets, per_partition)
             if not rows:
@@ -125,7 +125,7 @@ class Worker:
             applied_seq = await store_log.try_claim(conn, partition)
             if applied_seq is None:
                 return 0
-            await as_pipeline(conn)
+            await as_pipeline_relaxed(conn)
             rows = await store_log.read_batch(conn, partition, applied_seq, self.settings.worker_batch_size)
             if not rows:
                 return 0

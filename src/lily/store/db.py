@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -60,9 +61,20 @@ class Database:
     @asynccontextmanager
     async def tenant(self, tenant_id: str) -> AsyncIterator[Conn]:
         """A transaction that sees only ``tenant_id``'s rows (enforced by RLS, not only by our WHEREs)."""
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT set_config('lily.tenant_id', %s, true)", [tenant_id])
-            yield conn
+        async with self.pool.connection() as conn:
+            # BEGIN and the tenant setting in one round trip: a parameterless multi-statement query goes
+            # by the simple protocol, so the tenant id travels as a quoted literal. Nested
+            # ``conn.transaction()`` blocks inside become savepoints, as psycopg sees a transaction open.
+            await conn.execute(
+                sql.SQL("BEGIN; SELECT set_config('lily.tenant_id', {}, true)").format(sql.Literal(tenant_id))
+            )
+            try:
+                yield conn
+            except BaseException:
+                if not conn.closed:
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
 
     @asynccontextmanager
     async def system(self) -> AsyncIterator[Conn]:
@@ -87,6 +99,17 @@ async def as_app_for(conn: Conn, tenant_id: str) -> None:
     await conn.execute(
         f"SELECT set_config('role', '{APP_ROLE}', true), set_config('lily.tenant_id', %s, true)", [tenant_id]
     )
+
+
+async def as_pipeline_relaxed(conn: Conn) -> None:
+    """Become the pipeline role for an apply transaction, committing without waiting for the WAL flush.
+
+    Safe for exactly-once: the events are durable in the log before any worker sees them, and an apply
+    transaction's effects and offset commit together. A crash can lose the last few milliseconds of
+    applies, never half of one; the partition then resumes from its durable offset and applies them
+    again, to the same versions.
+    """
+    await conn.execute(f"SET LOCAL ROLE {PIPELINE_ROLE}; SET LOCAL synchronous_commit = off")
 
 
 async def as_pipeline(conn: Conn) -> None:

@@ -16,6 +16,7 @@ from lily.domain.errors import NotFound
 from lily.domain.events import LINEAGE_DELETE, LINEAGE_UPSERT, NewEvent
 from lily.store import assets as store_assets
 from lily.store import lineage as store_lineage
+from lily.store.db import Conn
 
 router = APIRouter(prefix="/metadata/lineage", tags=["lineage"])
 
@@ -59,7 +60,7 @@ async def record_lineage(
     subject: str = payload["process"] or downstreams[0]
     event = NewEvent(principal.tenant_id, subject, LINEAGE_UPSERT, payload, principal.actor, request_id)
 
-    async def render(result: dict[str, Any]) -> Response:
+    async def render(conn: Conn, result: dict[str, Any]) -> Response:
         return FastJSON(result, status_code=201)
 
     return await writes.write(runtime, request, principal, event, payload, render)
@@ -119,7 +120,7 @@ async def remove_lineage(
     event = NewEvent(principal.tenant_id, row["qualified_name"], LINEAGE_DELETE, payload, principal.actor,
                      request_id)
 
-    async def render(result: dict[str, Any]) -> Response:
+    async def render(conn: Conn, result: dict[str, Any]) -> Response:
         return FastJSON(result)
 
     return await writes.write(runtime, request, principal, event, payload, render)

@@ -16,6 +16,7 @@ from lily.domain.errors import NotFound, PreconditionFailed
 from lily.domain.events import ASSET_DELETE, ASSET_REPLACE, ASSET_UPSERT, NewEvent
 from lily.store import assets as store
 from lily.store import audit as store_audit
+from lily.store.db import Conn
 
 SearchTerm = Annotated[str, StringConstraints(max_length=256, pattern=rules.NO_NUL)]
 
@@ -36,9 +37,8 @@ def asset_response(snapshot: dict[str, Any], status: int = 200, **extra: Any) ->
 def render_version(runtime: Any, tenant_id: str) -> writes.Render:
     """Answer a write with the version it produced (not whatever is current by now)."""
 
-    async def render(result: dict[str, Any]) -> Response:
-        async with runtime.db.tenant(tenant_id) as conn:
-            snap = await store.version_snapshot(conn, tenant_id, UUID(result["asset_id"]), result["version"])
+    async def render(conn: Conn, result: dict[str, Any]) -> Response:
+        snap = await store.version_snapshot(conn, tenant_id, UUID(result["asset_id"]), result["version"])
         assert snap is not None
         return asset_response(snap, 201 if result.get("created") else 200)
 
