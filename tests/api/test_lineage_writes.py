@@ -112,18 +112,21 @@ async def test_delete_by_direction_is_recorded(client, tenant):
     await link(client, tenant, ["u1"], ["other"])
     p1 = (await by_name(client, tenant, "p1"))["asset_id"]
     u1 = (await by_name(client, tenant, "u1"))["asset_id"]
-    assert await neighbours(client, tenant, m["asset_id"]) == {("u1", "m"), ("u2", "m"), ("m", "d1"), ("m", "d2")}
+    # Seen from m, the edge it carries is a path through it: p1 → m → p2.
+    assert await neighbours(client, tenant, m["asset_id"]) == {
+        ("u1", "m"), ("u2", "m"), ("m", "d1"), ("m", "d2"), ("p1", "p2")}
 
     r = await client.delete(f"/metadata/lineage/{m['asset_id']}", params={"direction": "upstream"}, headers=editor)
     assert r.status_code == 200, r.text
     assert r.json() == {"asset_id": m["asset_id"], "removed": 2, "version": 2}
-    assert await neighbours(client, tenant, m["asset_id"]) == {("m", "d1"), ("m", "d2")}
+    assert await neighbours(client, tenant, m["asset_id"]) == {("m", "d1"), ("m", "d2"), ("p1", "p2")}
     assert await neighbours(client, tenant, u1) == {("u1", "other")}
     assert await neighbours(client, tenant, p1) == {("p1", "p2")}
 
     r = await client.delete(f"/metadata/lineage/{m['asset_id']}", params={"direction": "downstream"}, headers=editor)
     assert r.json() == {"asset_id": m["asset_id"], "removed": 2, "version": 3}
-    assert await neighbours(client, tenant, m["asset_id"]) == set()
+    # One direction takes m's own edges only: removing a carried edge would take both halves of its path.
+    assert await neighbours(client, tenant, m["asset_id"]) == {("p1", "p2")}
     assert await neighbours(client, tenant, p1) == {("p1", "p2")}  # it carries that edge; not up- or downstream
 
     # Nothing left in that direction: no new version, no audit entry.

@@ -93,6 +93,25 @@ def test_column_mappings_must_use_listed_assets(mapping: dict[str, Any], message
     assert exc.value.errors()[0]["loc"][0] == "column_mappings"
 
 
+def test_column_mappings_compare_ids_and_names_once_resolved() -> None:
+    # The upstream by id, the mapping by name (and the downstream the other way round): the model cannot
+    # tell whether they are the same asset, so it leaves that to plan(), which compares resolved ids.
+    body = {
+        "upstreams": [{"asset_id": str(A)}], "downstreams": [qn("c")],
+        "column_mappings": [{"column": "t", "asset": {"asset_id": str(C)},
+                             "upstreams": [{"asset": qn("a"), "column": "x"}]}],
+    }
+    request = LineageIn.model_validate(body)
+    assert {*request.refs()} == {AssetRef(asset_id=A), AssetRef(qualified_name="c"), AssetRef(asset_id=C),
+                                 AssetRef(qualified_name="a")}
+    assert plan(request, resolver({"a": A, "c": C})).columns == [ColumnSpec(A, C, None, "t", "x", None)]
+    with pytest.raises(Invalid, match="not among the upstreams") as exc:
+        plan(request, resolver({"a": B, "c": C}))
+    assert exc.value.extra["errors"][0]["field"] == "column_mappings"
+    with pytest.raises(Invalid, match="not among the downstreams"):
+        plan(request, resolver({"a": A, "c": B}))
+
+
 def test_plan_crosses_upstreams_and_downstreams() -> None:
     request = LineageIn.model_validate({
         "upstreams": [qn("a"), {"asset_id": str(B)}, qn("a")],

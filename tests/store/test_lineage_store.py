@@ -218,6 +218,33 @@ async def test_impact_lists_distance_and_path(db: Database) -> None:
     assert [a.name for a in short.assets] == ["stage"]
 
 
+async def test_a_walk_from_a_job_goes_through_the_edges_it_carries(db: Database) -> None:
+    # src_a, src_b → stage through etl_job: from the job, its inputs are upstream and stage downstream.
+    both = await walk(db, "etl_job", "both", 2)
+    assert {n.name: n.depth for n in both.nodes} == {
+        "etl_job": 0, "src_a": 1, "src_b": 1, "stage": 1, "mart": 2, "report": 2}
+    assert pairs(both) == {("src_a", "stage"), ("src_b", "stage"), ("stage", "mart"), ("stage", "report")}
+    down = await walk(db, "etl_job", "downstream", 1)
+    assert names(down) == {"etl_job", "stage"}
+    # The carried edges stand for etl_job → stage; their inputs are not downstream, so not nodes.
+    assert {(e.upstream_id, e.downstream_id, e.process_id) for e in down.edges} == {
+        (aid("src_a"), aid("stage"), aid("etl_job")), (aid("src_b"), aid("stage"), aid("etl_job"))}
+    assert names(await walk(db, "etl_job", "both", 0)) == {"etl_job"}
+    cut = await walk(db, "etl_job", "both", 2, node_limit=3)
+    assert cut.truncated and len(cut.nodes) == 3
+    async with db.tenant("t1") as conn:
+        report = await lineage.impact(conn, "t1", aid("etl_job"))
+        reached = await lineage.downstream_without_source(conn, "t1", [aid("etl_job")], depth=2)
+    found = {a.name: (a.distance, [p.qualified_name for p in a.path]) for a in report.assets}
+    assert found == {
+        "stage": (1, ["t1.etl_job", "t1.stage"]),
+        "mart": (2, ["t1.etl_job", "t1.stage", "t1.mart"]),
+        "report": (2, ["t1.etl_job", "t1.stage", "t1.report"]),
+        "dash": (3, ["t1.etl_job", "t1.stage", "t1.mart", "t1.dash"]),
+    }
+    assert reached[0] == aid("stage") and set(reached) == {aid("stage"), aid("mart"), aid("report")}
+
+
 async def test_downstream_without_source_dedupes(db: Database) -> None:
     async with db.tenant("t1") as conn:
         diamond = await lineage.downstream_without_source(conn, "t1", [aid("d1"), aid("d2")], depth=5)

@@ -3,13 +3,17 @@
 A request names assets by ``asset_id`` or ``qualified_name``; the apply stage resolves the names
 (creating placeholders for unknown ones) and calls :func:`plan` to turn the request into the edge and
 column rows the store writes. Checks that need only the request run in the models (pydantic errors
-name the field); the self-loop check runs again after resolution, because an id and a name may be
-the same asset.
+name the field); the self-loop and column-mapping checks run again after resolution, because an id
+and a name may be the same asset.
+
+A process (job) labels the edges it carries. It is a node of its own when a graph or an impact
+analysis starts from it: its inputs are then upstream of it and its outputs downstream, the path
+``input → job → output`` that OpenLineage and Marquez draw.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Literal, Self
 from uuid import UUID
@@ -138,21 +142,47 @@ class LineageIn(BaseModel):
     ) -> list[ColumnMapping]:
         if "upstreams" not in info.data or "downstreams" not in info.data:
             return mappings  # already reported on those fields
-        ups, downs = set(info.data["upstreams"]), info.data["downstreams"]
+        ups, downs = info.data["upstreams"], info.data["downstreams"]
         for i, mapping in enumerate(mappings):
             if mapping.asset is None and len(downs) != 1:
                 raise ValueError(f"[{i}].asset is required when there is more than one downstream")
-            if mapping.asset is not None and mapping.asset not in downs:
+            if mapping.asset is not None and not _may_be_among(mapping.asset, downs):
                 raise ValueError(f"[{i}].asset {mapping.asset} is not among the downstreams")
             for j, up in enumerate(mapping.upstreams):
-                if up.asset not in ups:
+                if not _may_be_among(up.asset, ups):
                     raise ValueError(f"[{i}].upstreams[{j}].asset {up.asset} is not among the upstreams")
         return mappings
 
     def refs(self) -> list[AssetRef]:
-        """Every asset the request names, each once: what the apply stage must resolve."""
+        """Every asset the request names, each once: what the apply stage must resolve. Column
+        mappings' references are included, as they may spell an asset differently (see
+        :func:`check_mappings`)."""
         named = [*self.upstreams, *self.downstreams, *([self.process] if self.process else [])]
+        named += [m.asset for m in self.column_mappings if m.asset is not None]
+        named += [u.asset for m in self.column_mappings for u in m.upstreams]
         return list(dict.fromkeys(named))
+
+
+def _may_be_among(ref: AssetRef, refs: list[AssetRef]) -> bool:
+    """Whether ``ref`` is, or may turn out to be, one of ``refs``: a name may be the asset another
+    reference gives by id (and the reverse), which only resolution tells (:func:`check_mappings`)."""
+    by_id = ref.asset_id is not None
+    return ref in refs or any((r.asset_id is not None) != by_id for r in refs)
+
+
+def check_mappings(request: LineageIn, resolve: Callable[[AssetRef], Hashable]) -> None:
+    """Refuse a column mapping whose assets are not among the request's, compared once ``resolve``
+    has mapped every reference to one key per asset (its id, or its qualified name): the model can
+    only compare references spelled alike. Raises :class:`Invalid` on ``column_mappings``."""
+    ups = {resolve(r) for r in request.upstreams}
+    downs = {resolve(r) for r in request.downstreams}
+    for i, mapping in enumerate(request.column_mappings):
+        if mapping.asset is not None and resolve(mapping.asset) not in downs:
+            raise Invalid(f"[{i}].asset {mapping.asset} is not among the downstreams", field="column_mappings")
+        for j, up in enumerate(mapping.upstreams):
+            if resolve(up.asset) not in ups:
+                raise Invalid(f"[{i}].upstreams[{j}].asset {up.asset} is not among the upstreams",
+                              field="column_mappings")
 
 
 # ---------------------------------------------------------------- what the store writes
@@ -187,7 +217,7 @@ def plan(request: LineageIn, resolve: Callable[[AssetRef], UUID]) -> LineagePlan
     """The rows ``request`` stands for, once ``resolve`` has mapped each reference to an asset id.
 
     Raises :class:`Invalid` for a self-loop that only shows after resolution (an id and a name of
-    the same asset on both sides).
+    the same asset on both sides), and for a column mapping naming an asset not among the request's.
     """
     ups = [resolve(r) for r in request.upstreams]
     downs = [resolve(r) for r in request.downstreams]
@@ -198,6 +228,7 @@ def plan(request: LineageIn, resolve: Callable[[AssetRef], UUID]) -> LineagePlan
         raise Invalid(f"an asset cannot be its own upstream: {loop}", field="downstreams")
     if process is not None and process in {*ups, *downs}:
         raise Invalid("the process cannot also be an upstream or downstream asset", field="process")
+    check_mappings(request, resolve)
     edges = list(dict.fromkeys(EdgeSpec(u, d, process) for u in ups for d in downs))
     columns = [
         ColumnSpec(
@@ -253,6 +284,10 @@ class LineageGraph(BaseModel):
     node_limit: int
     truncated: bool  # the node (or edge) limit cut the answer short
     nodes: list[LineageNode]
+    # Stored edges (upstream → downstream, through a process). Both ends are nodes, except around a
+    # process that is itself a node (the root job): its edges stand for upstream → job → downstream,
+    # and walking one direction from the job only that half is in the answer, so the other end may
+    # be outside ``nodes``.
     edges: list[LineageEdge]
 
 
@@ -309,8 +344,23 @@ def _node_ids(graph: LineageGraph) -> dict[UUID, str]:
     return {node.asset_id: f"n{i}" for i, node in enumerate(graph.nodes)}
 
 
-def _drawable(graph: LineageGraph, ids: dict[UUID, str]) -> Iterable[LineageEdge]:
-    return (e for e in graph.edges if e.upstream_id in ids and e.downstream_id in ids)
+def _drawable(graph: LineageGraph, ids: dict[UUID, str]) -> Iterable[tuple[str, str, str | None]]:
+    """(from, to, label) of each arrow to draw, each once. An edge whose process is a node of the
+    answer (the walk started from, or went through, that job) is drawn through it, ``up → job → down``,
+    as OpenLineage and Marquez draw it, without the half whose end is not in the answer; any other
+    edge is one arrow labelled with its process."""
+    drawn: dict[tuple[str, str, str | None], None] = {}
+    for e in graph.edges:
+        up, down = ids.get(e.upstream_id), ids.get(e.downstream_id)
+        job = ids.get(e.process_id) if e.process_id is not None else None
+        if job is not None:
+            if up is not None:
+                drawn[(up, job, None)] = None
+            if down is not None:
+                drawn[(job, down, None)] = None
+        elif up is not None and down is not None:
+            drawn[(up, down, e.process_qualified_name)] = None
+    return drawn
 
 
 def to_mermaid(graph: LineageGraph) -> str:
@@ -318,9 +368,9 @@ def to_mermaid(graph: LineageGraph) -> str:
     ids = _node_ids(graph)
     lines = ["flowchart LR"]
     lines += [f'    {ids[n.asset_id]}["{_mermaid_label(n.qualified_name)}"]' for n in graph.nodes]
-    for e in _drawable(graph, ids):
-        label = f'|"{_mermaid_label(e.process_qualified_name)}"|' if e.process_qualified_name else ""
-        lines.append(f"    {ids[e.upstream_id]} -->{label} {ids[e.downstream_id]}")
+    for up, down, process in _drawable(graph, ids):
+        label = f'|"{_mermaid_label(process)}"|' if process else ""
+        lines.append(f"    {up} -->{label} {down}")
     placeholders = [ids[n.asset_id] for n in graph.nodes if n.placeholder]
     if placeholders:
         lines.append("    classDef placeholder stroke-dasharray: 5 5")
@@ -335,8 +385,8 @@ def to_dot(graph: LineageGraph) -> str:
     for n in graph.nodes:
         style = ", style=dashed" if n.placeholder else ""
         lines.append(f"    {ids[n.asset_id]} [label={_dot_string(n.qualified_name)}{style}];")
-    for e in _drawable(graph, ids):
-        label = f" [label={_dot_string(e.process_qualified_name)}]" if e.process_qualified_name else ""
-        lines.append(f"    {ids[e.upstream_id]} -> {ids[e.downstream_id]}{label};")
+    for up, down, process in _drawable(graph, ids):
+        label = f" [label={_dot_string(process)}]" if process else ""
+        lines.append(f"    {up} -> {down}{label};")
     lines.append("}")
     return "\n".join(lines) + "\n"

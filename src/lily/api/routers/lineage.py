@@ -12,7 +12,7 @@ from lily.api import writes
 from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
 from lily.api.responses import FastJSON
 from lily.domain import lineage as graph
-from lily.domain.errors import NotFound
+from lily.domain.errors import Conflict, NotFound
 from lily.domain.events import LINEAGE_DELETE, LINEAGE_UPSERT, NewEvent
 from lily.store import assets as store_assets
 from lily.store import lineage as store_lineage
@@ -25,20 +25,37 @@ TRUNCATED_HEADER = "Lily-Lineage-Truncated"  # "true" when the node limit cut th
 
 
 async def _names(runtime: Any, tenant_id: str, refs: list[graph.AssetRef]) -> dict[graph.AssetRef, str]:
-    """Qualified name per reference. Ids must name live assets of the caller's tenant (else 404);
-    names may be new — the pipeline creates placeholders for them."""
+    """Qualified name per reference. Ids must name assets of the caller's tenant (else 404); names may
+    be new — the pipeline creates placeholders for them.
+
+    A soft-deleted asset is refused however it is named, by id or by name: 409, saying it is deleted
+    (writing the asset again restores it; then it can be linked). Lineage to a deleted asset would
+    otherwise come back to life unseen, and an id and a name of the same asset must not be answered
+    differently. The apply stage makes the same check for writes from this API (this one answers
+    before anything is appended; that one holds if the asset is deleted in between).
+    """
     by_id = [r.asset_id for r in refs if r.asset_id is not None]
-    found: dict[UUID, str] = {}
-    if by_id:
-        async with runtime.db.tenant(tenant_id) as conn:
-            for asset_id in by_id:
-                row = await store_assets.get(conn, tenant_id, asset_id)
-                if row is not None:
-                    found[asset_id] = row["qualified_name"]
+    by_name = [r.qualified_name for r in refs if r.qualified_name is not None]
+    found: dict[UUID, dict[str, Any]] = {}
+    named: dict[str, dict[str, Any]] = {}
+    async with runtime.db.tenant(tenant_id) as conn:
+        for asset_id in by_id:
+            row = await store_assets.get(conn, tenant_id, asset_id, include_deleted=True)
+            if row is not None:
+                found[asset_id] = row
+        if by_name:
+            named = await store_assets.current_by_names(conn, tenant_id, by_name)
     missing = [str(a) for a in by_id if a not in found]
     if missing:
         raise NotFound(f"asset {missing[0]} does not exist")
-    return {r: (found[r.asset_id] if r.asset_id is not None else r.qualified_name or "") for r in refs}
+    for ref in refs:
+        row = found[ref.asset_id] if ref.asset_id is not None else named.get(ref.qualified_name or "")
+        if row is not None and row["deleted_at"] is not None:
+            spelled = row["qualified_name"] if ref.asset_id is None else f"{ref.asset_id} ({row['qualified_name']})"
+            raise Conflict(f"asset {spelled} is deleted; write it again to restore it before recording lineage"
+                           " to it", asset_id=str(row["asset_id"]))
+    return {r: (found[r.asset_id]["qualified_name"] if r.asset_id is not None else r.qualified_name or "")
+            for r in refs}
 
 
 @router.post("", status_code=201, responses={202: {"description": "Accepted"}})
@@ -46,6 +63,8 @@ async def record_lineage(
     body: graph.LineageIn, request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId
 ) -> Response:
     names = await _names(runtime, principal.tenant_id, body.refs())
+    # Mappings may name an asset by id where the lists give its name (or the reverse): compare names.
+    graph.check_mappings(body, names.__getitem__)
     downstreams = [names[r] for r in body.downstreams]
     payload: dict[str, Any] = {
         "upstreams": [names[r] for r in body.upstreams],

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from lily.domain import assets as rules
 from lily.domain import lineage as graph
-from lily.domain.errors import Invalid, LilyError, NotFound
+from lily.domain.errors import Conflict, Invalid, LilyError, NotFound
 from lily.domain.events import LINEAGE_DELETE, LINEAGE_UPSERT
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
@@ -27,6 +27,7 @@ from lily.store import audit as store_audit
 from lily.store import lineage as store_lineage
 
 PLACEHOLDER_TYPE = "unknown"
+API_SOURCE = "api"  # NewEvent.source of writes made through /lily/v1
 
 
 def to_request(payload: dict[str, Any]) -> graph.LineageIn:
@@ -117,8 +118,19 @@ class LineageHandler:
         }
 
     async def _resolve(self, ctx: BatchContext, event: PipelineEvent, names: list[str]) -> dict[str, UUID]:
-        """Asset id per name; names nobody wrote yet become placeholders (a later real write fills them)."""
+        """Asset id per name; names nobody wrote yet become placeholders (a later real write fills them).
+
+        A write from Lily's API that names a soft-deleted asset is refused (409, as the API answers
+        before appending: see ``api.routers.lineage._names``). A connector's lineage is not: an
+        OpenLineage event upserts its datasets and job itself, which restores them, but those upserts
+        have their own subjects and may be applied after the lineage, which must not fail meanwhile.
+        """
         current = await store_assets.current_by_names(ctx.conn, ctx.tenant_id, names)
+        if event.source == API_SOURCE:
+            deleted = sorted(n for n, row in current.items() if row["deleted_at"] is not None)
+            if deleted:
+                raise Conflict(f"asset {deleted[0]} is deleted; write it again to restore it before recording"
+                               " lineage to it", asset_id=str(current[deleted[0]]["asset_id"]))
         ids = {name: row["asset_id"] for name, row in current.items()}
         missing = [n for n in names if n not in ids]
         if missing:
