@@ -89,8 +89,10 @@ async def test_deletion_and_deprecation_propagate(client, tenant, app):
 
 async def test_propagation_can_be_turned_off_per_tenant(client, tenant, app):
     _, b, _, _ = await _graph(client, tenant, app)
-    async with app.state.runtime.db.tenant(tenant.tenant_id) as conn:
-        await conn.execute("UPDATE tenants SET config = '{\"propagation\": {\"enabled\": false}}'")
+    r = await client.put(f"/tenants/{tenant.tenant_id}/config", json={"propagation": {"enabled": False}},
+                         headers=tenant.headers("admin"))
+    assert r.status_code == 200, r.text
+    assert r.json()["config"]["propagation"] == {"enabled": False, "max_depth": 10}
     await _put(client, tenant, "a", attributes={"columns": [{"name": "changed"}]})
     await wait_idle(client, tenant)
     assert not [v for v in await _history(client, tenant, b["asset_id"]) if v["action"] == "asset.upstream_changed"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from lily.domain.events import UPSTREAM_CHANGED, NewEvent
+from lily.domain.tenants import TenantConfig
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.store import assets as store_assets
@@ -26,7 +27,6 @@ from lily.store import lineage as store_lineage
 SOURCE_ATTRIBUTE = "lily.source"
 # Sources that do not keep an asset up to date by themselves.
 PASSIVE_SOURCES = frozenset({None, "api", "bulk", "propagation"})
-DEFAULT_MAX_DEPTH = 10
 SCHEMA_ATTRIBUTE = "columns"
 
 
@@ -51,8 +51,8 @@ def trigger(change: dict[str, Any]) -> dict[str, Any] | None:
 
 async def _tenant_policy(ctx: BatchContext) -> tuple[bool, int]:
     row = await identity.get_tenant(ctx.conn, ctx.tenant_id)
-    config = ((row or {}).get("config") or {}).get("propagation") or {}
-    return bool(config.get("enabled", True)), int(config.get("max_depth", DEFAULT_MAX_DEPTH))
+    policy = TenantConfig.of((row or {}).get("config")).propagation
+    return policy.enabled, policy.max_depth
 
 
 async def propagate(ctx: BatchContext, events: list[PipelineEvent]) -> None:

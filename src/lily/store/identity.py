@@ -26,6 +26,16 @@ async def get_tenant(conn: Conn, tenant_id: str) -> dict[str, Any] | None:
     return await cur.fetchone()
 
 
+async def set_tenant_config(conn: Conn, tenant_id: str, config: dict[str, Any]) -> dict[str, Any]:
+    cur = await conn.execute(
+        "UPDATE tenants SET config = %s WHERE tenant_id = %s RETURNING tenant_id, name, config, created_at",
+        [Jsonb(config), tenant_id],
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
 async def create_user(conn: Conn, tenant_id: str, username: str, password_hash: str, role: str) -> bool:
     cur = await conn.execute(
         "INSERT INTO users (tenant_id, username, password_hash, role) VALUES (%s, %s, %s, %s)"

@@ -5,13 +5,15 @@ A caller only ever sees its own tenant; any other id answers 404 exactly as an u
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter
 
-from lily.api.deps import Principal, RuntimeDep, Viewer
+from lily.api.deps import Admin, Principal, RequestId, RuntimeDep, Viewer
 from lily.domain.errors import NotFound
-from lily.store import identity
+from lily.domain.tenants import TenantConfig
+from lily.store import audit, identity
 
 router = APIRouter(prefix="/tenants", tags=["tenants"])
 
@@ -28,15 +30,35 @@ async def config(tenant_id: str, principal: Viewer, runtime: RuntimeDep) -> dict
         row = await identity.get_tenant(conn, tenant_id)
     if row is None:
         raise NotFound(f"tenant {tenant_id} does not exist")
+    return _config_document(row)
+
+
+def _config_document(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "tenant_id": row["tenant_id"],
         "name": row["name"],
         "created_at": row["created_at"],
-        "config": {**DEFAULT_CONFIG, **row["config"]},
+        "config": TenantConfig.of(row["config"]).model_dump(),
     }
 
 
-DEFAULT_CONFIG: dict[str, Any] = {"propagation": {"enabled": True, "max_depth": 10}}
+@router.put("/{tenant_id}/config")
+async def replace_config(
+    tenant_id: str, body: TenantConfig, principal: Admin, runtime: RuntimeDep, request_id: RequestId
+) -> dict[str, Any]:
+    """Replace the tenant's configuration (admin). Fields left out return to their defaults."""
+    _own(principal, tenant_id)
+    async with runtime.db.tenant(tenant_id) as conn:
+        before = await identity.get_tenant(conn, tenant_id)
+        if before is None:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        row = await identity.set_tenant_config(conn, tenant_id, body.model_dump())
+        await audit.write_audit(conn, tenant_id, [{
+            "action": "tenant.config_replaced", "actor": principal.actor, "request_id": request_id,
+            "at": datetime.now(UTC),
+            "detail": {"from": TenantConfig.of(before["config"]).model_dump(), "to": body.model_dump()},
+        }])
+    return _config_document(row)
 
 
 @router.get("/{tenant_id}/sources")

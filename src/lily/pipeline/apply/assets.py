@@ -13,7 +13,6 @@ from lily.pipeline.context import BatchContext
 from lily.pipeline.model import ATTRIBUTES_PATCH, PipelineEvent
 from lily.store import assets as store
 
-
 VALIDATED_AT_ACCEPT = frozenset({"api", "bulk"})
 
 
