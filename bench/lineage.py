@@ -313,6 +313,12 @@ async def measure(url: str, count: int, compare_cte: bool) -> None:
                 [TENANT, count], prepare=False,
             )
             starts = [r["asset_id"] for r in await cur.fetchall()]
+            # Jobs as roots: a job is a node between the inputs and outputs of the edges it carries.
+            cur = await conn.execute(
+                "SELECT asset_id FROM assets WHERE tenant_id = %s AND type = 'job' ORDER BY random() LIMIT %s",
+                [TENANT, max(10, count // 4)], prepare=False,
+            )
+            jobs = [r["asset_id"] for r in await cur.fetchall()]
         # Warm-up: first use of each statement on the connection, and the OS page cache.
         await timed(db, "warm-up", starts[:50], walk_call("both", 5))
         # The machine may be shared: say how busy it was, next to the figures.
@@ -330,6 +336,8 @@ async def measure(url: str, count: int, compare_cte: bool) -> None:
             rows.append(await timed(db, f"{direction} depth {MAX_DEPTH}, limit {MAX_NODE_LIMIT}", few,
                                     walk_call(direction, MAX_DEPTH, MAX_NODE_LIMIT)))
         rows.append(await timed(db, f"impact depth {MAX_DEPTH}, limit 1000", starts, impact_call(MAX_DEPTH)))
+        rows.append(await timed(db, "both depth 3, from jobs", jobs, walk_call("both", 3)))
+        rows.append(await timed(db, f"impact depth {MAX_DEPTH}, from jobs", jobs, impact_call(MAX_DEPTH)))
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
         print_table(rows)
         if compare_cte:

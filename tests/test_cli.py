@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from conftest import TEST_PARTITIONS
+from tests.conftest import TEST_PARTITIONS
 from lily import admin
 from lily.domain.errors import Invalid, NotFound
 from lily.store.migrate import available

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lily.config import Settings
-from pipeline.support import install_test_hooks, settled
+from tests.pipeline.support import install_test_hooks, settled
 
 from .helpers import assert_problem
 

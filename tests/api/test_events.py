@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from lily.domain.events import partition_of
-from pipeline.support import hold_partition, settled, until
+from tests.pipeline.support import hold_partition, settled, until
 
 from .helpers import assert_problem
 

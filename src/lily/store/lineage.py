@@ -417,18 +417,22 @@ async def traverse(
     edges = []
     reached = walk.distance
     for edge_id, (up, down, proc) in walk.edges.items():
-        # Both ends are nodes, or the process is one and so is one end: an edge read through its
-        # process (a walk from a job) stands for up → process → down, and only one half may be in
-        # the answer (downstream of a job, its inputs are not). An asset purged between the walk and
-        # the node query takes its edges out of the answer too.
-        ends = (up in reached and up in rows) + (down in reached and down in rows)
-        if ends == 2 or (ends == 1 and proc is not None and proc in reached and proc in rows):
-            process = rows.get(proc) if proc is not None else None
-            edges.append(LineageEdge(
-                edge_id, rows[up][0] if up in rows else UUID(up), rows[down][0] if down in rows else UUID(down),
-                process[0] if process else None, process[1] if process else None,
-                columns.get(edge_id, []) if columns is not None else None,
-            ))
+        u, d = rows.get(up), rows.get(down)
+        if u is None or d is None:
+            # An asset purged between the walk and the node query takes its edges out of the answer,
+            # except for an edge read through its process (the root job): it stands for up → job →
+            # down, and walking one way from the job only one half is in the answer (downstream of
+            # a job, its inputs are not), so the other end is not a node.
+            if proc not in reached or proc not in rows:
+                continue
+            if not ((u is not None and up in reached) or (d is not None and down in reached)):
+                continue
+        process = rows.get(proc) if proc is not None else None
+        edges.append(LineageEdge(
+            edge_id, u[0] if u is not None else UUID(up), d[0] if d is not None else UUID(down),
+            process[0] if process else None, process[1] if process else None,
+            columns.get(edge_id, []) if columns is not None else None,
+        ))
     return LineageGraph(
         root=asset_id, direction=direction, depth=depth, node_limit=node_limit, truncated=walk.truncated,
         depth_reached=max(walk.distance.values()), nodes=nodes, edges=edges,
