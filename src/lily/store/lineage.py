@@ -63,14 +63,14 @@ _STEP: dict[Step, str] = {
 
 # A process (job) is a node of its own when a walk starts from it: its inputs are its upstream
 # neighbours and its outputs its downstream ones (input → job → output, as OpenLineage and Marquez draw
-# it). So the first level also reads, on the partial index lineage_edges_process, the edges the roots
-# carry, in the same statement (one round trip; the first step's rows come first, then the carried
-# ones, flagged). Only at the roots: a walk that reaches a process through an ordinary edge (an asset
-# that is an endpoint and a process both, which OpenLineage never produces) does not turn through it.
-# Measured on bench/lineage.py (20k assets, 600 paired runs each, median ratio to the plain walk): a
-# separate query at the root cost +0.25 ms a walk (+49% at depth 1, +8% at depth 5); the same probe at
-# every level +37% at depth 3, +17% at depth 5, +10% at depth 10. Folded into the first statement,
-# the root's probe is a single index descent.
+# it). So the first level's statement also reads, on the partial index lineage_edges_process, the
+# edges the roots carry (flagged, after the step's own rows): still one statement per level and
+# direction, and later levels are untouched. Only at the roots: a walk that reaches a process through
+# an ordinary edge (an asset that is both an endpoint and a process, which OpenLineage never
+# produces) does not turn through it. Measured with bench/lineage.py's graph at 20k assets, 600
+# paired walks each, against the walk without any of this (median ratio): the probe at every level
+# cost +37% at depth 3, +17% at depth 5, +10% at depth 10; a separate query at the root +0.25 ms a
+# walk; folded in here, +0.15 ms (+39% at depth 1, +8% at depth 5, +3% at depth 10).
 def _root_step(near: str) -> str:
     return (
         f"(SELECT {_STEP_COLUMNS}, false FROM lineage_edges WHERE tenant_id = %s AND {near} = ANY(%s::uuid[])"
