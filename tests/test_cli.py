@@ -15,10 +15,10 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import TEST_PARTITIONS
 from lily import admin
 from lily.domain.errors import Invalid, NotFound
 from lily.store.migrate import available
+from tests.conftest import TEST_PARTITIONS
 
 
 def lily_command() -> list[str]:

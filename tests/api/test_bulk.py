@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 import pytest
-from tests.api.helpers import assert_problem, fingerprint
 
 from lily.config import Settings
+from tests.api.helpers import assert_problem, fingerprint
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 BODY_LIMIT = 32 * 1024
