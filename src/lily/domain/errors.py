@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 
 class LilyError(Exception):
     status = 500
@@ -75,3 +77,9 @@ def problem_from_result(error: dict[str, Any]) -> LilyError:
     err = cls.__new__(cls)
     LilyError.__init__(err, str(error.get("detail", "")), **extra)
     return err
+
+
+def invalid_from(exc: ValidationError) -> Invalid:
+    """The first error of a pydantic validation, as :class:`Invalid` naming its field (``a.b.0``)."""
+    first = exc.errors()[0]
+    return Invalid(first["msg"], field=".".join(str(p) for p in first["loc"]))

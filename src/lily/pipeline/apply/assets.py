@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lily.domain import assets as rules
-from lily.domain.errors import Invalid, NotFound, PreconditionFailed
+from lily.domain.errors import Invalid, NotFound, PreconditionFailed, invalid_from
 from lily.domain.events import ASSET_DELETE, ASSET_REPLACE, ASSET_UPSERT
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import ATTRIBUTES_PATCH, PipelineEvent
@@ -31,8 +31,7 @@ class AssetHandler:
             elif event.kind == ASSET_REPLACE:
                 rules.AssetReplace.model_validate(event.payload.get("fields", {}))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            event.reject(Invalid(first["msg"], field=".".join(str(p) for p in first["loc"])))
+            event.reject(invalid_from(exc))
 
     async def apply(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         current = await store.current_by_names(ctx.conn, ctx.tenant_id, [e.subject for e in events])

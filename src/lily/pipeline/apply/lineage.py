@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from lily.domain import assets as rules
 from lily.domain import lineage as graph
-from lily.domain.errors import Conflict, Invalid, LilyError, NotFound
+from lily.domain.errors import Conflict, Invalid, LilyError, NotFound, invalid_from
 from lily.domain.events import LINEAGE_DELETE, LINEAGE_UPSERT
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
@@ -49,11 +49,6 @@ def to_request(payload: dict[str, Any]) -> graph.LineageIn:
     })
 
 
-def _invalid(exc: ValidationError) -> Invalid:
-    first = exc.errors()[0]
-    return Invalid(first["msg"], field=".".join(str(p) for p in first["loc"]))
-
-
 class LineageHandler:
     kinds: tuple[str, ...] = (LINEAGE_UPSERT, LINEAGE_DELETE)
 
@@ -62,7 +57,7 @@ class LineageHandler:
             try:
                 event.notes["lineage_request"] = to_request(event.payload)
             except (ValidationError, KeyError, TypeError) as exc:
-                event.reject(_invalid(exc) if isinstance(exc, ValidationError)
+                event.reject(invalid_from(exc) if isinstance(exc, ValidationError)
                              else Invalid(f"malformed lineage payload: {exc}", field="payload"))
         elif event.payload.get("direction") not in ("upstream", "downstream", "both"):
             event.reject(Invalid("direction must be upstream, downstream or both", field="direction"))

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from lily.connectors.openlineage.runs import OPENLINEAGE_RUN, RunChange, apply_change
 from lily.domain import assets as rules
-from lily.domain.errors import Invalid
+from lily.domain.errors import invalid_from
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.store import assets as store
@@ -28,8 +28,7 @@ class RunHandler:
         try:
             RunChange.model_validate(event.payload)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            event.reject(Invalid(first["msg"], field=".".join(str(p) for p in first["loc"])))
+            event.reject(invalid_from(exc))
 
     async def apply(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         current = await store.current_by_names(ctx.conn, ctx.tenant_id, [e.subject for e in events])
