@@ -7,6 +7,7 @@ transaction sets ``lily.tenant_id`` with ``set_config(..., true)`` so it lasts e
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -71,8 +72,11 @@ class Database:
             try:
                 yield conn
             except BaseException:
+                # Never let a failing ROLLBACK (a broken or cancelled connection) hide the real error;
+                # the pool discards a connection it gets back in a bad state.
                 if not conn.closed:
-                    await conn.execute("ROLLBACK")
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
 
