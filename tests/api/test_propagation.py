@@ -96,3 +96,19 @@ async def test_propagation_can_be_turned_off_per_tenant(client, tenant, app):
     await _put(client, tenant, "a", attributes={"columns": [{"name": "changed"}]})
     await wait_idle(client, tenant)
     assert not [v for v in await _history(client, tenant, b["asset_id"]) if v["action"] == "asset.upstream_changed"]
+
+
+async def test_a_change_with_nothing_downstream_appends_nothing(client, tenant, app):
+    await _graph(client, tenant, app)
+    lonely = await _put(client, tenant, "lonely", attributes={"columns": [{"name": "id"}]})
+    await _put(client, tenant, "lonely", attributes={"columns": [{"name": "renamed"}]})
+    await _put(client, tenant, "a", attributes={"columns": [{"name": "id"}, {"name": "x"}]})
+    await wait_idle(client, tenant)
+    async with app.state.runtime.db.tenant(tenant.tenant_id) as conn:
+        cur = await conn.execute(
+            "SELECT payload->'origin'->>'qualified_name' AS origin, count(*) AS n FROM events"
+            " WHERE kind = 'asset.upstream_changed' GROUP BY 1"
+        )
+        origins = {row["origin"]: row["n"] for row in await cur.fetchall()}
+    assert origins == {"a": 3}  # b, c and d heard about a; nobody about the lonely asset
+    assert lonely["version"] == 1

@@ -65,6 +65,12 @@ async def propagate(ctx: BatchContext, events: list[PipelineEvent]) -> None:
     enabled, max_depth = await _tenant_policy(ctx)
     if not enabled:
         return
+    # One query for the batch first: most changed assets (a bulk load of schemas, say) have nothing
+    # downstream, and a walk per event would cost a round trip each.
+    with_lineage = await store_lineage.feeding(
+        ctx.conn, ctx.tenant_id, [e.notes["change"]["asset"]["asset_id"] for e, _ in changed]
+    )
+    changed = [(e, t) for e, t in changed if e.notes["change"]["asset"]["asset_id"] in with_lineage]
     for event, what in changed:
         origin_asset = event.notes["change"]["asset"]
         reached = await store_lineage.downstream_without_source(

@@ -486,3 +486,17 @@ async def downstream_without_source(
     if walk.truncated:
         log.warning("downstream of %d assets cut at %d (tenant %s)", len(roots), limit, tenant_id)
     return [UUID(a) for a, d in sorted(walk.distance.items(), key=lambda item: item[1]) if d > 0]
+
+
+async def feeding(conn: Conn, tenant_id: str, asset_ids: Sequence[UUID]) -> set[UUID]:
+    """Which of ``asset_ids`` have anything downstream: they are an upstream, or carry edges as a job."""
+    if not asset_ids:
+        return set()
+    ids = list(dict.fromkeys(asset_ids))
+    cur = await conn.cursor(row_factory=tuple_row).execute(
+        "SELECT upstream_id FROM lineage_edges WHERE tenant_id = %s AND upstream_id = ANY(%s::uuid[])"
+        " UNION SELECT process_id FROM lineage_edges WHERE tenant_id = %s AND process_id = ANY(%s::uuid[])",
+        [tenant_id, ids, tenant_id, ids],
+    )
+    return {row[0] for row in await cur.fetchall()}
+
