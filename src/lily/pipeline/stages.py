@@ -8,7 +8,7 @@ Exceptions other than :class:`LilyError` are transient: the worker rolls back an
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lily.domain.errors import Invalid, LilyError
 from lily.pipeline.apply import Handler
@@ -18,12 +18,17 @@ from lily.pipeline.model import PipelineEvent
 from lily.pipeline.propagate import propagate
 
 StageFn = Callable[[BatchContext, list[PipelineEvent]], Awaitable[None]]
+_AFTER_APPLY = frozenset({"propagate", "post_hooks"})
 
 
 @dataclass(slots=True)
 class Pipeline:
     handlers: dict[str, Handler]
     hooks: Sequence[Hook]
+    _stages: list[tuple[str, StageFn]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._stages = self.stages()
 
     def stages(self) -> list[tuple[str, StageFn]]:
         return [
@@ -36,9 +41,9 @@ class Pipeline:
         ]
 
     async def run(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
-        for _name, stage in self.stages():
-            # Stages up to apply see undecided events; propagate and post-hooks see the decided ones.
-            pending = [e for e in events if e.pending or _name in ("propagate", "post_hooks")]
+        for name, stage in self._stages:
+            # Stages up to apply see undecided events; the ones after it react to what was decided.
+            pending = events if name in _AFTER_APPLY else [e for e in events if e.pending]
             if pending:
                 await stage(ctx, pending)
 

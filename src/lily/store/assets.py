@@ -43,15 +43,6 @@ async def get(conn: Conn, tenant_id: str, asset_id: UUID, *, include_deleted: bo
     return await cur.fetchone()
 
 
-async def ids_by_names(conn: Conn, tenant_id: str, names: Sequence[str]) -> dict[str, UUID]:
-    cur = await conn.execute(
-        "SELECT qualified_name, asset_id FROM assets WHERE tenant_id = %s AND qualified_name = ANY(%s)"
-        " AND deleted_at IS NULL",
-        [tenant_id, list(names)],
-    )
-    return {row["qualified_name"]: row["asset_id"] for row in await cur.fetchall()}
-
-
 async def write(
     conn: Conn,
     tenant_id: str,
