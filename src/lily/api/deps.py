@@ -58,15 +58,15 @@ async def authenticate(
     role = highest(list(claims.get("roles") or []))
     if role is None:
         raise Unauthorized("token carries no known role")
-    async with runtime.db.tenant(claims["tenant_id"]) as conn:
-        if await identity.is_revoked(conn, claims["tenant_id"], claims["jti"]):
+    async with runtime.db.connection() as conn:
+        if await identity.token_revoked(conn, claims["tenant_id"], claims["jti"]):
             raise Unauthorized("token revoked")
     return Principal(claims["tenant_id"], claims["sub"], role, claims)
 
 
 async def _from_api_key(runtime: Runtime, tenant_id: str, key_id: str, secret: str) -> Principal:
-    async with runtime.db.tenant(tenant_id) as conn:
-        row = await identity.get_api_key(conn, tenant_id, key_id)
+    async with runtime.db.connection() as conn:
+        row = await identity.authenticate_api_key(conn, tenant_id, key_id)
     if row is None or not tokens.secret_matches(secret, row["key_hash"]):
         raise Unauthorized("invalid API key")
     role = Role(row["role"])

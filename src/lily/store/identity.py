@@ -61,11 +61,10 @@ async def create_api_key(conn: Conn, tenant_id: str, key_id: str, name: str, key
     )
 
 
-async def get_api_key(conn: Conn, tenant_id: str, key_id: str) -> dict[str, Any] | None:
+async def authenticate_api_key(conn: Conn, tenant_id: str, key_id: str) -> dict[str, Any] | None:
+    """The live key ``key_id`` of ``tenant_id``, in one round trip. ``conn`` must not be in a transaction."""
     cur = await conn.execute(
-        "SELECT key_id, name, key_hash, role FROM api_keys"
-        " WHERE tenant_id = %s AND key_id = %s AND revoked_at IS NULL",
-        [tenant_id, key_id],
+        "SELECT key_id, name, key_hash, role FROM lily_auth_api_key(%s, %s)", [tenant_id, key_id]
     )
     return await cur.fetchone()
 
@@ -87,11 +86,11 @@ async def revoke_token(conn: Conn, tenant_id: str, jti: str, expires_at: datetim
     )
 
 
-async def is_revoked(conn: Conn, tenant_id: str, jti: str) -> bool:
-    cur = await conn.execute(
-        "SELECT 1 FROM revoked_tokens WHERE tenant_id = %s AND jti = %s", [tenant_id, jti]
-    )
-    return await cur.fetchone() is not None
+async def token_revoked(conn: Conn, tenant_id: str, jti: str) -> bool:
+    """Whether token ``jti`` was logged out, in one round trip. ``conn`` must not be in a transaction."""
+    cur = await conn.execute("SELECT lily_auth_token_revoked(%s, %s) AS revoked", [tenant_id, jti])
+    row = await cur.fetchone()
+    return bool(row and row["revoked"])
 
 
 async def list_connectors(conn: Conn, tenant_id: str) -> list[dict[str, Any]]:
