@@ -39,21 +39,22 @@ class Writer:
         self, event: NewEvent, *, idempotency_key: str | None = None, fingerprint: str | None = None
     ) -> Submitted:
         """Append one event; with an idempotency key, a repeat returns the first event instead."""
+        if not idempotency_key:
+            async with self.db.connection() as conn:
+                accepted = await store_log.append_alone(conn, event, self.settings.partitions)
+            return Submitted(str(accepted.event_id), accepted.partition, accepted.seq)
         async with self.db.tenant(event.tenant_id) as conn:
-            if idempotency_key:
-                first = await idempotency.claim(
-                    conn, event.tenant_id, idempotency_key, fingerprint or "",
-                    {"event_id": str(event.event_id)},
-                )
-                if first is not None:
-                    if first["request_hash"] != fingerprint:
-                        raise Conflict(
-                            "this Idempotency-Key was used with a different request",
-                            idempotency_key=idempotency_key,
-                        )
-                    previous = await store_log.get_event(conn, event.tenant_id, first["response"]["event_id"])
-                    assert previous is not None
-                    return Submitted(str(previous["event_id"]), previous["partition"], previous["seq"], True)
+            first = await idempotency.claim(
+                conn, event.tenant_id, idempotency_key, fingerprint or "", {"event_id": str(event.event_id)}
+            )
+            if first is not None:
+                if first["request_hash"] != fingerprint:
+                    raise Conflict(
+                        "this Idempotency-Key was used with a different request", idempotency_key=idempotency_key
+                    )
+                previous = await store_log.get_event(conn, event.tenant_id, first["response"]["event_id"])
+                assert previous is not None
+                return Submitted(str(previous["event_id"]), previous["partition"], previous["seq"], True)
             (accepted,) = await store_log.append(conn, [event], self.settings.partitions)
         return Submitted(str(accepted.event_id), accepted.partition, accepted.seq)
 

@@ -31,8 +31,6 @@ async def append(conn: Conn, events: Sequence[NewEvent], partitions: int) -> lis
     """Append ``events`` in the caller's transaction; they become visible to workers at its commit."""
     if not events:
         return []
-    if len(events) == 1:
-        return [await _append_one(conn, events[0], partitions)]
     parts = [partition_of(e.tenant_id, e.subject, partitions) for e in events]
     counts = sorted(Counter(parts).items())
     if len(counts) > 1:
@@ -64,28 +62,15 @@ async def append(conn: Conn, events: Sequence[NewEvent], partitions: int) -> lis
     return accepted
 
 
-_APPEND_ONE = f"""
-WITH head AS (
-    UPDATE log_heads SET next_seq = next_seq + 1 WHERE partition = %(partition)s RETURNING next_seq - 1 AS seq
-), appended AS (
-    INSERT INTO events ({', '.join(_EVENT_COLUMNS)})
-    SELECT %(event_id)s, %(partition)s, head.seq, %(tenant_id)s, %(subject)s, %(kind)s, %(payload)s, %(actor)s,
-           %(request_id)s, %(source)s, %(bulk_job_id)s, %(item_index)s FROM head
-    RETURNING seq
-)
-SELECT seq, pg_notify('{LOG_CHANNEL}', %(partition)s::text) FROM appended
-"""
-
-
-async def _append_one(conn: Conn, event: NewEvent, partitions: int) -> Accepted:
-    """The single write's append: number, insert and notify in one statement (one round trip)."""
+async def append_alone(conn: Conn, event: NewEvent, partitions: int) -> Accepted:
+    """Append one event in its own transaction, in one round trip. ``conn`` must be in autocommit and
+    outside any transaction (the function sets the tenant for its own call only)."""
     partition = partition_of(event.tenant_id, event.subject, partitions)
-    cur = await conn.execute(_APPEND_ONE, {
-        "event_id": event.event_id, "partition": partition, "tenant_id": event.tenant_id,
-        "subject": event.subject, "kind": event.kind, "payload": Jsonb(event.payload), "actor": event.actor,
-        "request_id": event.request_id, "source": event.source, "bulk_job_id": event.bulk_job_id,
-        "item_index": event.item_index,
-    })
+    cur = await conn.execute(
+        "SELECT lily_append_event(%s, %s, %s, %s, %s, %s, %s, %s, %s) AS seq",
+        [event.event_id, partition, event.tenant_id, event.subject, event.kind, Jsonb(event.payload),
+         event.actor, event.request_id, event.source],
+    )
     row = await cur.fetchone()
     assert row is not None
     return Accepted(event.event_id, partition, int(row["seq"]))
