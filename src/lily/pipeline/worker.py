@@ -75,7 +75,8 @@ class Worker:
             parts = await store_log.partitions_with_backlog(conn)
         random.shuffle(parts)  # workers that start together spread over the partitions
         total = 0
-        group = self.settings.worker_partitions_per_transaction
+        # At least four groups, so that several workers always find partitions the others left them.
+        group = max(1, min(self.settings.worker_partitions_per_transaction, self.settings.partitions // 4))
         for i in range(0, len(parts), group):
             if stop is not None and stop.is_set():
                 break  # shut down between transactions: nothing is left half-done
