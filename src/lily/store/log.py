@@ -178,13 +178,7 @@ def parse_applied(payload: str) -> list[tuple[int, int]]:
 
 async def read_batch(conn: Conn, partition: int, after_seq: int, limit: int) -> list[dict[str, Any]]:
     """The next events of a partition, in order. Must run under the pipeline role."""
-    cur = await conn.execute(
-        "SELECT event_id, partition, seq, tenant_id, subject, kind, payload, actor, request_id,"
-        " source, bulk_job_id, item_index, attempts, accepted_at"
-        " FROM events WHERE partition = %s AND seq > %s ORDER BY seq LIMIT %s",
-        [partition, after_seq, limit],
-    )
-    return await cur.fetchall()
+    return await read_batches(conn, {partition: after_seq}, limit)
 
 
 async def record_outcomes(
