@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     max_asset_body_bytes: int = 1 * 1024 * 1024
     max_bulk_body_bytes: int = 64 * 1024 * 1024
     max_bulk_items: int = 100_000
+    max_concurrent_bulk: int = Field(default=4, ge=1, description="Bulk uploads one API process takes at once.")
 
     # Event log and pipeline.
     partitions: int = Field(default=32, ge=1, le=1024)

@@ -178,3 +178,33 @@ async def test_idempotency_key(client: Any, tenant: Any, db: Any) -> None:
         assert (await cur.fetchone())["n"] == 2
     other = await client.post("/metadata/bulk", content=orjson.dumps([asset(3)]), headers=headers)
     assert_problem(other, 409, "conflict")
+
+
+async def test_concurrent_uploads_beyond_the_cap_are_told_to_retry(client, tenant, app):
+    """A bulk upload holds a connection until its body ends; past the cap, others get 429, not a hang."""
+    import asyncio
+
+    runtime = app.state.runtime
+    runtime.bulk_slots = asyncio.Semaphore(1)
+    release = asyncio.Event()
+
+    async def slow_body():
+        yield b'{"qualified_name": "pg://slow/a", "type": "table"}\n'
+        await release.wait()
+        yield b'{"qualified_name": "pg://slow/b", "type": "table"}\n'
+
+    headers = tenant.headers("editor", **{"Content-Type": "application/x-ndjson"})
+    first = asyncio.create_task(client.post("/metadata/bulk", content=slow_body(), headers=headers))
+    for _ in range(500):  # bounded: until the first upload holds the only slot
+        if runtime.bulk_slots.locked():
+            break
+        await asyncio.sleep(0.01)
+    assert runtime.bulk_slots.locked()
+    second = await client.post("/metadata/bulk", content=b'{"qualified_name": "pg://x", "type": "table"}\n',
+                               headers=headers)
+    body = assert_problem(second, 429)
+    assert second.headers["Retry-After"] == "1" and body["retry_after_seconds"] == 1
+    release.set()
+    done = await first
+    assert done.status_code == 202, done.text
+    assert done.json()["total"] == 2

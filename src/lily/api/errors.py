@@ -21,7 +21,9 @@ TYPE_BASE = "https://lily.dev/problems/"
 
 def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> FastJSON:
     body = {"type": TYPE_BASE + slug, "title": title, "status": status, "detail": detail, **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if "retry_after_seconds" in extra:
+        headers["Retry-After"] = str(extra["retry_after_seconds"])
     return FastJSON(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 

@@ -18,3 +18,9 @@ class Runtime:
     writer: Writer
     tokens: TokenConfig
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # A bulk upload holds a pooled connection and a transaction until its body ends: cap how many run
+    # at once, so slow uploads can never take every connection from the rest of the API.
+    bulk_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bulk_slots = asyncio.Semaphore(self.settings.max_concurrent_bulk)

@@ -7,6 +7,7 @@
      ├── Invalid               422  input that parsed but breaks a rule; names the field
      ├── Unauthorized          401
      ├── Forbidden             403
+     ├── TooManyRequests       429
      └── PayloadTooLarge       413
 """
 
@@ -63,6 +64,10 @@ class Unauthorized(LilyError):
 
 class Forbidden(LilyError):
     status, type_slug, title = 403, "forbidden", "Forbidden"
+
+
+class TooManyRequests(LilyError):
+    status, type_slug, title = 429, "too-many-requests", "Too many requests"
 
 
 class PayloadTooLarge(LilyError):
