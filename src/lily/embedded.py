@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -38,4 +39,16 @@ def embedded_database_url(home: Path, *, keep_running: bool = False) -> str:
     return str(server.get_uri(DATABASE_NAME))
 
 
-_servers: list[object] = []
+_servers: list[Any] = []
+
+
+def stop_embedded(home: Path) -> None:
+    """Stop the embedded server under ``home`` now, if this process started or joined it.
+
+    Without this it stops when the process exits, which is too late for a caller that wants to remove
+    the data directory (the test suite's throwaway server).
+    """
+    pgdata = (home / "pgdata").resolve()
+    for server in [s for s in _servers if getattr(s, "pgdata", None) == pgdata]:
+        server.cleanup()
+        _servers.remove(server)
