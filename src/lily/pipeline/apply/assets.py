@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from lily.domain import assets as rules
 from lily.domain.errors import Invalid, NotFound, PreconditionFailed, invalid_from
 from lily.domain.events import ASSET_DELETE, ASSET_REPLACE, ASSET_UPSERT
+from lily.pipeline.apply.changes import ChangeSet
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import ATTRIBUTES_PATCH, PipelineEvent
 from lily.store import assets as store
@@ -35,7 +36,7 @@ class AssetHandler:
 
     async def apply(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         current = await store.current_by_names(ctx.conn, ctx.tenant_id, [e.subject for e in events])
-        rows, versions, audits = [], [], []
+        batch = ChangeSet(ctx)
         for event in events:
             before = current.get(event.subject)
             try:
@@ -50,26 +51,13 @@ class AssetHandler:
                 event.applied({"asset_id": str(before["asset_id"]), "version": before["version"],
                                "changed": False, "created": False})
                 continue
-            rows.append(after)
-            snap = rules.to_document(after)
-            versions.append({
-                "asset_id": after["asset_id"], "version": after["version"], "action": action,
-                "snapshot": snap, "changes": changes, "actor": event.actor, "event_id": event.event_id,
-                "request_id": event.request_id, "origin": event.payload.get("origin"),
-                "changed_at": ctx.now,
-            })
-            audits.append({
-                "asset_id": after["asset_id"], "action": action, "actor": event.actor,
-                "version_before": before["version"] if before else None,
-                "version_after": after["version"], "request_id": event.request_id,
-                "event_id": event.event_id, "detail": {"changed": sorted(changes), "source": event.source},
-                "at": ctx.now,
-            })
+            batch.add(event, before, after, action, changes,
+                      detail={"changed": sorted(changes), "source": event.source})
             # Later stages (downstream propagation) react to what changed.
             event.notes["change"] = {"action": action, "changes": changes, "asset": after}
             event.applied({"asset_id": str(after["asset_id"]), "version": after["version"],
                            "changed": True, "created": before is None})
-        await store.write(ctx.conn, ctx.tenant_id, rows, versions, audits)
+        await batch.write()
 
     def _next_state(
         self, event: PipelineEvent, before: dict[str, Any] | None, ctx: BatchContext

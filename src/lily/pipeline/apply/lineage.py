@@ -20,6 +20,7 @@ from lily.domain import assets as rules
 from lily.domain import lineage as graph
 from lily.domain.errors import Conflict, Invalid, LilyError, NotFound, invalid_from
 from lily.domain.events import LINEAGE_DELETE, LINEAGE_UPSERT
+from lily.pipeline.apply.changes import ChangeSet
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.store import assets as store_assets
@@ -136,15 +137,11 @@ class LineageHandler:
                 "version": 1, "created_at": ctx.now, "updated_at": ctx.now,
             } for n in missing]
             created = await store_assets.insert_placeholders(ctx.conn, ctx.tenant_id, rows)
-            await store_assets.write(ctx.conn, ctx.tenant_id, [], [{
-                "asset_id": r["asset_id"], "version": 1, "action": "asset.placeholder_created",
-                "snapshot": rules.to_document(r), "changes": {}, "actor": event.actor,
-                "event_id": event.event_id, "request_id": event.request_id, "changed_at": ctx.now,
-            } for r in created], [{
-                "asset_id": r["asset_id"], "action": "asset.placeholder_created", "actor": event.actor,
-                "version_after": 1, "request_id": event.request_id, "event_id": event.event_id, "at": ctx.now,
-                "detail": {"referenced_by": "lineage"},
-            } for r in created])
+            batch = ChangeSet(ctx)
+            for row in created:  # inserted already (only if nobody got there first): version and audit only
+                batch.add(event, None, row, "asset.placeholder_created", {},
+                          detail={"referenced_by": "lineage"}, write_row=False)
+            await batch.write()
             event.notes["placeholders"] = [r["qualified_name"] for r in created]
             ids.update({n: rules.asset_id_for(ctx.tenant_id, n) for n in missing})
         return ids
@@ -162,13 +159,7 @@ class LineageHandler:
         changes = {"lineage": {"removed": [
             {"edge_id": str(e.edge_id), "upstream_id": str(e.upstream_id), "downstream_id": str(e.downstream_id)}
             for e in removed], "direction": event.payload["direction"]}}
-        await store_assets.write(ctx.conn, ctx.tenant_id, [after], [{
-            "asset_id": asset_id, "version": after["version"], "action": "lineage.removed",
-            "snapshot": rules.to_document(after), "changes": changes, "actor": event.actor,
-            "event_id": event.event_id, "request_id": event.request_id, "changed_at": ctx.now,
-        }], [{
-            "asset_id": asset_id, "action": "lineage.removed", "actor": event.actor,
-            "version_before": row["version"], "version_after": after["version"], "request_id": event.request_id,
-            "event_id": event.event_id, "at": ctx.now, "detail": {"removed": len(removed)},
-        }])
+        batch = ChangeSet(ctx)
+        batch.add(event, row, after, "lineage.removed", changes, detail={"removed": len(removed)})
+        await batch.write()
         return {**result, "version": after["version"]}

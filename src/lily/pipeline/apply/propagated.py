@@ -3,11 +3,9 @@ upstream and where it came from (``origin``), without touching what its owners w
 
 from __future__ import annotations
 
-from typing import Any
-
-from lily.domain import assets as rules
 from lily.domain.errors import Invalid
 from lily.domain.events import UPSTREAM_CHANGED
+from lily.pipeline.apply.changes import ChangeSet
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.store import assets as store
@@ -25,9 +23,7 @@ class UpstreamChangedHandler:
 
     async def apply(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         current = await store.current_by_names(ctx.conn, ctx.tenant_id, [e.subject for e in events])
-        rows: list[dict[str, Any]] = []
-        versions: list[dict[str, Any]] = []
-        audits: list[dict[str, Any]] = []
+        batch = ChangeSet(ctx)
         for event in events:
             before = current.get(event.subject)
             if before is None or before["deleted_at"] is not None:
@@ -37,18 +33,7 @@ class UpstreamChangedHandler:
             note = {"from": origin["qualified_name"], "change": origin.get("change"), "at": ctx.now.isoformat()}
             after = {**before, "attributes": {**before["attributes"], ATTRIBUTE: note},
                      "version": before["version"] + 1, "updated_at": ctx.now}
-            rows.append(after)
-            versions.append({
-                "asset_id": after["asset_id"], "version": after["version"], "action": "asset.upstream_changed",
-                "snapshot": rules.to_document(after), "changes": {"upstream": origin}, "actor": event.actor,
-                "event_id": event.event_id, "request_id": event.request_id, "origin": origin,
-                "changed_at": ctx.now,
-            })
-            audits.append({
-                "asset_id": after["asset_id"], "action": "asset.upstream_changed", "actor": event.actor,
-                "version_before": before["version"], "version_after": after["version"],
-                "request_id": event.request_id, "event_id": event.event_id, "at": ctx.now,
-                "detail": {"origin": origin},
-            })
+            batch.add(event, before, after, "asset.upstream_changed", {"upstream": origin},
+                      detail={"origin": origin}, origin=origin)
             event.applied({"asset_id": str(after["asset_id"]), "version": after["version"], "changed": True})
-        await store.write(ctx.conn, ctx.tenant_id, rows, versions, audits)
+        await batch.write()

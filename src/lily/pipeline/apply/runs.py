@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from lily.connectors.openlineage.runs import OPENLINEAGE_RUN, RunChange, apply_change
 from lily.domain import assets as rules
 from lily.domain.errors import invalid_from
+from lily.pipeline.apply.changes import ChangeSet
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.store import assets as store
@@ -32,7 +33,7 @@ class RunHandler:
 
     async def apply(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         current = await store.current_by_names(ctx.conn, ctx.tenant_id, [e.subject for e in events])
-        rows, versions, audits = [], [], []
+        batch = ChangeSet(ctx)
         for event in events:
             change = RunChange.model_validate(event.payload)
             before = current.get(event.subject)
@@ -44,26 +45,14 @@ class RunHandler:
                 continue
             after, action = self._next_state(event, change, before, attributes, ctx)
             changes = rules.diff(before if before and live else None, after)
-            rows.append(after)
-            versions.append({
-                "asset_id": after["asset_id"], "version": after["version"], "action": action,
-                "snapshot": rules.to_document(after), "changes": changes, "actor": event.actor,
-                "event_id": event.event_id, "request_id": event.request_id, "origin": None,
-                "changed_at": ctx.now,
-            })
-            audits.append({
-                "asset_id": after["asset_id"], "action": action, "actor": event.actor,
-                "version_before": before["version"] if before else None,
-                "version_after": after["version"], "request_id": event.request_id, "event_id": event.event_id,
-                "detail": {"changed": sorted(changes), "source": event.source,
-                           "run_id": str(change.run_id), "state": change.state},
-                "at": ctx.now,
-            })
+            batch.add(event, before, after, action, changes,
+                      detail={"changed": sorted(changes), "source": event.source,
+                              "run_id": str(change.run_id), "state": change.state})
             # What later stages (propagation, outbox) read about an asset change, as AssetHandler leaves it.
             event.notes["change"] = {"action": action, "changes": changes, "asset": after}
             event.applied({"asset_id": str(after["asset_id"]), "version": after["version"],
                            "changed": True, "created": before is None})
-        await store.write(ctx.conn, ctx.tenant_id, rows, versions, audits)
+        await batch.write()
 
     @staticmethod
     def _next_state(
