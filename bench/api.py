@@ -147,8 +147,12 @@ def bench_database(args: argparse.Namespace) -> Iterator[str | None]:
 
 
 async def run(
-    clients: int, total: int, headers: dict[str, str], base: str,
-    request: Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]], name: str,
+    clients: int,
+    total: int,
+    headers: dict[str, str],
+    base: str,
+    request: Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]],
+    name: str,
 ) -> Result:
     counter = iter(range(total))
     latencies: list[float] = []
@@ -175,9 +179,16 @@ async def scenarios(base: str, key: str, total: int, concurrency: list[int], war
     run_id = uuid.uuid4().hex[:6]
 
     async def create(http: httpx.AsyncClient, i: int, prefix: str) -> httpx.Response:
-        r = await http.post("/metadata", json={
-            "qualified_name": f"bench://{run_id}/{prefix}/t{i}", "type": "table",
-            "description": f"benchmark table {i}", "tags": ["bench", f"g{i % 10}"], "attributes": {"i": i}})
+        r = await http.post(
+            "/metadata",
+            json={
+                "qualified_name": f"bench://{run_id}/{prefix}/t{i}",
+                "type": "table",
+                "description": f"benchmark table {i}",
+                "tags": ["bench", f"g{i % 10}"],
+                "attributes": {"i": i},
+            },
+        )
         if r.status_code == 201:
             created.append(r.json()["asset_id"])
         return r
@@ -188,6 +199,7 @@ async def scenarios(base: str, key: str, total: int, concurrency: list[int], war
     # Warm-up: connections, pools, caches, JIT-less Python paths; not measured.
     await run(4, warmup, headers, base, lambda h, i: create(h, i, "warmup"), "warmup")
     await run(4, warmup, headers, base, read, "warmup")
+
     def create_as(clients: int) -> Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]:
         return lambda http, i: create(http, i, f"c{clients}")
 
@@ -206,8 +218,10 @@ HEADER = f"{'scenario':<28} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s
 
 
 def row(r: Result) -> str:
-    return (f"{r.scenario:<28} {r.clients:>7} {r.requests:>8} {r.errors:>6} {r.rate:>8.0f}"
-            f" {r.percentile(50):>8.1f} {r.percentile(99):>8.1f}")
+    return (
+        f"{r.scenario:<28} {r.clients:>7} {r.requests:>8} {r.errors:>6} {r.rate:>8.0f}"
+        f" {r.percentile(50):>8.1f} {r.percentile(99):>8.1f}"
+    )
 
 
 def main() -> None:
@@ -223,8 +237,10 @@ def main() -> None:
     args = parser.parse_args()
 
     def go(base: str, key: str) -> None:
-        print(f"target {base}, {args.requests} requests per scenario, Python {sys.version.split()[0]},"
-              f" {os.cpu_count()} CPUs")
+        print(
+            f"target {base}, {args.requests} requests per scenario, Python {sys.version.split()[0]},"
+            f" {os.cpu_count()} CPUs"
+        )
         asyncio.run(scenarios(base, key, args.requests, args.concurrency, args.warmup))
 
     if args.url:

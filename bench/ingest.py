@@ -105,11 +105,16 @@ def _wait_for_line(proc: subprocess.Popen[bytes], marker: bytes, what: str) -> N
     raise RuntimeError(f"{what} exited before it was ready (code {proc.wait()})")
 
 
-def start_cluster(database_url: str, home: Path, mode: str, workers: int, port: int,
-                  batch_size: int | None) -> Cluster:
-    env = {**os.environ, "LILY_DATABASE_URL": database_url, "LILY_HOME": str(home),
-           "LILY_JWT_SECRET": "bench-" + "x" * 40, "LILY_PORT": str(port), "LILY_LOG_LEVEL": "WARNING",
-           "LILY_POOL_MAX_SIZE": "40"}
+def start_cluster(database_url: str, home: Path, mode: str, workers: int, port: int, batch_size: int | None) -> Cluster:
+    env = {
+        **os.environ,
+        "LILY_DATABASE_URL": database_url,
+        "LILY_HOME": str(home),
+        "LILY_JWT_SECRET": "bench-" + "x" * 40,
+        "LILY_PORT": str(port),
+        "LILY_LOG_LEVEL": "WARNING",
+        "LILY_POOL_MAX_SIZE": "40",
+    }
     if batch_size:
         env["LILY_WORKER_BATCH_SIZE"] = str(batch_size)
     procs: list[subprocess.Popen[bytes]] = []
@@ -119,8 +124,7 @@ def start_cluster(database_url: str, home: Path, mode: str, workers: int, port: 
     else:
         procs.append(subprocess.Popen([*LILY, "--log-level", "INFO", "api"], env=env, stderr=subprocess.PIPE))
         for _ in range(workers):
-            procs.append(subprocess.Popen([*LILY, "--log-level", "INFO", "worker"], env=env,
-                                          stderr=subprocess.PIPE))
+            procs.append(subprocess.Popen([*LILY, "--log-level", "INFO", "worker"], env=env, stderr=subprocess.PIPE))
     _wait_for_line(procs[0], b"Application startup complete", "the API")
     for proc in procs[1:]:
         _wait_for_line(proc, b"consuming", "a worker")
@@ -156,8 +160,9 @@ async def latencies(conn: psycopg.AsyncConnection[Any], where: str, params: list
     return int(row[0]), float(row[1] or 0), float(row[2] or 0)
 
 
-async def single_closed_loop(client: httpx.AsyncClient, key: str, clients: int, seconds: float,
-                             tag: str) -> tuple[int, float]:
+async def single_closed_loop(
+    client: httpx.AsyncClient, key: str, clients: int, seconds: float, tag: str
+) -> tuple[int, float]:
     """``clients`` clients, each writing and waiting for the write to be applied, for ``seconds``."""
     deadline = time.perf_counter() + seconds
     done = 0
@@ -168,8 +173,7 @@ async def single_closed_loop(client: httpx.AsyncClient, key: str, clients: int, 
         i = 0
         while time.perf_counter() < deadline:
             body = asset(1_000_000 + (c * 100_000 + i) % 5000, generation=i)
-            r = await client.post("/lily/v1/metadata", json=body,
-                                  headers={**headers, "X-Request-Id": f"{tag}-{c}-{i}"})
+            r = await client.post("/lily/v1/metadata", json=body, headers={**headers, "X-Request-Id": f"{tag}-{c}-{i}"})
             if r.status_code not in (200, 201):
                 raise RuntimeError(f"single write failed: {r.status_code} {r.text}")
             done += 1
@@ -180,8 +184,9 @@ async def single_closed_loop(client: httpx.AsyncClient, key: str, clients: int, 
     return done, time.perf_counter() - start
 
 
-def paced_from_processes(url: str, key: str, rate: float, seconds: float, tag: str,
-                         processes: int) -> tuple[int, float]:
+def paced_from_processes(
+    url: str, key: str, rate: float, seconds: float, tag: str, processes: int
+) -> tuple[int, float]:
     """The paced load from several OS processes, each sending ``rate / processes`` writes per second.
 
     One Python process with httpx tops out near 100 requests/s on this machine's cores, far below the
@@ -190,8 +195,9 @@ def paced_from_processes(url: str, key: str, rate: float, seconds: float, tag: s
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(processes) as pool:
-        futures = [pool.submit(_paced_process, url, key, rate / processes, seconds, f"{tag}-{k}", k)
-                   for k in range(processes)]
+        futures = [
+            pool.submit(_paced_process, url, key, rate / processes, seconds, f"{tag}-{k}", k) for k in range(processes)
+        ]
         results = [f.result() for f in futures]
     return sum(n for n, _ in results), max(s for _, s in results)
 
@@ -205,8 +211,9 @@ def _paced_process(url: str, key: str, rate: float, seconds: float, tag: str, k:
     return asyncio.run(run())
 
 
-async def single_paced(client: httpx.AsyncClient, key: str, rate: float, seconds: float,
-                       tag: str, first: int = 2_000_000) -> tuple[int, float]:
+async def single_paced(
+    client: httpx.AsyncClient, key: str, rate: float, seconds: float, tag: str, first: int = 2_000_000
+) -> tuple[int, float]:
     """Open loop: one write every 1/rate s (async, 202), whatever the server's speed."""
     headers = {"Authorization": f"Bearer {key}", "Prefer": "respond-async"}
     loop = asyncio.get_running_loop()
@@ -217,8 +224,11 @@ async def single_paced(client: httpx.AsyncClient, key: str, rate: float, seconds
 
     async def one(i: int) -> None:
         async with sem:
-            r = await client.post("/lily/v1/metadata", json=asset(first + i % 20_000, generation=i),
-                                  headers={**headers, "X-Request-Id": f"{tag}-{i}"})
+            r = await client.post(
+                "/lily/v1/metadata",
+                json=asset(first + i % 20_000, generation=i),
+                headers={**headers, "X-Request-Id": f"{tag}-{i}"},
+            )
             if r.status_code != 202:
                 raise RuntimeError(f"paced write failed: {r.status_code} {r.text}")
 
@@ -232,8 +242,9 @@ async def single_paced(client: httpx.AsyncClient, key: str, rate: float, seconds
     return total, loop.time() - start
 
 
-async def wait_applied(conn: psycopg.AsyncConnection[Any], where: str, params: list[Any], n: int,
-                       timeout: float = 120) -> None:
+async def wait_applied(
+    conn: psycopg.AsyncConnection[Any], where: str, params: list[Any], n: int, timeout: float = 120
+) -> None:
     """Wait until ``n`` events matching ``where`` are decided, listening for applied offsets."""
     listener = await psycopg.AsyncConnection.connect(conn.info.dsn, autocommit=True)
     try:
@@ -254,23 +265,24 @@ async def wait_applied(conn: psycopg.AsyncConnection[Any], where: str, params: l
 
 async def chunks(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]
 
 
 async def bulk_job(client: httpx.AsyncClient, key: str, data: bytes) -> tuple[dict[str, Any], float, float]:
     """Upload one NDJSON job and follow it; (final status, upload seconds, end-to-end seconds)."""
     headers = {"Authorization": f"Bearer {key}"}
     start = time.perf_counter()
-    r = await client.post("/lily/v1/metadata/bulk", content=chunks(data),
-                          headers={**headers, "Content-Type": "application/x-ndjson",
-                                   "Content-Length": str(len(data))})
+    r = await client.post(
+        "/lily/v1/metadata/bulk",
+        content=chunks(data),
+        headers={**headers, "Content-Type": "application/x-ndjson", "Content-Length": str(len(data))},
+    )
     if r.status_code != 202:
         raise RuntimeError(f"bulk upload failed: {r.status_code} {r.text}")
     uploaded = time.perf_counter() - start
     job = r.json()
     while True:
-        r = await client.get(f"/lily/v1/metadata/bulk/status/{job['job_id']}", params={"wait": 30},
-                             headers=headers)
+        r = await client.get(f"/lily/v1/metadata/bulk/status/{job['job_id']}", params={"wait": 30}, headers=headers)
         status: dict[str, Any] = r.json()
         if status["state"] not in ("queued", "running"):
             return status, uploaded, time.perf_counter() - start
@@ -282,18 +294,35 @@ def copy_reference(url: str, n: int) -> float:
     now = datetime.now(UTC)
     for i in range(n):
         a = asset(i)
-        rows.append((TENANT, asset_id_for(TENANT, a["qualified_name"]), a["qualified_name"], a["type"],
-                     a["qualified_name"].rsplit(".", 1)[-1], a["description"], a["owners"], a["tags"],
-                     orjson.dumps(a["attributes"]).decode(), False, 1, now, now))
+        rows.append(
+            (
+                TENANT,
+                asset_id_for(TENANT, a["qualified_name"]),
+                a["qualified_name"],
+                a["type"],
+                a["qualified_name"].rsplit(".", 1)[-1],
+                a["description"],
+                a["owners"],
+                a["tags"],
+                orjson.dumps(a["attributes"]).decode(),
+                False,
+                1,
+                now,
+                now,
+            )
+        )
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS copy_reference")
         # LIKE … INCLUDING ALL copies columns, defaults, the generated column and the indexes, not RLS.
         conn.execute("CREATE TABLE copy_reference (LIKE assets INCLUDING ALL)")
         start = time.perf_counter()
-        with conn.cursor() as cur, cur.copy(
-            "COPY copy_reference (tenant_id, asset_id, qualified_name, type, name, description, owners, tags,"
-            " attributes, placeholder, version, created_at, updated_at) FROM STDIN"
-        ) as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY copy_reference (tenant_id, asset_id, qualified_name, type, name, description, owners, tags,"
+                " attributes, placeholder, version, created_at, updated_at) FROM STDIN"
+            ) as copy,
+        ):
             for row in rows:
                 copy.write_row(row)
         elapsed = time.perf_counter() - start
@@ -321,12 +350,16 @@ async def run(args: argparse.Namespace) -> None:
             logs = Path(args.logs or home)
             logs.mkdir(parents=True, exist_ok=True)
             cluster = start_cluster(url, logs, args.mode, args.workers, args.port, args.batch_size)
-            print(f"lily: mode={args.mode} workers={args.workers} partitions={args.partitions}"
-                  f" batch={args.batch_size or 'default'} cpus={os.cpu_count()}")
+            print(
+                f"lily: mode={args.mode} workers={args.workers} partitions={args.partitions}"
+                f" batch={args.batch_size or 'default'} cpus={os.cpu_count()}"
+            )
             # Shorter than uvicorn's 5 s keep-alive, so the client never reuses a connection the server is closing.
             limits = httpx.Limits(max_connections=300, max_keepalive_connections=300, keepalive_expiry=2.0)
-            async with httpx.AsyncClient(base_url=cluster.url, timeout=120, limits=limits) as client, \
-                    await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            async with (
+                httpx.AsyncClient(base_url=cluster.url, timeout=120, limits=limits) as client,
+                await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+            ):
                 if args.single_seconds > 0:
                     await single_benchmarks(client, conn, key, args)
                 if args.bulk_items > 0:
@@ -367,31 +400,39 @@ def wrk_load(url: str, key: str, seconds: float, connections: int, tag: str) -> 
         script.flush()
         out = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "-s", script.name, url],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     rate = float(next(line for line in out.splitlines() if "Requests/sec" in line).split()[-1])
     sent = int(next(line for line in out.splitlines() if " requests in " in line).split()[0])
     return rate, sent
 
 
-async def single_benchmarks(client: httpx.AsyncClient, conn: psycopg.AsyncConnection[Any], key: str,
-                            args: argparse.Namespace) -> None:
+async def single_benchmarks(
+    client: httpx.AsyncClient, conn: psycopg.AsyncConnection[Any], key: str, args: argparse.Namespace
+) -> None:
     tag = f"a{uuid.uuid4().hex[:6]}"
     await single_closed_loop(client, key, args.clients, 2.0, f"{tag}-warm")  # warm pools and caches
     n, seconds = await single_closed_loop(client, key, args.clients, args.single_seconds, tag)
-    count, p50, p99 = await latencies(conn, "request_id LIKE %s AND request_id NOT LIKE %s",
-                                      [f"{tag}-%", f"{tag}-warm%"])
-    print(f"(a) single writes, {args.clients} clients waiting for apply: {n / seconds:,.0f} events/s"
-          f" ({n} in {seconds:.1f}s); accept→apply p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    count, p50, p99 = await latencies(
+        conn, "request_id LIKE %s AND request_id NOT LIKE %s", [f"{tag}-%", f"{tag}-warm%"]
+    )
+    print(
+        f"(a) single writes, {args.clients} clients waiting for apply: {n / seconds:,.0f} events/s"
+        f" ({n} in {seconds:.1f}s); accept→apply p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    )
     tag = f"p{uuid.uuid4().hex[:6]}"
     total, sent_in = await asyncio.to_thread(
         paced_from_processes, str(client.base_url), key, args.rate, args.single_seconds, tag, args.load_processes
     )
     await wait_applied(conn, "request_id LIKE %s", [f"{tag}-%"], total)
     count, p50, p99 = await latencies(conn, "request_id LIKE %s", [f"{tag}-%"])
-    print(f"    paced {args.rate:,.0f} events/s (respond-async): {total} sent in {sent_in:.1f}s"
-          f" (achieved {total / sent_in:,.0f}/s), {count} applied;"
-          f" accept→apply p50 {p50:.1f} ms, p99 {p99:.1f} ms  (goal p99 < 200 ms)")
+    print(
+        f"    paced {args.rate:,.0f} events/s (respond-async): {total} sent in {sent_in:.1f}s"
+        f" (achieved {total / sent_in:,.0f}/s), {count} applied;"
+        f" accept→apply p50 {p50:.1f} ms, p99 {p99:.1f} ms  (goal p99 < 200 ms)"
+    )
     tag = f"w{uuid.uuid4().hex[:6]}"
     measured = await asyncio.to_thread(wrk_load, str(client.base_url), key, args.single_seconds, 16, tag)
     if measured is None:
@@ -400,12 +441,15 @@ async def single_benchmarks(client: httpx.AsyncClient, conn: psycopg.AsyncConnec
     rate, sent = measured
     await wait_applied(conn, "request_id LIKE %s", [f"{tag}-%"], sent)
     count, p50, p99 = await latencies(conn, "request_id LIKE %s", [f"{tag}-%"])
-    print(f"    wrk, 16 connections (respond-async): {rate:,.0f} events/s accepted, {count} applied;"
-          f" accept→apply p50 {p50:.1f} ms, p99 {p99:.1f} ms  (goal p99 < 200 ms at 500/s)")
+    print(
+        f"    wrk, 16 connections (respond-async): {rate:,.0f} events/s accepted, {count} applied;"
+        f" accept→apply p50 {p50:.1f} ms, p99 {p99:.1f} ms  (goal p99 < 200 ms at 500/s)"
+    )
 
 
-async def bulk_benchmarks(client: httpx.AsyncClient, conn: psycopg.AsyncConnection[Any], key: str, url: str,
-                          args: argparse.Namespace) -> None:
+async def bulk_benchmarks(
+    client: httpx.AsyncClient, conn: psycopg.AsyncConnection[Any], key: str, url: str, args: argparse.Namespace
+) -> None:
     n = args.bulk_items
     best = 0.0
     for generation, label in ((0, "create"), (1, "update")):
@@ -414,21 +458,30 @@ async def bulk_benchmarks(client: httpx.AsyncClient, conn: psycopg.AsyncConnecti
         assert status["applied"] == n, status
         _, p50, p99 = await latencies(conn, "bulk_job_id = %s", [uuid.UUID(status["job_id"])])
         best = max(best, n / total)
-        print(f"(b) bulk {label} {n:,} assets ({len(data) / 2**20:.1f} MiB NDJSON): accepted in {uploaded:.2f}s,"
-              f" applied end to end in {total:.2f}s = {n / total:,.0f} assets/s;"
-              f" accept→apply p50 {p50 / 1000:.2f}s, p99 {p99 / 1000:.2f}s")
+        print(
+            f"(b) bulk {label} {n:,} assets ({len(data) / 2**20:.1f} MiB NDJSON): accepted in {uploaded:.2f}s,"
+            f" applied end to end in {total:.2f}s = {n / total:,.0f} assets/s;"
+            f" accept→apply p50 {p50 / 1000:.2f}s, p99 {p99 / 1000:.2f}s"
+        )
     copy_s = copy_reference(url, n)
-    print(f"(c) COPY of the same {n:,} rows into an RLS-free twin of assets: {copy_s:.2f}s ="
-          f" {n / copy_s:,.0f} rows/s; bulk end to end is {(n / copy_s) / best:.1f}x slower"
-          f" (it also writes the log, versions and audit, and updates the log per event)")
+    print(
+        f"(c) COPY of the same {n:,} rows into an RLS-free twin of assets: {copy_s:.2f}s ="
+        f" {n / copy_s:,.0f} rows/s; bulk end to end is {(n / copy_s) / best:.1f}x slower"
+        f" (it also writes the log, versions and audit, and updates the log per event)"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--admin-url", default=os.environ.get("LILY_BENCH_ADMIN_URL",
-                                                         "postgresql://postgres@127.0.0.1:5432/postgres"))
-    p.add_argument("--mode", choices=("split", "serve"), default="split",
-                   help="split: lily api + N lily worker processes; serve: one lily serve with N workers")
+    p.add_argument(
+        "--admin-url", default=os.environ.get("LILY_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    p.add_argument(
+        "--mode",
+        choices=("split", "serve"),
+        default="split",
+        help="split: lily api + N lily worker processes; serve: one lily serve with N workers",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--partitions", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=None, help="LILY_WORKER_BATCH_SIZE")
@@ -449,4 +502,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

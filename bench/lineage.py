@@ -188,17 +188,29 @@ def load(url: str, assets: int, layers: int, seed: int) -> None:
         )
         stripped = strip(conn)
         for g in graphs:
-            step(f"copy assets ({g.tenant}, {len(g.ids):,})", copy_lines, conn,
-                 "COPY assets (tenant_id, asset_id, qualified_name, type, name, version, created_at,"
-                 " updated_at) FROM STDIN", g.asset_lines())
-            step(f"copy edges ({g.tenant})", copy_lines, conn,
-                 "COPY lineage_edges (tenant_id, upstream_id, downstream_id, process_id) FROM STDIN",
-                 g.edge_lines())
+            step(
+                f"copy assets ({g.tenant}, {len(g.ids):,})",
+                copy_lines,
+                conn,
+                "COPY assets (tenant_id, asset_id, qualified_name, type, name, version, created_at,"
+                " updated_at) FROM STDIN",
+                g.asset_lines(),
+            )
+            step(
+                f"copy edges ({g.tenant})",
+                copy_lines,
+                conn,
+                "COPY lineage_edges (tenant_id, upstream_id, downstream_id, process_id) FROM STDIN",
+                g.edge_lines(),
+            )
             print(f"  {g.edges:,} edges", flush=True)
-        step("column mappings (10% of edges, 2 each)", conn.execute,
-             "INSERT INTO column_lineage (tenant_id, edge_id, downstream_column, upstream_column, transformation)"
-             " SELECT e.tenant_id, e.edge_id, 'c' || g, 'c' || g, CASE g WHEN 1 THEN 'sum(c1)' END"
-             " FROM lineage_edges e TABLESAMPLE BERNOULLI (10) REPEATABLE (7), generate_series(1, 2) g")
+        step(
+            "column mappings (10% of edges, 2 each)",
+            conn.execute,
+            "INSERT INTO column_lineage (tenant_id, edge_id, downstream_column, upstream_column, transformation)"
+            " SELECT e.tenant_id, e.edge_id, 'c' || g, 'c' || g, CASE g WHEN 1 THEN 'sum(c1)' END"
+            " FROM lineage_edges e TABLESAMPLE BERNOULLI (10) REPEATABLE (7), generate_series(1, 2) g",
+        )
         rebuild(conn, stripped)
         step("vacuum analyze", conn.execute, "VACUUM ANALYZE")
         # Otherwise the first queries pay for writing out the pages the load and VACUUM dirtied.
@@ -255,8 +267,9 @@ class Row:
         return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * p + 0.999999) - 1))] * 1000
 
 
-async def timed(db: Database, label: str, starts: Sequence[UUID],
-                call: Callable[[Conn, UUID], Awaitable[tuple[int, bool]]]) -> Row:
+async def timed(
+    db: Database, label: str, starts: Sequence[UUID], call: Callable[[Conn, UUID], Awaitable[tuple[int, bool]]]
+) -> Row:
     row = Row(label, [], [], 0)
     for start in starts:
         t0 = time.perf_counter()
@@ -268,11 +281,13 @@ async def timed(db: Database, label: str, starts: Sequence[UUID],
     return row
 
 
-def walk_call(direction: lineage.Direction, depth: int, limit: int = 1000, columns: bool = False
-              ) -> Callable[[Conn, UUID], Awaitable[tuple[int, bool]]]:
+def walk_call(
+    direction: lineage.Direction, depth: int, limit: int = 1000, columns: bool = False
+) -> Callable[[Conn, UUID], Awaitable[tuple[int, bool]]]:
     async def call(conn: Conn, start: UUID) -> tuple[int, bool]:
         graph = await lineage.traverse(conn, TENANT, start, direction, depth, limit, columns)
         return len(graph.nodes), graph.truncated
+
     return call
 
 
@@ -280,6 +295,7 @@ def cte_call(direction: Step, depth: int) -> Callable[[Conn, UUID], Awaitable[tu
     async def call(conn: Conn, start: UUID) -> tuple[int, bool]:
         count = await traverse_cte(conn, TENANT, start, direction, depth, 1000)
         return count, count >= 1000
+
     return call
 
 
@@ -287,12 +303,14 @@ def impact_call(depth: int) -> Callable[[Conn, UUID], Awaitable[tuple[int, bool]
     async def call(conn: Conn, start: UUID) -> tuple[int, bool]:
         report = await lineage.impact(conn, TENANT, start, depth, 1000)
         return len(report.assets), report.truncated
+
     return call
 
 
 def print_table(rows: list[Row]) -> None:
-    head = (f"{'query':<38}{'n':>5}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-            f"{'nodes avg':>11}{'nodes max':>11}{'trunc %':>9}")
+    head = (
+        f"{'query':<38}{'n':>5}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'nodes avg':>11}{'nodes max':>11}{'trunc %':>9}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -310,13 +328,15 @@ async def measure(url: str, count: int, compare_cte: bool) -> None:
             await conn.execute("SELECT setseed(0.42)")
             cur = await conn.execute(
                 "SELECT asset_id FROM assets WHERE tenant_id = %s AND type = 'table' ORDER BY random() LIMIT %s",
-                [TENANT, count], prepare=False,
+                [TENANT, count],
+                prepare=False,
             )
             starts = [r["asset_id"] for r in await cur.fetchall()]
             # Jobs as roots: a job is a node between the inputs and outputs of the edges it carries.
             cur = await conn.execute(
                 "SELECT asset_id FROM assets WHERE tenant_id = %s AND type = 'job' ORDER BY random() LIMIT %s",
-                [TENANT, max(10, count // 4)], prepare=False,
+                [TENANT, max(10, count // 4)],
+                prepare=False,
             )
             jobs = [r["asset_id"] for r in await cur.fetchall()]
         # Warm-up: first use of each statement on the connection, and the OS page cache.
@@ -333,8 +353,14 @@ async def measure(url: str, count: int, compare_cte: bool) -> None:
             rows.append(await timed(db, f"{direction} depth 5, columns", starts, walk_call(direction, 5, columns=True)))
         few = starts[: max(10, count // 4)]
         for direction in directions:
-            rows.append(await timed(db, f"{direction} depth {MAX_DEPTH}, limit {MAX_NODE_LIMIT}", few,
-                                    walk_call(direction, MAX_DEPTH, MAX_NODE_LIMIT)))
+            rows.append(
+                await timed(
+                    db,
+                    f"{direction} depth {MAX_DEPTH}, limit {MAX_NODE_LIMIT}",
+                    few,
+                    walk_call(direction, MAX_DEPTH, MAX_NODE_LIMIT),
+                )
+            )
         rows.append(await timed(db, f"impact depth {MAX_DEPTH}, limit 1000", starts, impact_call(MAX_DEPTH)))
         rows.append(await timed(db, "both depth 3, from jobs", jobs, walk_call("both", 3)))
         rows.append(await timed(db, f"impact depth {MAX_DEPTH}, from jobs", jobs, impact_call(MAX_DEPTH)))
@@ -363,8 +389,11 @@ async def measure(url: str, count: int, compare_cte: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="an administrative URL; the benchmark creates its own database next to it")
+    parser.add_argument(
+        "--url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="an administrative URL; the benchmark creates its own database next to it",
+    )
     parser.add_argument("--assets", type=int, default=int(os.environ.get("LILY_BENCH_ASSETS", 1_000_000)))
     parser.add_argument("--layers", type=int, default=40)
     parser.add_argument("--starts", type=int, default=200, help="random start nodes per query row")

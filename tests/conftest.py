@@ -148,8 +148,10 @@ def make_tenant(app: Any) -> Any:
         tenant_id = tenant_id or f"t{uuid.uuid4().hex[:8]}"
         runtime = app.state.runtime
         await admin.create_tenant(runtime.db, tenant_id)
-        keys = {role: await admin.create_api_key(runtime.db, tenant_id, f"{role}-key", role)
-                for role in ("admin", "steward", "editor", "viewer")}
+        keys = {
+            role: await admin.create_api_key(runtime.db, tenant_id, f"{role}-key", role)
+            for role in ("admin", "steward", "editor", "viewer")
+        }
         return TenantKeys(tenant_id, keys)
 
     return make

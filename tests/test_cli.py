@@ -32,21 +32,34 @@ def lily_command() -> list[str]:
 
 @pytest.fixture
 def env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "LILY_DATABASE_URL": database_url, "LILY_HOME": str(tmp_path / "home"),
-            "LILY_PARTITIONS": str(TEST_PARTITIONS), "LILY_LOG_LEVEL": "WARNING"}
+    return {
+        **os.environ,
+        "LILY_DATABASE_URL": database_url,
+        "LILY_HOME": str(tmp_path / "home"),
+        "LILY_PARTITIONS": str(TEST_PARTITIONS),
+        "LILY_LOG_LEVEL": "WARNING",
+    }
 
 
 def lily(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*lily_command(), *args], env=env, input=stdin, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([*lily_command(), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
 
 
 async def test_admin_commands(env: dict[str, str], client: httpx.AsyncClient) -> None:
     r = lily(env, "admin", "create-tenant", "initech", "--name", "Initech")
     assert r.returncode == 0, r.stderr
     assert "initech" in r.stdout
-    r = lily(env, "admin", "create-user", "initech", "alice", "--role", "editor", "--password-stdin",
-             stdin="a-long-password\n")
+    r = lily(
+        env,
+        "admin",
+        "create-user",
+        "initech",
+        "alice",
+        "--role",
+        "editor",
+        "--password-stdin",
+        stdin="a-long-password\n",
+    )
     assert r.returncode == 0, r.stderr
     assert "a-long-password" not in r.stdout + r.stderr
     r = lily(env, "admin", "create-api-key", "initech", "ci", "--role", "admin")
@@ -58,8 +71,9 @@ async def test_admin_commands(env: dict[str, str], client: httpx.AsyncClient) ->
     v = await client.get("/auth/validate", headers={"Authorization": f"Bearer {key}"})
     assert v.status_code == 200, v.text
     assert v.json()["claims"]["tenant_id"] == "initech" and v.json()["claims"]["roles"] == ["admin"]
-    login = await client.post("/auth/login", json={"tenant_id": "initech", "username": "alice",
-                                                   "password": "a-long-password"})
+    login = await client.post(
+        "/auth/login", json={"tenant_id": "initech", "username": "alice", "password": "a-long-password"}
+    )
     assert login.status_code == 200, login.text
     config = await client.get("/tenants/initech/config", headers={"Authorization": f"Bearer {key}"})
     assert config.json()["name"] == "Initech"
@@ -74,8 +88,17 @@ async def test_admin_commands(env: dict[str, str], client: httpx.AsyncClient) ->
         (("admin", "create-user", "initech", "carol", "--role", "viewer", "--password-stdin"), "short\n"),
         (("admin", "create-api-key", "nope", "k", "--role", "viewer"), None),
     ]
-    procs = [subprocess.Popen([*lily_command(), *args], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for args, _ in refusals]
+    procs = [
+        subprocess.Popen(
+            [*lily_command(), *args],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, _ in refusals
+    ]
     for (args, stdin), proc in zip(refusals, procs, strict=True):
         out, err = proc.communicate(stdin, timeout=60)
         assert proc.returncode != 0, (args, out)
@@ -83,8 +106,9 @@ async def test_admin_commands(env: dict[str, str], client: httpx.AsyncClient) ->
         assert "Traceback" not in err, err
     sources = await client.get("/tenants/initech/sources", headers={"Authorization": f"Bearer {key}"})
     assert [s["name"] for s in sources.json()["inbound"]] == ["ci"]
-    login = await client.post("/auth/login", json={"tenant_id": "initech", "username": "alice",
-                                                   "password": "another-password"})
+    login = await client.post(
+        "/auth/login", json={"tenant_id": "initech", "username": "alice", "password": "another-password"}
+    )
     assert login.status_code == 401
 
 
@@ -133,8 +157,13 @@ def wait_until_healthy(base: str, proc: subprocess.Popen[Any], deadline_seconds:
 
 def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
-    proc = subprocess.Popen([*lily_command(), "serve", "--port", str(port)], env={**env, "LILY_LOG_LEVEL": "INFO"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*lily_command(), "serve", "--port", str(port)],
+        env={**env, "LILY_LOG_LEVEL": "INFO"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     return proc, f"http://127.0.0.1:{port}/lily/v1"
 
 
@@ -188,8 +217,12 @@ def test_serve_with_the_embedded_server_keeps_data_and_stops_it(env: dict[str, s
         # Admin commands join the running embedded server through LILY_HOME.
         assert lily(embedded, "admin", "create-tenant", "acme").returncode == 0
         key = lily(embedded, "admin", "create-api-key", "acme", "ci", "--role", "editor").stdout.strip()
-        r = httpx.post(f"{base}/metadata", json={"qualified_name": "pg://db/s.kept", "type": "table"},
-                       headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        r = httpx.post(
+            f"{base}/metadata",
+            json={"qualified_name": "pg://db/s.kept", "type": "table"},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
         assert r.status_code == 201, r.text
         asset_id = r.json()["asset_id"]
     finally:
@@ -211,15 +244,19 @@ def test_serve_with_the_embedded_server_keeps_data_and_stops_it(env: dict[str, s
 async def test_admin_operations_refuse_bad_names(db: Any) -> None:
     """What the CLI passes through: bad ids and names are refused before they reach the database."""
     await admin.create_tenant(db, "acme")
-    for call in (lambda: admin.create_tenant(db, "x\x00"), lambda: admin.create_tenant(db, "-leading-dash"),
-                 lambda: admin.create_tenant(db, "t" * 64), lambda: admin.create_tenant(db, "okay", "bad\x00name"),
-                 lambda: admin.create_user(db, "acme", "", "a-long-password", "viewer"),
-                 lambda: admin.create_user(db, "acme", "line\nbreak", "a-long-password", "viewer"),
-                 lambda: admin.create_user(db, "ac\x00me", "u", "a-long-password", "viewer"),
-                 lambda: admin.create_user(db, "nope", "u", "a-long-password", "viewer"),
-                 lambda: admin.create_api_key(db, "acme", "", "viewer"),
-                 lambda: admin.create_api_key(db, "acme", "k", "superuser"),
-                 lambda: admin.create_api_key(db, "Nope", "k", "viewer")):
+    for call in (
+        lambda: admin.create_tenant(db, "x\x00"),
+        lambda: admin.create_tenant(db, "-leading-dash"),
+        lambda: admin.create_tenant(db, "t" * 64),
+        lambda: admin.create_tenant(db, "okay", "bad\x00name"),
+        lambda: admin.create_user(db, "acme", "", "a-long-password", "viewer"),
+        lambda: admin.create_user(db, "acme", "line\nbreak", "a-long-password", "viewer"),
+        lambda: admin.create_user(db, "ac\x00me", "u", "a-long-password", "viewer"),
+        lambda: admin.create_user(db, "nope", "u", "a-long-password", "viewer"),
+        lambda: admin.create_api_key(db, "acme", "", "viewer"),
+        lambda: admin.create_api_key(db, "acme", "k", "superuser"),
+        lambda: admin.create_api_key(db, "Nope", "k", "viewer"),
+    ):
         with pytest.raises((Invalid, NotFound)):
             await call()
     async with db.tenant("acme") as conn:

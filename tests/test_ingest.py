@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from tests.conftest import TEST_PARTITIONS
 
 LILY = [sys.executable, "-c", "from lily.cli import main; main()"]
@@ -27,8 +28,13 @@ def free_port() -> int:
 async def server(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
     """``lily serve`` on a loopback port, on the test's database; its URL once it accepts requests."""
     port = free_port()
-    env = {**os.environ, "LILY_DATABASE_URL": database_url, "LILY_HOME": str(tmp_path),
-           "LILY_PARTITIONS": str(TEST_PARTITIONS), "LILY_PORT": str(port)}
+    env = {
+        **os.environ,
+        "LILY_DATABASE_URL": database_url,
+        "LILY_HOME": str(tmp_path),
+        "LILY_PARTITIONS": str(TEST_PARTITIONS),
+        "LILY_PORT": str(port),
+    }
     proc = await asyncio.create_subprocess_exec(*LILY, "serve", env=env, stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None
     try:
@@ -46,8 +52,12 @@ async def server(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
 
 async def run_ingest(*args: str, token: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *LILY, "ingest", *args, env={**os.environ, "LILY_TOKEN": token},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *LILY,
+        "ingest",
+        *args,
+        env={**os.environ, "LILY_TOKEN": token},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
@@ -62,10 +72,12 @@ async def assets(db: Any, tenant_id: str) -> dict[str, dict[str, Any]]:
 
 async def test_ingest_ndjson_and_json_files(server: str, tenant: Any, db: Any, tmp_path: Path) -> None:
     ndjson = tmp_path / "assets.ndjson"
-    ndjson.write_bytes(b"".join(
-        orjson.dumps({"qualified_name": f"pg://wh/s.t{i}", "type": "table", "tags": ["bulk"]}) + b"\n"
-        for i in range(500)
-    ))
+    ndjson.write_bytes(
+        b"".join(
+            orjson.dumps({"qualified_name": f"pg://wh/s.t{i}", "type": "table", "tags": ["bulk"]}) + b"\n"
+            for i in range(500)
+        )
+    )
     code, out, err = await run_ingest(str(ndjson), "--url", server, token=tenant.keys["editor"])
     assert code == 0, out + err
     assert "succeeded" in out and "applied 500, failed 0" in out
@@ -75,8 +87,11 @@ async def test_ingest_ndjson_and_json_files(server: str, tenant: Any, db: Any, t
 
     # A JSON array with no telling extension, one bad item: reported by index, exit status 3.
     array = tmp_path / "export.txt"
-    array.write_bytes(orjson.dumps([{"qualified_name": "pg://wh/s.t1", "type": "view"},
-                                    {"qualified_name": "pg://wh/s.bad", "type": "9"}]))
+    array.write_bytes(
+        orjson.dumps(
+            [{"qualified_name": "pg://wh/s.t1", "type": "view"}, {"qualified_name": "pg://wh/s.bad", "type": "9"}]
+        )
+    )
     code, out, _ = await run_ingest(str(array), "--url", server, "--no-progress", token=tenant.keys["editor"])
     assert code == 3, out
     assert "partial" in out and "item 1: type:" in out

@@ -17,7 +17,7 @@ from lily.bulk.parse import MalformedBody, is_ndjson, json_array_items, ndjson_l
 
 async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]
 
 
 async def collect(items: AsyncIterator[tuple[int, object]]) -> list[tuple[int, object]]:

@@ -18,8 +18,7 @@ def _role(role: str) -> Role:
     try:
         return Role(role)
     except ValueError as exc:
-        raise Invalid(f"unknown role {role!r}; use one of {', '.join(r.value for r in Role)}",
-                      field="role") from exc
+        raise Invalid(f"unknown role {role!r}; use one of {', '.join(r.value for r in Role)}", field="role") from exc
 
 
 def _label(value: str, field: str, max_length: int = 256) -> str:
@@ -31,15 +30,18 @@ def _label(value: str, field: str, max_length: int = 256) -> str:
 
 async def create_tenant(db: Database, tenant_id: str, name: str | None = None) -> None:
     if not is_tenant_id(tenant_id):
-        raise Invalid(f"tenant id {tenant_id!r} must be 1-63 lower-case letters, digits or '-', starting with a"
-                      " letter or digit", field="tenant_id")
+        raise Invalid(
+            f"tenant id {tenant_id!r} must be 1-63 lower-case letters, digits or '-', starting with a letter or digit",
+            field="tenant_id",
+        )
     if name is not None:
         _label(name, "name")
     async with db.tenant(tenant_id) as conn:
         if not await identity.create_tenant(conn, tenant_id, name or tenant_id, {}):
             raise Conflict(f"tenant {tenant_id} already exists")
-        await audit.write_audit(conn, tenant_id, [{"action": "tenant.created", "actor": ACTOR,
-                                                   "at": datetime.now(UTC)}])
+        await audit.write_audit(
+            conn, tenant_id, [{"action": "tenant.created", "actor": ACTOR, "at": datetime.now(UTC)}]
+        )
 
 
 async def create_user(db: Database, tenant_id: str, username: str, password: str, role: str) -> None:
@@ -52,12 +54,20 @@ async def create_user(db: Database, tenant_id: str, username: str, password: str
     async with db.tenant(tenant_id) as conn:
         if await identity.get_tenant(conn, tenant_id) is None:
             raise NotFound(f"tenant {tenant_id} does not exist")
-        if not await identity.create_user(conn, tenant_id, username, passwords.hash_password(password),
-                                          checked.value):
+        if not await identity.create_user(conn, tenant_id, username, passwords.hash_password(password), checked.value):
             raise Conflict(f"user {username} already exists in {tenant_id}")
-        await audit.write_audit(conn, tenant_id, [{"action": "user.created", "actor": ACTOR,
-                                                   "at": datetime.now(UTC),
-                                                   "detail": {"username": username, "role": checked.value}}])
+        await audit.write_audit(
+            conn,
+            tenant_id,
+            [
+                {
+                    "action": "user.created",
+                    "actor": ACTOR,
+                    "at": datetime.now(UTC),
+                    "detail": {"username": username, "role": checked.value},
+                }
+            ],
+        )
 
 
 async def create_api_key(db: Database, tenant_id: str, name: str, role: str) -> str:
@@ -71,8 +81,16 @@ async def create_api_key(db: Database, tenant_id: str, name: str, role: str) -> 
         if await identity.get_tenant(conn, tenant_id) is None:
             raise NotFound(f"tenant {tenant_id} does not exist")
         await identity.create_api_key(conn, tenant_id, key_id, name, key_hash, checked.value)
-        await audit.write_audit(conn, tenant_id, [{"action": "api_key.created", "actor": ACTOR,
-                                                   "at": datetime.now(UTC),
-                                                   "detail": {"key_id": key_id, "name": name,
-                                                              "role": checked.value}}])
+        await audit.write_audit(
+            conn,
+            tenant_id,
+            [
+                {
+                    "action": "api_key.created",
+                    "actor": ACTOR,
+                    "at": datetime.now(UTC),
+                    "detail": {"key_id": key_id, "name": name, "role": checked.value},
+                }
+            ],
+        )
     return key

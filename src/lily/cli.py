@@ -195,11 +195,15 @@ def ingest(file: Path, url: str, token: str, wait: bool, progress: bool) -> None
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
     if not wait:
-        click.echo(f"job {status['job_id']} accepted: {status['total']} items ({status['rejected']} rejected)"
-                   f"; status at {status['status_url']}")
+        click.echo(
+            f"job {status['job_id']} accepted: {status['total']} items ({status['rejected']} rejected)"
+            f"; status at {status['status_url']}"
+        )
         return
-    click.echo(f"job {status['job_id']}: {status['state']} — total {status['total']}, applied"
-               f" {status['applied']}, failed {status['failed']}")
+    click.echo(
+        f"job {status['job_id']}: {status['state']} — total {status['total']}, applied"
+        f" {status['applied']}, failed {status['failed']}"
+    )
     for error in status["errors"]:
         click.echo(f"  item {error['index']}: {error['error']}")
     if status["state"] != "succeeded":

@@ -36,7 +36,7 @@ async def fingerprint(db: Database, tenant_id: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, sql in {
             "assets": "SELECT asset_id, version, type, name, description, owners, tags, attributes, deleted_at"
-                      " FROM assets ORDER BY asset_id",
+            " FROM assets ORDER BY asset_id",
             "versions": "SELECT asset_id, version FROM asset_versions ORDER BY asset_id, version",
             "audit": "SELECT audit_id, action FROM audit_log ORDER BY audit_id",
             "events": "SELECT event_id, status FROM events ORDER BY event_id",
@@ -47,10 +47,12 @@ async def fingerprint(db: Database, tenant_id: str) -> dict[str, Any]:
     return out
 
 
-async def create(client: httpx.AsyncClient, headers: dict[str, str], qualified_name: str,
-                 **fields: Any) -> dict[str, Any]:
-    r = await client.post("/metadata", json={"qualified_name": qualified_name, "type": "table", **fields},
-                          headers=headers)
+async def create(
+    client: httpx.AsyncClient, headers: dict[str, str], qualified_name: str, **fields: Any
+) -> dict[str, Any]:
+    r = await client.post(
+        "/metadata", json={"qualified_name": qualified_name, "type": "table", **fields}, headers=headers
+    )
     assert r.status_code in (200, 201), r.text
     body: dict[str, Any] = r.json()
     return body

@@ -38,8 +38,17 @@ def bearer(token: str) -> dict[str, str]:
 def claims_for(app: Any, **override: Any) -> dict[str, Any]:
     cfg: TokenConfig = app.state.runtime.tokens
     now = int(time.time())
-    return {"sub": "user:alice", "tenant_id": "acme", "roles": ["editor"], "iat": now, "exp": now + 600,
-            "iss": cfg.issuer, "aud": cfg.audience, "jti": uuid.uuid4().hex, **override}
+    return {
+        "sub": "user:alice",
+        "tenant_id": "acme",
+        "roles": ["editor"],
+        "iat": now,
+        "exp": now + 600,
+        "iss": cfg.issuer,
+        "aud": cfg.audience,
+        "jti": uuid.uuid4().hex,
+        **override,
+    }
 
 
 async def test_login_issues_a_pinned_jwt_with_every_claim(client, app, alice):
@@ -141,8 +150,19 @@ async def test_api_keys_are_bearer_tokens(client, tenant):
     assert (await client.get("/auth/validate", headers=tenant.headers("viewer"))).status_code == 200
 
 
-BAD_TOKENS = ["alg-none", "other-secret", "hs512", "hs384", "no-signature", "garbage", "expired", "wrong-aud",
-              "wrong-iss", "missing-jti", "future-iat"]
+BAD_TOKENS = [
+    "alg-none",
+    "other-secret",
+    "hs512",
+    "hs384",
+    "no-signature",
+    "garbage",
+    "expired",
+    "wrong-aud",
+    "wrong-iss",
+    "missing-jti",
+    "future-iat",
+]
 
 
 def forge(app: Any, case: str, claims: dict[str, Any]) -> str:
@@ -160,8 +180,12 @@ def forge(app: Any, case: str, claims: dict[str, Any]) -> str:
     elif case == "garbage":
         token = "not-a-token"
     elif case == "expired":
-        token, _ = tokens.issue(TokenConfig(cfg.secret, cfg.issuer, cfg.audience, -5), subject="user:alice",
-                                tenant_id="acme", roles=["editor"])
+        token, _ = tokens.issue(
+            TokenConfig(cfg.secret, cfg.issuer, cfg.audience, -5),
+            subject="user:alice",
+            tenant_id="acme",
+            roles=["editor"],
+        )
     elif case == "wrong-aud":
         token = jwt.encode({**claims, "aud": "someone-else"}, cfg.secret, algorithm="HS256")
     elif case == "wrong-iss":
@@ -184,19 +208,32 @@ async def test_bad_tokens_are_401(client, app, alice):
         r = await client.get("/auth/validate", headers=bearer(token))
         problem = assert_problem(r, 401, "unauthorized")
         assert "expired" in problem["detail"] if case == "expired" else "expired" not in problem["detail"]
-        r = await client.post("/metadata", json={"qualified_name": "pg://x/y", "type": "table"},
-                              headers=bearer(token))
+        r = await client.post("/metadata", json={"qualified_name": "pg://x/y", "type": "table"}, headers=bearer(token))
         assert_problem(r, 401)
         assert_problem(await client.post("/auth/logout", headers=bearer(token)), 401)
     assert await fingerprint(app.state.runtime.db, "acme") == before
 
 
 async def test_missing_or_malformed_credentials_are_401(client, app, tenant, other_tenant):
-    for header in [None, "", "Bearer", "Bearer ", "Basic YWxpY2U6cHc=", "Token abc", "Bearer lily_acme.nope.nope",
-                   "Bearer lily_acme..x", "Bearer lily_", "Bearer lily_no-such-tenant.abc.def"]:
+    for header in [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic YWxpY2U6cHc=",
+        "Token abc",
+        "Bearer lily_acme.nope.nope",
+        "Bearer lily_acme..x",
+        "Bearer lily_",
+        "Bearer lily_no-such-tenant.abc.def",
+    ]:
         headers = {} if header is None else {"Authorization": header}
-        for method, path in [("GET", "/auth/validate"), ("GET", "/tenants/acme/config"),
-                             ("GET", "/metadata/search"), ("POST", "/auth/logout")]:
+        for method, path in [
+            ("GET", "/auth/validate"),
+            ("GET", "/tenants/acme/config"),
+            ("GET", "/metadata/search"),
+            ("POST", "/auth/logout"),
+        ]:
             r = await client.request(method, path, headers=headers)
             assert_problem(r, 401, "unauthorized")
     # A real key with its secret changed, or moved to another tenant.

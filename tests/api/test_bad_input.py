@@ -22,8 +22,14 @@ async def test_malformed_json_is_400(client, app, tenant):
     h = {**tenant.headers("editor"), **JSON}
     asset = await create(client, h, QN)
     before = await fingerprint(app.state.runtime.db, tenant.tenant_id)
-    for body in (b'{"qualified_name": "x", "type": ', b"{'single': 'quotes'}", b'{"a": 1}}', b"nul\x00l",
-                 b'{"qualified_name": "x", "type": "table",}', b"\xff\xfe{}"):
+    for body in (
+        b'{"qualified_name": "x", "type": ',
+        b"{'single': 'quotes'}",
+        b'{"a": 1}}',
+        b"nul\x00l",
+        b'{"qualified_name": "x", "type": "table",}',
+        b"\xff\xfe{}",
+    ):
         for method, url in (("POST", "/metadata"), ("PUT", f"/metadata/{asset['asset_id']}")):
             r = await client.request(method, url, content=body, headers=h)
             problem = assert_problem(r, 400, "malformed-json")
@@ -66,9 +72,11 @@ async def test_wrong_types_and_missing_fields_are_422_naming_the_field(client, a
         assert fields_of(problem) == fields, (body, problem)
         assert all(e["message"] for e in problem["errors"])
     url = f"/metadata/{asset['asset_id']}"
-    for body, fields in [({"tags": ["x"]}, {"type"}), ({"type": "table", "qualified_name": "pg://renamed"},
-                                                        {"qualified_name"}),
-                         ({"type": "table", "owners": "ann"}, {"owners"})]:
+    for body, fields in [
+        ({"tags": ["x"]}, {"type"}),
+        ({"type": "table", "qualified_name": "pg://renamed"}, {"qualified_name"}),
+        ({"type": "table", "owners": "ann"}, {"owners"}),
+    ]:
         problem = assert_problem(await client.put(url, json=body, headers=h), 422, "validation")
         assert fields_of(problem) == fields, (body, problem)
     # Valid JSON that PostgreSQL cannot store, or that is not really JSON, is refused up front (not a 500).
@@ -89,8 +97,11 @@ async def test_wrong_types_and_missing_fields_are_422_naming_the_field(client, a
     r = await client.post("/metadata", content=b"", headers={**h, **JSON})
     assert fields_of(assert_problem(r, 422, "validation")) == {"body"}
     # A body that is JSON but not declared as JSON is not an asset either.
-    r = await client.post("/metadata", content=orjson.dumps({"qualified_name": "pg://x/y", "type": "table"}),
-                          headers={**h, "content-type": "text/plain"})
+    r = await client.post(
+        "/metadata",
+        content=orjson.dumps({"qualified_name": "pg://x/y", "type": "table"}),
+        headers={**h, "content-type": "text/plain"},
+    )
     assert_problem(r, 422, "validation")
     # Path parameters are validated too.
     for method in ("GET", "PUT", "DELETE"):
@@ -106,9 +117,14 @@ async def test_unknown_asset_ids_are_404(client, app, tenant):
     await create(client, h, QN)
     before = await fingerprint(app.state.runtime.db, tenant.tenant_id)
     unknown = uuid.uuid4()
-    for method, path in [("GET", f"/metadata/{unknown}"), ("GET", f"/metadata/{unknown}?include_deleted=true"),
-                         ("PUT", f"/metadata/{unknown}"), ("DELETE", f"/metadata/{unknown}"),
-                         ("GET", f"/metadata/audit/{unknown}"), ("GET", f"/events/{unknown}")]:
+    for method, path in [
+        ("GET", f"/metadata/{unknown}"),
+        ("GET", f"/metadata/{unknown}?include_deleted=true"),
+        ("PUT", f"/metadata/{unknown}"),
+        ("DELETE", f"/metadata/{unknown}"),
+        ("GET", f"/metadata/audit/{unknown}"),
+        ("GET", f"/events/{unknown}"),
+    ]:
         r = await client.request(method, path, headers=h, json={"type": "table"} if method == "PUT" else None)
         problem = assert_problem(r, 404, "not-found")
         assert problem["title"] == "Not found"
@@ -127,7 +143,7 @@ async def test_bodies_over_the_limit_are_413(client, app, tenant):
 
     async def streamed(data: bytes, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
         for i in range(0, len(data), chunk):
-            yield data[i:i + chunk]
+            yield data[i : i + chunk]
 
     for method, url in (("POST", "/metadata"), ("PUT", f"/metadata/{asset['asset_id']}")):
         # Declared with Content-Length: refused before the body is read.
@@ -144,13 +160,17 @@ async def test_bodies_over_the_limit_are_413(client, app, tenant):
     assert len(ok) <= limit
     assert_problem(await client.post("/metadata", content=ok, headers={**h, **JSON}), 422, "validation")
     assert await fingerprint(app.state.runtime.db, tenant.tenant_id) == before
-    r = await client.post("/metadata", content=orjson.dumps({"qualified_name": "pg://x/ok", "type": "table",
-                                                              "description": "d" * 60000}),
-                          headers={**h, **JSON})
+    r = await client.post(
+        "/metadata",
+        content=orjson.dumps({"qualified_name": "pg://x/ok", "type": "table", "description": "d" * 60000}),
+        headers={**h, **JSON},
+    )
     assert r.status_code == 201
-    r = await client.post("/metadata", content=streamed(orjson.dumps({"qualified_name": "pg://x/ok2",
-                                                                       "type": "table"}), 5),
-                          headers={**h, **JSON})
+    r = await client.post(
+        "/metadata",
+        content=streamed(orjson.dumps({"qualified_name": "pg://x/ok2", "type": "table"}), 5),
+        headers={**h, **JSON},
+    )
     assert r.status_code == 201, r.text
 
 
@@ -159,11 +179,13 @@ async def test_viewer_cannot_write(client, app, tenant):
     before = await fingerprint(app.state.runtime.db, tenant.tenant_id)
     v = tenant.headers("viewer")
     url = f"/metadata/{asset['asset_id']}"
-    for r in [await client.post("/metadata", json={"qualified_name": "pg://x/y", "type": "table"}, headers=v),
-              await client.post("/metadata", json={"qualified_name": QN, "type": "view"}, headers=v),
-              await client.put(url, json={"type": "view"}, headers=v),
-              await client.delete(url, headers=v),
-              await client.get("/system/metrics", headers=tenant.headers("editor"))]:
+    for r in [
+        await client.post("/metadata", json={"qualified_name": "pg://x/y", "type": "table"}, headers=v),
+        await client.post("/metadata", json={"qualified_name": QN, "type": "view"}, headers=v),
+        await client.put(url, json={"type": "view"}, headers=v),
+        await client.delete(url, headers=v),
+        await client.get("/system/metrics", headers=tenant.headers("editor")),
+    ]:
         problem = assert_problem(r, 403, "forbidden")
         assert "role" in problem["detail"]
     # Bad input from a viewer is still a 403: roles are checked whatever the body holds.
@@ -177,16 +199,29 @@ async def test_unauthenticated_or_odd_requests_change_nothing(client, app, tenan
     before = await fingerprint(app.state.runtime.db, tenant.tenant_id)
     url = f"/metadata/{asset['asset_id']}"
     for headers in ({}, {"Authorization": "Bearer garbage"}, {"Authorization": "Bearer lily_acme.x.y"}):
-        for method, path in (("POST", "/metadata"), ("PUT", url), ("DELETE", url), ("GET", url),
-                             ("GET", f"/metadata/audit/{asset['asset_id']}"), ("GET", "/metadata/search")):
-            r = await client.request(method, path, headers=headers,
-                                     json={"qualified_name": QN, "type": "view"} if method in ("POST", "PUT") else None)
+        for method, path in (
+            ("POST", "/metadata"),
+            ("PUT", url),
+            ("DELETE", url),
+            ("GET", url),
+            ("GET", f"/metadata/audit/{asset['asset_id']}"),
+            ("GET", "/metadata/search"),
+        ):
+            r = await client.request(
+                method,
+                path,
+                headers=headers,
+                json={"qualified_name": QN, "type": "view"} if method in ("POST", "PUT") else None,
+            )
             assert_problem(r, 401, "unauthorized")
             assert r.headers["www-authenticate"] == "Bearer"
     # Authenticated, but the request itself is wrong: a method the route lacks, an overlong request id.
     assert_problem(await client.patch("/metadata/search", headers=tenant.headers("editor")), 405)
-    r = await client.post("/metadata", json={"qualified_name": QN, "type": "view"},
-                          headers={**tenant.headers("editor"), "X-Request-ID": "r" * 1000})
+    r = await client.post(
+        "/metadata",
+        json={"qualified_name": QN, "type": "view"},
+        headers={**tenant.headers("editor"), "X-Request-ID": "r" * 1000},
+    )
     assert fields_of(assert_problem(r, 422, "validation")) == {"X-Request-ID"}
     assert await fingerprint(app.state.runtime.db, tenant.tenant_id) == before
 

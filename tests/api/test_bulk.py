@@ -28,8 +28,7 @@ def asset(i: int, **extra: Any) -> dict[str, Any]:
 
 async def finished(client: Any, tenant: Any, job_id: str) -> dict[str, Any]:
     """The job's status once every item is decided (the status endpoint long-polls with ``wait``)."""
-    r = await client.get(f"/metadata/bulk/status/{job_id}", params={"wait": 20},
-                         headers=tenant.headers("viewer"))
+    r = await client.get(f"/metadata/bulk/status/{job_id}", params={"wait": 20}, headers=tenant.headers("viewer"))
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     assert body["state"] not in ("queued", "running"), body
@@ -43,8 +42,15 @@ async def names(db: Any, tenant_id: str) -> set[str]:
 
 
 async def test_json_array_mixed_valid_and_invalid(client: Any, tenant: Any, db: Any) -> None:
-    items = [asset(0), {"type": "table"}, asset(2, tags=["pii"]), asset(3, type="Not A Type!"), 42, asset(5),
-             asset(6, attributes={"note": "nul \u0000 inside"})]
+    items = [
+        asset(0),
+        {"type": "table"},
+        asset(2, tags=["pii"]),
+        asset(3, type="Not A Type!"),
+        42,
+        asset(5),
+        asset(6, attributes={"note": "nul \u0000 inside"}),
+    ]
     r = await client.post("/metadata/bulk", content=orjson.dumps(items), headers=tenant.headers("editor"))
     assert r.status_code == 202, r.text
     job = r.json()
@@ -67,14 +73,19 @@ async def test_json_array_mixed_valid_and_invalid(client: Any, tenant: Any, db: 
 
 
 async def test_ndjson_streamed_with_malformed_line(client: Any, tenant: Any, db: Any) -> None:
-    lines = [orjson.dumps(asset(0)), b'{"qualified_name": "pg://db/s.broken", ', orjson.dumps(asset(2)),
-             b"", orjson.dumps(asset(3, owners=[""]))]
+    lines = [
+        orjson.dumps(asset(0)),
+        b'{"qualified_name": "pg://db/s.broken", ',
+        orjson.dumps(asset(2)),
+        b"",
+        orjson.dumps(asset(3, owners=[""])),
+    ]
 
     async def body() -> AsyncIterator[bytes]:
         # Chunks split mid-line: the parser must reassemble lines across chunk boundaries.
         data = b"\n".join(lines) + b"\n"
         for i in range(0, len(data), 7):
-            yield data[i:i + 7]
+            yield data[i : i + 7]
 
     r = await client.post("/metadata/bulk", content=body(), headers=tenant.headers("editor", **NDJSON))
     assert r.status_code == 202, r.text
@@ -116,26 +127,31 @@ async def test_body_over_limit_applies_nothing(client: Any, tenant: Any, db: Any
 
 
 async def test_declared_length_over_limit_is_refused_at_once(client: Any, tenant: Any) -> None:
-    r = await client.post("/metadata/bulk", content=b"[" + b" " * BODY_LIMIT + b"]",
-                          headers=tenant.headers("editor"))
+    r = await client.post("/metadata/bulk", content=b"[" + b" " * BODY_LIMIT + b"]", headers=tenant.headers("editor"))
     assert_problem(r, 413, "payload-too-large")
 
 
 async def test_too_many_items_applies_nothing(client: Any, tenant: Any, db: Any) -> None:
     before = await fingerprint(db, tenant.tenant_id)
-    r = await client.post("/metadata/bulk", content=orjson.dumps([asset(i) for i in range(ITEM_LIMIT + 1)]),
-                          headers=tenant.headers("editor"))
+    r = await client.post(
+        "/metadata/bulk",
+        content=orjson.dumps([asset(i) for i in range(ITEM_LIMIT + 1)]),
+        headers=tenant.headers("editor"),
+    )
     assert "items" in assert_problem(r, 413, "payload-too-large")["detail"]
     assert await fingerprint(db, tenant.tenant_id) == before
 
 
-@pytest.mark.parametrize(("content", "headers", "expected"), [
-    (b"", NDJSON, 202),             # NDJSON with no lines: an empty job
-    (b"[]", {}, 202),               # an empty array: an empty job
-    (b"", {}, 400),                 # not a JSON array at all
-    (b'{"qualified_name": "x", "type": "table"}', {}, 400),
-    (b'[{"qualified_name": "pg://a", "type": "table"}, {"qualified', {}, 400),
-])
+@pytest.mark.parametrize(
+    ("content", "headers", "expected"),
+    [
+        (b"", NDJSON, 202),  # NDJSON with no lines: an empty job
+        (b"[]", {}, 202),  # an empty array: an empty job
+        (b"", {}, 400),  # not a JSON array at all
+        (b'{"qualified_name": "x", "type": "table"}', {}, 400),
+        (b'[{"qualified_name": "pg://a", "type": "table"}, {"qualified', {}, 400),
+    ],
+)
 async def test_empty_and_unparseable_bodies(
     client: Any, tenant: Any, db: Any, content: bytes, headers: dict[str, str], expected: int
 ) -> None:
@@ -200,8 +216,9 @@ async def test_concurrent_uploads_beyond_the_cap_are_told_to_retry(client, tenan
             break
         await asyncio.sleep(0.01)
     assert runtime.bulk_slots.locked()
-    second = await client.post("/metadata/bulk", content=b'{"qualified_name": "pg://x", "type": "table"}\n',
-                               headers=headers)
+    second = await client.post(
+        "/metadata/bulk", content=b'{"qualified_name": "pg://x", "type": "table"}\n', headers=headers
+    )
     body = assert_problem(second, 429)
     assert second.headers["Retry-After"] == "1" and body["retry_after_seconds"] == 1
     release.set()

@@ -27,12 +27,14 @@ async def theirs(client: Any, other_tenant: Any) -> dict[str, Any]:
     await create(client, h, QN, description="still secret", tags=["pii"])
     deleted = await create(client, h, QN + "_old")
     assert (await client.delete(f"/metadata/{deleted['asset_id']}", headers=h)).status_code == 200
-    r = await client.post("/metadata", json={"qualified_name": QN + "_async", "type": "table"},
-                          headers={**h, "Prefer": "respond-async"})
+    r = await client.post(
+        "/metadata", json={"qualified_name": QN + "_async", "type": "table"}, headers={**h, "Prefer": "respond-async"}
+    )
     assert r.status_code == 202, r.text
     # Events of one subject apply in order, so once this waiting write answers the async one is applied.
-    assert (await client.post("/metadata", json={"qualified_name": QN + "_async", "type": "table"},
-                              headers=h)).status_code == 200
+    assert (
+        await client.post("/metadata", json={"qualified_name": QN + "_async", "type": "table"}, headers=h)
+    ).status_code == 200
     return {"asset": asset, "deleted": deleted, "event_id": r.json()["event_id"]}
 
 
@@ -69,8 +71,9 @@ async def test_every_endpoint_answers_404_as_for_an_unknown_id(client, app, tena
                 answers = []
                 for target in (their, unknown):
                     headers = {**h, **{k: v.replace("{id}", target) for k, v in extra.get("headers", {}).items()}}
-                    r = await client.request(method, template.replace("{id}", target), headers=headers,
-                                             json=extra.get("json"))
+                    r = await client.request(
+                        method, template.replace("{id}", target), headers=headers, json=extra.get("json")
+                    )
                     assert_problem(r, 404, "not-found")
                     assert "secret" not in r.text
                     answers.append(scrubbed(r, target))
@@ -90,8 +93,11 @@ async def test_every_endpoint_answers_404_as_for_an_unknown_id(client, app, tena
             assert (await client.get(f"/tenants/{tenant.tenant_id}/{what}", headers=h)).status_code == 200
 
     # Their ETag on my asset is stale (it names another asset), never a way in.
-    r = await client.put(f"/metadata/{mine['asset_id']}", json={"type": "view"},
-                         headers={**tenant.headers("editor"), "If-Match": their_etag})
+    r = await client.put(
+        f"/metadata/{mine['asset_id']}",
+        json={"type": "view"},
+        headers={**tenant.headers("editor"), "If-Match": their_etag},
+    )
     assert_problem(r, 412)
     assert await fingerprint(db, other_tenant.tenant_id) == before_theirs
     assert await fingerprint(db, tenant.tenant_id) == before_mine
@@ -99,8 +105,15 @@ async def test_every_endpoint_answers_404_as_for_an_unknown_id(client, app, tena
     assert r.json()["description"] == "still secret" and r.json()["version"] == 2
 
     # Search never returns their assets, whatever the filter.
-    for params in [{}, {"q": "secret"}, {"q": "salaries"}, {"qualified_name": QN}, {"tag": "pii"},
-                   {"type": "table"}, {"limit": 1}]:
+    for params in [
+        {},
+        {"q": "secret"},
+        {"q": "salaries"},
+        {"qualified_name": QN},
+        {"tag": "pii"},
+        {"type": "table"},
+        {"limit": 1},
+    ]:
         r = await client.get("/metadata/search", params=params, headers=tenant.headers("viewer"))
         assert r.status_code == 200
         found = [a["qualified_name"] for a in r.json()["items"]]
@@ -110,8 +123,11 @@ async def test_every_endpoint_answers_404_as_for_an_unknown_id(client, app, tena
 async def test_the_same_qualified_name_in_two_tenants_is_two_assets(client, app, tenant, other_tenant):
     data = await theirs(client, other_tenant)
     before = await fingerprint(app.state.runtime.db, other_tenant.tenant_id)
-    r = await client.post("/metadata", json={"qualified_name": QN, "type": "view", "description": "mine"},
-                          headers=tenant.headers("editor"))
+    r = await client.post(
+        "/metadata",
+        json={"qualified_name": QN, "type": "view", "description": "mine"},
+        headers=tenant.headers("editor"),
+    )
     assert r.status_code == 201, r.text  # created here, not an update of theirs
     mine = r.json()
     assert mine["asset_id"] != data["asset"]["asset_id"] and mine["version"] == 1

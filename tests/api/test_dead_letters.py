@@ -35,8 +35,11 @@ def settings(settings: Settings, test_hooks: ModuleType) -> Settings:
 async def dead_letter(client: Any, tenant: Any, hooks: ModuleType, name: str, **attributes: Any) -> str:
     """Write to a broken subject and wait until the event is dead-lettered; its event id."""
     hooks.BROKEN_SUBJECTS.add(name)
-    r = await client.post("/metadata", json={"qualified_name": name, "type": "table", "attributes": attributes},
-                          headers=tenant.headers("editor", **ASYNC))
+    r = await client.post(
+        "/metadata",
+        json={"qualified_name": name, "type": "table", "attributes": attributes},
+        headers=tenant.headers("editor", **ASYNC),
+    )
     assert r.status_code == 202, r.text
     state = await settled(client, tenant.headers("viewer"), r.json()["event_id"])
     assert state["state"] == "dead_lettered", state
@@ -116,8 +119,11 @@ async def test_replay_is_refused_when_a_newer_event_exists_unless_forced(client,
     name = "pg://db/s.superseded"
     event_id = await dead_letter(client, tenant, test_hooks, name, n=1)
     test_hooks.BROKEN_SUBJECTS.clear()
-    newer = await client.post("/metadata", json={"qualified_name": name, "type": "table", "attributes": {"n": 2}},
-                              headers=tenant.headers("editor"))
+    newer = await client.post(
+        "/metadata",
+        json={"qualified_name": name, "type": "table", "attributes": {"n": 2}},
+        headers=tenant.headers("editor"),
+    )
     assert newer.status_code == 201
     admin = tenant.headers("admin")
     problem = assert_problem(await client.post(f"{BASE}/{event_id}/replay", headers=admin), 409, "conflict")

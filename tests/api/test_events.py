@@ -18,8 +18,7 @@ ROOT = "http://lily.test"  # status URLs are absolute paths; the client's base_u
 
 
 async def create(client: Any, tenant: Any, name: str) -> dict[str, Any]:
-    r = await client.post("/metadata", json={"qualified_name": name, "type": "table"},
-                          headers=tenant.headers("editor"))
+    r = await client.post("/metadata", json={"qualified_name": name, "type": "table"}, headers=tenant.headers("editor"))
     assert r.status_code == 201, r.text
     return {**r.json(), "etag": r.headers["etag"]}
 
@@ -33,8 +32,11 @@ async def head_seq(database_url: str, partition: int) -> int:
 
 
 async def test_respond_async_answers_202_and_the_event_reaches_applied(client, tenant):
-    r = await client.post("/metadata", json={"qualified_name": "pg://db/s.async", "type": "table"},
-                          headers=tenant.headers("editor", **ASYNC))
+    r = await client.post(
+        "/metadata",
+        json={"qualified_name": "pg://db/s.async", "type": "table"},
+        headers=tenant.headers("editor", **ASYNC),
+    )
     assert r.status_code == 202, r.text
     body = r.json()
     event_id = body["event_id"]
@@ -64,8 +66,9 @@ async def test_racing_puts_on_one_version_one_applies_one_fails(client, tenant, 
     async with hold_partition(database_url, partition):
         ids = []
         for description in ("first", "second"):
-            r = await client.put(f"/metadata/{asset['asset_id']}", json={"type": "table", "description": description},
-                                 headers=headers)
+            r = await client.put(
+                f"/metadata/{asset['asset_id']}", json={"type": "table", "description": description}, headers=headers
+            )
             assert r.status_code == 202, r.text
             ids.append(r.json()["event_id"])
     first, second = [await settled(client, tenant.headers("viewer"), i) for i in ids]
@@ -83,9 +86,12 @@ async def test_a_waiting_write_that_loses_the_race_answers_412(client, tenant, d
     headers = tenant.headers("editor", **{"If-Match": asset["etag"]})
     before = await head_seq(database_url, partition)
     async with hold_partition(database_url, partition):
-        puts = [asyncio.create_task(client.put(f"/metadata/{asset['asset_id']}",
-                                               json={"type": "table", "description": d}, headers=headers))
-                for d in ("a", "b")]
+        puts = [
+            asyncio.create_task(
+                client.put(f"/metadata/{asset['asset_id']}", json={"type": "table", "description": d}, headers=headers)
+            )
+            for d in ("a", "b")
+        ]
 
         async def both_accepted() -> bool:
             return await head_seq(database_url, partition) == before + 2
@@ -100,8 +106,11 @@ async def test_a_waiting_write_that_loses_the_race_answers_412(client, tenant, d
 
 async def test_unknown_and_other_tenants_events_are_404(client, tenant, other_tenant):
     assert_problem(await client.get(f"/events/{uuid.uuid4()}", headers=tenant.headers("viewer")), 404)
-    r = await client.post("/metadata", json={"qualified_name": "pg://db/s.mine", "type": "table"},
-                          headers=tenant.headers("editor", **ASYNC))
+    r = await client.post(
+        "/metadata",
+        json={"qualified_name": "pg://db/s.mine", "type": "table"},
+        headers=tenant.headers("editor", **ASYNC),
+    )
     event_id = r.json()["event_id"]
     assert (await client.get(f"/events/{event_id}", headers=tenant.headers("viewer"))).status_code == 200
     assert_problem(await client.get(f"/events/{event_id}", headers=other_tenant.headers("admin")), 404)
@@ -109,8 +118,11 @@ async def test_unknown_and_other_tenants_events_are_404(client, tenant, other_te
 
 
 async def test_prefer_is_parsed_per_rfc_7240(client, tenant):
-    r = await client.post("/metadata", json={"qualified_name": "pg://db/s.prefer", "type": "table"},
-                          headers=tenant.headers("editor", Prefer="return=minimal, respond-async; x=1"))
+    r = await client.post(
+        "/metadata",
+        json={"qualified_name": "pg://db/s.prefer", "type": "table"},
+        headers=tenant.headers("editor", Prefer="return=minimal, respond-async; x=1"),
+    )
     assert r.status_code == 202 and r.headers["preference-applied"] == "respond-async"
 
 
@@ -118,8 +130,11 @@ async def test_a_wait_that_runs_out_answers_202_and_the_write_still_applies(clie
     name = "pg://db/s.slow"
     async with hold_partition(database_url, partition_of(tenant.tenant_id, name, settings.partitions)):
         # wait=0 shortens the configured bound; the held partition guarantees the wait runs out.
-        r = await client.post("/metadata", json={"qualified_name": name, "type": "table"},
-                              headers=tenant.headers("editor", Prefer="wait=0"))
+        r = await client.post(
+            "/metadata",
+            json={"qualified_name": name, "type": "table"},
+            headers=tenant.headers("editor", Prefer="wait=0"),
+        )
         assert r.status_code == 202, r.text
         assert "preference-applied" not in r.headers  # the client did not ask for async
     state = await settled(client, tenant.headers("viewer"), r.json()["event_id"])

@@ -17,7 +17,9 @@ async def counts(database_url: str, tenant_id: str) -> tuple[int, int]:
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         cur = await conn.execute(
             "SELECT (SELECT count(*) FROM events WHERE tenant_id = %s),"
-            " (SELECT count(*) FROM asset_versions WHERE tenant_id = %s)", [tenant_id, tenant_id])
+            " (SELECT count(*) FROM asset_versions WHERE tenant_id = %s)",
+            [tenant_id, tenant_id],
+        )
         row = await cur.fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
@@ -38,8 +40,9 @@ async def test_same_key_same_body_answers_the_same_and_applies_once(client: Any,
 async def test_same_key_other_body_is_409(client: Any, tenant: Any, database_url: str):
     headers = tenant.headers("editor", **{"Idempotency-Key": "k-2"})
     assert (await client.post("/metadata", json=ASSET, headers=headers)).status_code == 201
-    problem = assert_problem(await client.post("/metadata", json={**ASSET, "description": "other"},
-                                               headers=headers), 409, "conflict")
+    problem = assert_problem(
+        await client.post("/metadata", json={**ASSET, "description": "other"}, headers=headers), 409, "conflict"
+    )
     assert problem["idempotency_key"] == "k-2"
     assert await counts(database_url, tenant.tenant_id) == (1, 1)
 
@@ -47,8 +50,9 @@ async def test_same_key_other_body_is_409(client: Any, tenant: Any, database_url
 async def test_keys_are_per_tenant(client: Any, tenant: Any, other_tenant: Any, database_url: str):
     key = {"Idempotency-Key": "shared-key"}
     mine = await client.post("/metadata", json=ASSET, headers=tenant.headers("editor", **key))
-    theirs = await client.post("/metadata", json={**ASSET, "description": "theirs"},
-                               headers=other_tenant.headers("editor", **key))
+    theirs = await client.post(
+        "/metadata", json={**ASSET, "description": "theirs"}, headers=other_tenant.headers("editor", **key)
+    )
     assert mine.status_code == theirs.status_code == 201
     assert theirs.json()["description"] == "theirs"
     assert await counts(database_url, tenant.tenant_id) == (1, 1)
@@ -63,8 +67,9 @@ async def test_with_respond_async_a_retry_gets_the_same_event(client: Any, tenan
     assert again.json()["event_id"] == first.json()["event_id"]
     assert again.headers["location"] == first.headers["location"]
     # Waiting for it now answers with the version it produced, still once.
-    waited = await client.post("/metadata", json=ASSET, headers=tenant.headers("editor", **{"Idempotency-Key":
-                                                                                           "k-async"}))
+    waited = await client.post(
+        "/metadata", json=ASSET, headers=tenant.headers("editor", **{"Idempotency-Key": "k-async"})
+    )
     assert waited.status_code == 201 and waited.json()["version"] == 1
     assert await counts(database_url, tenant.tenant_id) == (1, 1)
 

@@ -9,20 +9,32 @@ async def _asset(client, tenant, qn, type_="table"):
 
 async def test_lineage_roundtrip(client, tenant):
     src = await _asset(client, tenant, "pg://db/raw.orders")
-    r = await client.post("/metadata/lineage", headers=tenant.headers("editor"), json={
-        "upstreams": [{"asset_id": src["asset_id"]}],
-        "downstreams": [{"qualified_name": "pg://db/mart.orders_daily"}],
-        "process": {"qualified_name": "airflow://dag/orders_daily"},
-        "column_mappings": [{"column": "total", "upstreams": [
-            {"asset": {"asset_id": src["asset_id"]}, "column": "amount"}], "transformation": "sum(amount)"}],
-    })
+    r = await client.post(
+        "/metadata/lineage",
+        headers=tenant.headers("editor"),
+        json={
+            "upstreams": [{"asset_id": src["asset_id"]}],
+            "downstreams": [{"qualified_name": "pg://db/mart.orders_daily"}],
+            "process": {"qualified_name": "airflow://dag/orders_daily"},
+            "column_mappings": [
+                {
+                    "column": "total",
+                    "upstreams": [{"asset": {"asset_id": src["asset_id"]}, "column": "amount"}],
+                    "transformation": "sum(amount)",
+                }
+            ],
+        },
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["edges"][0]["created"] is True
     assert sorted(body["placeholders"]) == ["airflow://dag/orders_daily", "pg://db/mart.orders_daily"]
 
-    r = await client.get(f"/metadata/lineage/{src['asset_id']}", params={"direction": "downstream", "columns": True},
-                         headers=tenant.headers("viewer"))
+    r = await client.get(
+        f"/metadata/lineage/{src['asset_id']}",
+        params={"direction": "downstream", "columns": True},
+        headers=tenant.headers("viewer"),
+    )
     assert r.status_code == 200, r.text
     g = r.json()
     names = {n["qualified_name"]: n for n in g["nodes"]}
@@ -30,8 +42,9 @@ async def test_lineage_roundtrip(client, tenant):
     assert names["pg://db/mart.orders_daily"]["placeholder"] is True
     assert g["edges"][0]["columns"][0]["transformation"] == "sum(amount)"
 
-    r = await client.get(f"/metadata/lineage/{src['asset_id']}", params={"format": "mermaid"},
-                         headers=tenant.headers("viewer"))
+    r = await client.get(
+        f"/metadata/lineage/{src['asset_id']}", params={"format": "mermaid"}, headers=tenant.headers("viewer")
+    )
     assert r.status_code == 200 and r.text.startswith("flowchart")
 
     r = await client.get(f"/metadata/lineage/{src['asset_id']}/impact", headers=tenant.headers("viewer"))

@@ -15,9 +15,15 @@ Graph = dict[str, Any]
 
 
 async def link(client: httpx.AsyncClient, tenant: Any, ups: list[str], downs: list[str], **extra: Any) -> Any:
-    r = await client.post("/metadata/lineage", headers=tenant.headers("editor"), json={
-        "upstreams": [{"qualified_name": u} for u in ups],
-        "downstreams": [{"qualified_name": d} for d in downs], **extra})
+    r = await client.post(
+        "/metadata/lineage",
+        headers=tenant.headers("editor"),
+        json={
+            "upstreams": [{"qualified_name": u} for u in ups],
+            "downstreams": [{"qualified_name": d} for d in downs],
+            **extra,
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -122,12 +128,19 @@ async def test_cycles_terminate(client, tenant):
         assert edges(g) == cycle
         assert g["truncated"] is False
     assert names(await graph(client, tenant, a, direction="downstream", depth=MAX_DEPTH)) == {
-        "a": 0, "b": 1, "c": 2, "d": 2}
+        "a": 0,
+        "b": 1,
+        "c": 2,
+        "d": 2,
+    }
     assert names(await graph(client, tenant, a, direction="upstream", depth=MAX_DEPTH)) == {
-        "a": 0, "c": 1, "b": 2, "d": 3}
+        "a": 0,
+        "c": 1,
+        "b": 2,
+        "d": 3,
+    }
     # Both ways, each node at its nearest distance in either direction.
-    assert names(await graph(client, tenant, a, direction="both", depth=MAX_DEPTH)) == {
-        "a": 0, "b": 1, "c": 1, "d": 2}
+    assert names(await graph(client, tenant, a, direction="both", depth=MAX_DEPTH)) == {"a": 0, "b": 1, "c": 1, "d": 2}
 
     r = await client.get(f"/metadata/lineage/{a}/impact", headers=tenant.headers("viewer"))
     assert r.status_code == 200, r.text
@@ -137,15 +150,26 @@ async def test_cycles_terminate(client, tenant):
 
 async def test_column_lineage(client, tenant):
     raw = await create(client, tenant.headers("editor"), "pg://db/raw.orders")
-    body = await link(client, tenant, ["pg://db/raw.orders", "pg://db/raw.fx"], ["pg://db/mart.revenue"],
-                      process={"qualified_name": "dbt://models/revenue"}, column_mappings=[
-        {"column": "revenue_eur", "asset": {"qualified_name": "pg://db/mart.revenue"}, "upstreams": [
-            {"asset": {"qualified_name": "pg://db/raw.orders"}, "column": "amount"},
-            {"asset": {"qualified_name": "pg://db/raw.orders"}, "column": "discount"},
-            {"asset": {"qualified_name": "pg://db/raw.fx"}, "column": "rate"}],
-         "transformation": "sum((amount - discount) * rate)"},
-        {"column": "order_id", "upstreams": [{"asset": {"qualified_name": "pg://db/raw.orders"}, "column": "id"}]},
-    ])
+    body = await link(
+        client,
+        tenant,
+        ["pg://db/raw.orders", "pg://db/raw.fx"],
+        ["pg://db/mart.revenue"],
+        process={"qualified_name": "dbt://models/revenue"},
+        column_mappings=[
+            {
+                "column": "revenue_eur",
+                "asset": {"qualified_name": "pg://db/mart.revenue"},
+                "upstreams": [
+                    {"asset": {"qualified_name": "pg://db/raw.orders"}, "column": "amount"},
+                    {"asset": {"qualified_name": "pg://db/raw.orders"}, "column": "discount"},
+                    {"asset": {"qualified_name": "pg://db/raw.fx"}, "column": "rate"},
+                ],
+                "transformation": "sum((amount - discount) * rate)",
+            },
+            {"column": "order_id", "upstreams": [{"asset": {"qualified_name": "pg://db/raw.orders"}, "column": "id"}]},
+        ],
+    )
     assert body["columns"] == {"written": 4, "removed": 0}
 
     g = await graph(client, tenant, raw["asset_id"], direction="downstream", columns="true")
@@ -155,31 +179,50 @@ async def test_column_lineage(client, tenant):
     assert edge["process_qualified_name"] == "dbt://models/revenue"
     assert edge["process_id"] == await asset_id(client, tenant, "dbt://models/revenue")
     assert sorted((c["downstream_column"], c["upstream_column"], c["transformation"]) for c in edge["columns"]) == [
-        ("order_id", "id", None), ("revenue_eur", "amount", "sum((amount - discount) * rate)"),
-        ("revenue_eur", "discount", "sum((amount - discount) * rate)")]
+        ("order_id", "id", None),
+        ("revenue_eur", "amount", "sum((amount - discount) * rate)"),
+        ("revenue_eur", "discount", "sum((amount - discount) * rate)"),
+    ]
 
     # Upstream from the mart, both input edges carry their columns.
     mart = await asset_id(client, tenant, "pg://db/mart.revenue")
     g = await graph(client, tenant, mart, direction="upstream", columns=True)
     by_id = {n["asset_id"]: n["qualified_name"] for n in g["nodes"]}
-    cols = {by_id[e["upstream_id"]]: [(c["downstream_column"], c["upstream_column"]) for c in e["columns"]]
-            for e in g["edges"]}
-    assert cols == {"pg://db/raw.orders": [("order_id", "id"), ("revenue_eur", "amount"),
-                                           ("revenue_eur", "discount")],
-                    "pg://db/raw.fx": [("revenue_eur", "rate")]}
+    cols = {
+        by_id[e["upstream_id"]]: [(c["downstream_column"], c["upstream_column"]) for c in e["columns"]]
+        for e in g["edges"]
+    }
+    assert cols == {
+        "pg://db/raw.orders": [("order_id", "id"), ("revenue_eur", "amount"), ("revenue_eur", "discount")],
+        "pg://db/raw.fx": [("revenue_eur", "rate")],
+    }
     assert all(e["columns"] is None for e in (await graph(client, tenant, mart))["edges"])
 
     # A mapping states the whole input of a column on an edge: without "discount" again, that input goes.
-    body = await link(client, tenant, ["pg://db/raw.orders", "pg://db/raw.fx"], ["pg://db/mart.revenue"],
-                      process={"qualified_name": "dbt://models/revenue"}, column_mappings=[
-        {"column": "revenue_eur", "upstreams": [{"asset": {"qualified_name": "pg://db/raw.orders"},
-                                                  "column": "amount"}], "transformation": "sum(amount)"}])
+    body = await link(
+        client,
+        tenant,
+        ["pg://db/raw.orders", "pg://db/raw.fx"],
+        ["pg://db/mart.revenue"],
+        process={"qualified_name": "dbt://models/revenue"},
+        column_mappings=[
+            {
+                "column": "revenue_eur",
+                "upstreams": [{"asset": {"qualified_name": "pg://db/raw.orders"}, "column": "amount"}],
+                "transformation": "sum(amount)",
+            }
+        ],
+    )
     assert body["columns"] == {"written": 1, "removed": 1}
     assert [e["created"] for e in body["edges"]] == [False, False]
     g = await graph(client, tenant, mart, direction="upstream", columns=True)
     by_id = {n["asset_id"]: n["qualified_name"] for n in g["nodes"]}
-    cols = {(c["downstream_column"], c["upstream_column"], c["transformation"])
-            for e in g["edges"] if by_id[e["upstream_id"]] == "pg://db/raw.orders" for c in e["columns"]}
+    cols = {
+        (c["downstream_column"], c["upstream_column"], c["transformation"])
+        for e in g["edges"]
+        if by_id[e["upstream_id"]] == "pg://db/raw.orders"
+        for c in e["columns"]
+    }
     assert cols == {("order_id", "id", None), ("revenue_eur", "amount", "sum(amount)")}
     # An edge without mappings says so with an empty list, not null.
     await link(client, tenant, ["pg://db/raw.customers"], ["pg://db/mart.revenue"])
@@ -213,24 +256,34 @@ async def test_node_limit_truncates(client, tenant):
     assert "src" in names(g)  # both sides are walked before the limit runs out
 
     # The impact list has its own limit and flag.
-    r = await client.get(f"/metadata/lineage/{hub['asset_id']}/impact", params={"limit": 3},
-                         headers=tenant.headers("viewer"))
+    r = await client.get(
+        f"/metadata/lineage/{hub['asset_id']}/impact", params={"limit": 3}, headers=tenant.headers("viewer")
+    )
     assert r.status_code == 200, r.text
     assert len(r.json()["assets"]) == 3 and r.json()["truncated"] is True
-    r = await client.get(f"/metadata/lineage/{hub['asset_id']}/impact", params={"limit": 10},
-                         headers=tenant.headers("viewer"))
+    r = await client.get(
+        f"/metadata/lineage/{hub['asset_id']}/impact", params={"limit": 10}, headers=tenant.headers("viewer")
+    )
     assert len(r.json()["assets"]) == 10 and r.json()["truncated"] is False
 
     for bad in (0, MAX_NODE_LIMIT + 1):
-        r = await client.get(f"/metadata/lineage/{hub['asset_id']}", params={"limit": bad},
-                             headers=tenant.headers("viewer"))
+        r = await client.get(
+            f"/metadata/lineage/{hub['asset_id']}", params={"limit": bad}, headers=tenant.headers("viewer")
+        )
         assert fields_of(assert_problem(r, 422, "validation")) == {"limit"}
 
 
 async def test_column_changes_are_audited_on_the_asset_they_concern(client, tenant):
     orders, mart_a = {"qualified_name": "pg://db/raw.orders"}, {"qualified_name": "pg://db/mart.a"}
-    await link(client, tenant, ["pg://db/raw.orders"], ["pg://db/mart.a", "pg://db/mart.b"], column_mappings=[
-        {"column": c, "asset": mart_a, "upstreams": [{"asset": orders, "column": "id"}]} for c in ("x", "y")])
+    await link(
+        client,
+        tenant,
+        ["pg://db/raw.orders"],
+        ["pg://db/mart.a", "pg://db/mart.b"],
+        column_mappings=[
+            {"column": c, "asset": mart_a, "upstreams": [{"asset": orders, "column": "id"}]} for c in ("x", "y")
+        ],
+    )
     trails = {}
     for qn in ("pg://db/mart.a", "pg://db/mart.b"):
         r = await client.get(f"/metadata/audit/{await asset_id(client, tenant, qn)}", headers=tenant.headers("viewer"))

@@ -20,10 +20,14 @@ def ref(name_or_id: str) -> dict[str, str]:
     return {"asset_id": name_or_id} if re.fullmatch(r"[0-9a-f-]{36}", name_or_id) else {"qualified_name": name_or_id}
 
 
-async def post(client: httpx.AsyncClient, tenant: Any, ups: list[str], downs: list[str],
-               **extra: Any) -> httpx.Response:
-    return await client.post("/metadata/lineage", headers=tenant.headers("editor"), json={
-        "upstreams": [ref(u) for u in ups], "downstreams": [ref(d) for d in downs], **extra})
+async def post(
+    client: httpx.AsyncClient, tenant: Any, ups: list[str], downs: list[str], **extra: Any
+) -> httpx.Response:
+    return await client.post(
+        "/metadata/lineage",
+        headers=tenant.headers("editor"),
+        json={"upstreams": [ref(u) for u in ups], "downstreams": [ref(d) for d in downs], **extra},
+    )
 
 
 async def link(client: httpx.AsyncClient, tenant: Any, ups: list[str], downs: list[str], **extra: Any) -> Any:
@@ -59,8 +63,10 @@ def depths(g: dict[str, Any]) -> dict[str, int]:
 def paths(g: dict[str, Any]) -> set[tuple[str, str, str | None]]:
     """(upstream, downstream, process) names of each edge; an end outside the answer is "?"."""
     names = {n["asset_id"]: n["qualified_name"] for n in g["nodes"]}
-    return {(names.get(e["upstream_id"], "?"), names.get(e["downstream_id"], "?"), e["process_qualified_name"])
-            for e in g["edges"]}
+    return {
+        (names.get(e["upstream_id"], "?"), names.get(e["downstream_id"], "?"), e["process_qualified_name"])
+        for e in g["edges"]
+    }
 
 
 async def test_a_job_is_a_node_between_its_inputs_and_outputs(client, tenant):
@@ -123,8 +129,7 @@ async def test_renderings_draw_the_path_through_the_job(client, tenant):
         r = await get(client, tenant, job, format=fmt, direction="downstream", depth=2)
         assert drawn(r.text, node, edge, dot) == {(JOB, "out1", ""), (JOB, "out2", ""), ("out1", "far", "")}
         # From a dataset, the job is the label of the arrow, as before.
-        r = await get(client, tenant, await by_name(client, tenant, "in2"), format=fmt, direction="downstream",
-                      depth=1)
+        r = await get(client, tenant, await by_name(client, tenant, "in2"), format=fmt, direction="downstream", depth=1)
         assert drawn(r.text, node, edge, dot) == {("in2", "out1", JOB), ("in2", "out2", JOB)}
 
 
@@ -145,9 +150,21 @@ async def test_column_mappings_may_spell_an_asset_by_id_or_by_name(client, tenan
     dst = await create(client, tenant.headers("editor"), "pg://db/dst")
     by_id, by_qn = {"asset_id": src["asset_id"]}, {"qualified_name": "pg://db/src"}
     for listed, mapped in ((by_id, by_qn), (by_qn, by_id)):
-        body = await link(client, tenant, [], [], upstreams=[listed], downstreams=[{"asset_id": dst["asset_id"]}],
-                          column_mappings=[{"column": "total", "asset": {"qualified_name": "pg://db/dst"},
-                                            "upstreams": [{"asset": mapped, "column": "amount"}]}])
+        body = await link(
+            client,
+            tenant,
+            [],
+            [],
+            upstreams=[listed],
+            downstreams=[{"asset_id": dst["asset_id"]}],
+            column_mappings=[
+                {
+                    "column": "total",
+                    "asset": {"qualified_name": "pg://db/dst"},
+                    "upstreams": [{"asset": mapped, "column": "amount"}],
+                }
+            ],
+        )
         assert [(e["upstream"], e["downstream"]) for e in body["edges"]] == [("pg://db/src", "pg://db/dst")]
     g = (await get(client, tenant, src["asset_id"], direction="downstream", columns=True)).json()
     (edge,) = g["edges"]
@@ -157,13 +174,32 @@ async def test_column_mappings_may_spell_an_asset_by_id_or_by_name(client, tenan
     other = await create(client, tenant.headers("editor"), "pg://db/other")
     before = await fingerprint(app.state.runtime.db, tenant.tenant_id)
     for mapped in ({"asset_id": other["asset_id"]}, {"qualified_name": "pg://db/other"}):
-        r = await post(client, tenant, [], [], upstreams=[by_id], downstreams=[{"qualified_name": "pg://db/dst"}],
-                       column_mappings=[{"column": "total", "upstreams": [{"asset": mapped, "column": "amount"}]}])
+        r = await post(
+            client,
+            tenant,
+            [],
+            [],
+            upstreams=[by_id],
+            downstreams=[{"qualified_name": "pg://db/dst"}],
+            column_mappings=[{"column": "total", "upstreams": [{"asset": mapped, "column": "amount"}]}],
+        )
         problem = assert_problem(r, 422, "validation")
         assert "not among the upstreams" in problem["detail"] and fields_of(problem) == {"column_mappings"}
-    r = await post(client, tenant, [], [], upstreams=[by_qn], downstreams=[{"asset_id": dst["asset_id"]}],
-                   column_mappings=[{"column": "c", "asset": {"asset_id": other["asset_id"]},
-                                     "upstreams": [{"asset": by_qn, "column": "amount"}]}])
+    r = await post(
+        client,
+        tenant,
+        [],
+        [],
+        upstreams=[by_qn],
+        downstreams=[{"asset_id": dst["asset_id"]}],
+        column_mappings=[
+            {
+                "column": "c",
+                "asset": {"asset_id": other["asset_id"]},
+                "upstreams": [{"asset": by_qn, "column": "amount"}],
+            }
+        ],
+    )
     assert "not among the downstreams" in assert_problem(r, 422, "validation")["detail"]
     assert await fingerprint(app.state.runtime.db, tenant.tenant_id) == before
 
@@ -176,16 +212,24 @@ async def test_a_deleted_asset_is_refused_by_id_and_by_name_alike(client, tenant
     db = app.state.runtime.db
     before = await fingerprint(db, tenant.tenant_id)
     for spelled in (gone["asset_id"], "pg://db/gone"):
-        for ups, downs, extra in (([spelled], ["pg://db/new"], {}), (["pg://db/new"], [spelled], {}),
-                                  (["pg://db/a"], ["pg://db/b"], {"process": ref(spelled)})):
+        for ups, downs, extra in (
+            ([spelled], ["pg://db/new"], {}),
+            (["pg://db/new"], [spelled], {}),
+            (["pg://db/a"], ["pg://db/b"], {"process": ref(spelled)}),
+        ):
             problem = assert_problem(await post(client, tenant, ups, downs, **extra), 409, "conflict")
             assert "pg://db/gone" in problem["detail"] and "deleted" in problem["detail"], problem
             assert problem["asset_id"] == gone["asset_id"]
     assert await fingerprint(db, tenant.tenant_id) == before  # not even the other names' placeholders
 
     # Deleted after the API looked: the apply stage refuses it the same way.
-    event = NewEvent(tenant.tenant_id, "pg://db/new", LINEAGE_UPSERT,
-                     {"upstreams": ["pg://db/gone"], "downstreams": ["pg://db/new"]}, "test")
+    event = NewEvent(
+        tenant.tenant_id,
+        "pg://db/new",
+        LINEAGE_UPSERT,
+        {"upstreams": ["pg://db/gone"], "downstreams": ["pg://db/new"]},
+        "test",
+    )
     (accepted,) = await app.state.runtime.writer.append_many(tenant.tenant_id, [event])
     state = await settled(client, tenant, f"/events/{accepted.event_id}")
     assert state["state"] == "failed" and "deleted" in str(state["error"]), state

@@ -18,9 +18,15 @@ ODD_UP, ODD_DOWN, ODD_JOB, ODD_SIDE = 'a"b', "<x>", "job|1 & #2", "c\\d"
 
 
 async def link(client: httpx.AsyncClient, tenant: Any, ups: list[str], downs: list[str], **extra: Any) -> None:
-    r = await client.post("/metadata/lineage", headers=tenant.headers("editor"), json={
-        "upstreams": [{"qualified_name": u} for u in ups],
-        "downstreams": [{"qualified_name": d} for d in downs], **extra})
+    r = await client.post(
+        "/metadata/lineage",
+        headers=tenant.headers("editor"),
+        json={
+            "upstreams": [{"qualified_name": u} for u in ups],
+            "downstreams": [{"qualified_name": d} for d in downs],
+            **extra,
+        },
+    )
     assert r.status_code == 201, r.text
 
 
@@ -33,8 +39,9 @@ async def odd_graph(client: httpx.AsyncClient, tenant: Any) -> str:
 
 
 async def rendered(client: httpx.AsyncClient, tenant: Any, root: str, fmt: str, **params: Any) -> httpx.Response:
-    r = await client.get(f"/metadata/lineage/{root}", params={"format": fmt, "depth": 2, **params},
-                         headers=tenant.headers("viewer"))
+    r = await client.get(
+        f"/metadata/lineage/{root}", params={"format": fmt, "depth": 2, **params}, headers=tenant.headers("viewer")
+    )
     assert r.status_code == 200, r.text
     return r
 
@@ -55,13 +62,14 @@ async def test_mermaid(client, tenant):
     ids = {label: node for node, label in nodes.items()}
     assert len(ids) == 3
     drawn = {(m[1], m[2], m[3]) for m in map(MERMAID_EDGE.match, lines) if m}
-    assert drawn == {(ids["a#34;b"], "job#124;1 #38; #35;2", ids["#60;x#62;"]),
-                     (ids["c\\d"], None, ids["a#34;b"])}
+    assert drawn == {(ids["a#34;b"], "job#124;1 #38; #35;2", ids["#60;x#62;"]), (ids["c\\d"], None, ids["a#34;b"])}
     # Placeholders are drawn dashed; the real asset is not.
     assert "    classDef placeholder stroke-dasharray: 5 5" in lines
     (klass,) = [line for line in lines if line.startswith("    class ")]
     assert set(klass.removeprefix("    class ").removesuffix(" placeholder").split(",")) == {
-        ids["#60;x#62;"], ids["c\\d"]}
+        ids["#60;x#62;"],
+        ids["c\\d"],
+    }
     # Every line is one of those statements: nothing unescaped leaks into the chart.
     assert len(lines) == 1 + 3 + 2 + 2
 
@@ -120,8 +128,19 @@ async def impact_of(client: httpx.AsyncClient, tenant: Any, root: str, **params:
 
 async def test_impact_distances_and_paths(client, tenant):
     # s → a → c, s → b → c (a diamond); c → d; a longer way to d: s → x → y → z → d; and up → s upstream.
-    edges = [("s", "a"), ("s", "b"), ("a", "c"), ("b", "c"), ("c", "d"), ("s", "x"), ("x", "y"), ("y", "z"),
-             ("z", "d"), ("d", "e"), ("up", "s")]
+    edges = [
+        ("s", "a"),
+        ("s", "b"),
+        ("a", "c"),
+        ("b", "c"),
+        ("c", "d"),
+        ("s", "x"),
+        ("x", "y"),
+        ("y", "z"),
+        ("z", "d"),
+        ("d", "e"),
+        ("up", "s"),
+    ]
     for up, down in edges:
         await link(client, tenant, [up], [down])
     s = await create(client, tenant.headers("editor"), "s")
@@ -130,7 +149,15 @@ async def test_impact_distances_and_paths(client, tenant):
     assert (report["root"], report["max_depth"], report["truncated"]) == (s["asset_id"], MAX_DEPTH, False)
     got = {a["qualified_name"]: a for a in report["assets"]}
     assert {n: a["distance"] for n, a in got.items()} == {
-        "a": 1, "b": 1, "x": 1, "c": 2, "y": 2, "d": 3, "z": 3, "e": 4}
+        "a": 1,
+        "b": 1,
+        "x": 1,
+        "c": 2,
+        "y": 2,
+        "d": 3,
+        "z": 3,
+        "e": 4,
+    }
     assert [a["distance"] for a in report["assets"]] == sorted(a["distance"] for a in report["assets"])
     assert "up" not in got and "s" not in got
     for name, a in got.items():
@@ -154,14 +181,12 @@ async def test_impact_distances_and_paths(client, tenant):
     e = next(a for a in got.values() if a["qualified_name"] == "e")
     assert (await impact_of(client, tenant, e["asset_id"]))["assets"] == []
     for bad in ({"max_depth": 0}, {"limit": 0}):
-        r = await client.get(f"/metadata/lineage/{s['asset_id']}/impact", params=bad,
-                             headers=tenant.headers("viewer"))
+        r = await client.get(f"/metadata/lineage/{s['asset_id']}/impact", params=bad, headers=tenant.headers("viewer"))
         assert fields_of(assert_problem(r, 422, "validation")) == set(bad)
 
 
 async def test_unknown_asset_is_404_in_every_format(client, tenant):
     unknown = "6f1c1f0e-6a44-4b8a-9a39-2a7f1f7d0c55"
     for fmt in ("json", "mermaid", "dot"):
-        r = await client.get(f"/metadata/lineage/{unknown}", params={"format": fmt},
-                             headers=tenant.headers("viewer"))
+        r = await client.get(f"/metadata/lineage/{unknown}", params={"format": fmt}, headers=tenant.headers("viewer"))
         assert unknown in assert_problem(r, 404, "not-found")["detail"]

@@ -19,13 +19,25 @@ def scrubbed(r: httpx.Response, target: str) -> tuple[int, str, Any]:
     return r.status_code, r.headers["content-type"], r.text.replace(target, "<id>")
 
 
-async def link(client: httpx.AsyncClient, tenant: Any, ups: list[str], downs: list[str],
-               process: str | None = None) -> dict[str, Any]:
-    r = await client.post("/metadata/lineage", headers=tenant.headers("editor"), json={
-        "upstreams": [{"qualified_name": u} for u in ups], "downstreams": [{"qualified_name": d} for d in downs],
-        **({"process": {"qualified_name": process}} if process else {}),
-        "column_mappings": [{"column": "total", "asset": {"qualified_name": downs[0]},
-                             "upstreams": [{"asset": {"qualified_name": ups[0]}, "column": "salary"}]}]})
+async def link(
+    client: httpx.AsyncClient, tenant: Any, ups: list[str], downs: list[str], process: str | None = None
+) -> dict[str, Any]:
+    r = await client.post(
+        "/metadata/lineage",
+        headers=tenant.headers("editor"),
+        json={
+            "upstreams": [{"qualified_name": u} for u in ups],
+            "downstreams": [{"qualified_name": d} for d in downs],
+            **({"process": {"qualified_name": process}} if process else {}),
+            "column_mappings": [
+                {
+                    "column": "total",
+                    "asset": {"qualified_name": downs[0]},
+                    "upstreams": [{"asset": {"qualified_name": ups[0]}, "column": "salary"}],
+                }
+            ],
+        },
+    )
     assert r.status_code == 201, r.text
     body: dict[str, Any] = r.json()
     return body
@@ -52,8 +64,11 @@ async def everything_visible(client: httpx.AsyncClient, tenant: Any, ids: dict[s
     """Every lineage answer about every asset of the tenant, in every format, as one text."""
     texts = []
     for asset_id in ids.values():
-        for params in ({"direction": "both", "depth": 20, "columns": True}, {"format": "mermaid", "depth": 20},
-                       {"format": "dot", "depth": 20}):
+        for params in (
+            {"direction": "both", "depth": 20, "columns": True},
+            {"format": "mermaid", "depth": 20},
+            {"format": "dot", "depth": 20},
+        ):
             r = await client.get(f"/metadata/lineage/{asset_id}", params=params, headers=tenant.headers("viewer"))
             assert r.status_code == 200, r.text
             texts.append(r.text)
@@ -77,10 +92,15 @@ async def test_same_names_in_two_tenants_never_meet(client, tenant, other_tenant
         assert asset_id not in a_text
     assert "acme_only" not in b_text and "globex_only" not in a_text
 
-    for tenant_, ids, private in ((tenant, a_ids, "pg://wh/acme_only.bonus"),
-                                  (other_tenant, b_ids, "pg://wh/globex_only.audit")):
-        r = await client.get(f"/metadata/lineage/{ids[SHARED[0]]}", params={"depth": 20, "columns": True},
-                             headers=tenant_.headers("viewer"))
+    for tenant_, ids, private in (
+        (tenant, a_ids, "pg://wh/acme_only.bonus"),
+        (other_tenant, b_ids, "pg://wh/globex_only.audit"),
+    ):
+        r = await client.get(
+            f"/metadata/lineage/{ids[SHARED[0]]}",
+            params={"depth": 20, "columns": True},
+            headers=tenant_.headers("viewer"),
+        )
         g = r.json()
         assert {n["asset_id"] for n in g["nodes"]} == {ids[SHARED[0]], ids[SHARED[1]], ids[private]}
         assert {e["process_id"] for e in g["edges"]} == {ids[SHARED[2]], None}
@@ -88,7 +108,8 @@ async def test_same_names_in_two_tenants_never_meet(client, tenant, other_tenant
         r = await client.get(f"/metadata/lineage/{ids[SHARED[0]]}/impact", headers=tenant_.headers("viewer"))
         assert [(x["asset_id"], [p["asset_id"] for p in x["path"]]) for x in r.json()["assets"]] == [
             (ids[SHARED[1]], [ids[SHARED[0]], ids[SHARED[1]]]),
-            (ids[private], [ids[SHARED[0]], ids[SHARED[1]], ids[private]])]
+            (ids[private], [ids[SHARED[0]], ids[SHARED[1]], ids[private]]),
+        ]
 
     # Removing lineage in one tenant leaves the other's alone.
     r = await client.delete(f"/metadata/lineage/{b_ids[SHARED[1]]}", headers=other_tenant.headers("editor"))
@@ -111,8 +132,11 @@ async def test_another_tenants_ids_answer_like_unknown_ones(client, app, tenant,
             {"upstreams": [them], "downstreams": [mine_ref]},
             {"upstreams": [mine_ref], "downstreams": [them]},
             {"upstreams": [{"qualified_name": "new.one"}], "downstreams": [mine_ref], "process": them},
-            {"upstreams": [them], "downstreams": [{"qualified_name": "new.two"}],
-             "column_mappings": [{"column": "c", "upstreams": [{"asset": them, "column": "salary"}]}]},
+            {
+                "upstreams": [them],
+                "downstreams": [{"qualified_name": "new.two"}],
+                "column_mappings": [{"column": "c", "upstreams": [{"asset": them, "column": "salary"}]}],
+            },
         ]
 
     for their in theirs.values():
@@ -120,9 +144,11 @@ async def test_another_tenants_ids_answer_like_unknown_ones(client, app, tenant,
         requests: list[tuple[str, str, dict[str, Any], str]] = [
             ("GET", f"/metadata/lineage/{{}}?{q}", {}, "viewer")
             for q in ("direction=both", "direction=upstream", "columns=true", "format=mermaid", "format=dot")
-        ] + [("GET", "/metadata/lineage/{}/impact", {}, "viewer"),
-             ("DELETE", "/metadata/lineage/{}", {}, "editor"),
-             ("DELETE", "/metadata/lineage/{}?direction=downstream", {}, "editor")]
+        ] + [
+            ("GET", "/metadata/lineage/{}/impact", {}, "viewer"),
+            ("DELETE", "/metadata/lineage/{}", {}, "editor"),
+            ("DELETE", "/metadata/lineage/{}?direction=downstream", {}, "editor"),
+        ]
         requests += [("POST", "/metadata/lineage", {"body": i}, "editor") for i in range(4)]
         for method, template, extra, role in requests:
             answers = []
@@ -156,8 +182,9 @@ async def test_propagation_stays_in_its_tenant(client, tenant, other_tenant):
     for t in (tenant, other_tenant):
         await create(client, t.headers("editor"), SHARED[0], attributes=columns)
         await link(client, t, [SHARED[0]], [SHARED[1]])
-    await create(client, tenant.headers("editor"), SHARED[0],
-                 attributes={"columns": [{"name": "salary"}, {"name": "bonus"}]})
+    await create(
+        client, tenant.headers("editor"), SHARED[0], attributes={"columns": [{"name": "salary"}, {"name": "bonus"}]}
+    )
     await drained(client)
 
     def told(history: list[dict[str, Any]]) -> list[str]:

@@ -19,10 +19,20 @@ def ref(name_or_id: str) -> dict[str, str]:
         return {"qualified_name": name_or_id}
 
 
-async def post(client: httpx.AsyncClient, tenant: Any, ups: list[str], downs: list[str], role: str = "editor",
-               headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:
-    return await client.post("/metadata/lineage", headers={**tenant.headers(role), **(headers or {})}, json={
-        "upstreams": [ref(u) for u in ups], "downstreams": [ref(d) for d in downs], **extra})
+async def post(
+    client: httpx.AsyncClient,
+    tenant: Any,
+    ups: list[str],
+    downs: list[str],
+    role: str = "editor",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> httpx.Response:
+    return await client.post(
+        "/metadata/lineage",
+        headers={**tenant.headers(role), **(headers or {})},
+        json={"upstreams": [ref(u) for u in ups], "downstreams": [ref(d) for d in downs], **extra},
+    )
 
 
 async def link(client: httpx.AsyncClient, tenant: Any, ups: list[str], downs: list[str], **extra: Any) -> Any:
@@ -62,12 +72,18 @@ async def neighbours(client: httpx.AsyncClient, tenant: Any, asset_id: str) -> s
 
 async def test_placeholders_are_created_then_filled_by_a_real_write(client, tenant):
     src = await create(client, tenant.headers("editor"), "pg://db/raw.orders")
-    body = await link(client, tenant, [src["asset_id"]], ["pg://db/mart.daily", "pg://db/mart.weekly"],
-                      process={"qualified_name": "airflow://dag/orders"})
+    body = await link(
+        client,
+        tenant,
+        [src["asset_id"]],
+        ["pg://db/mart.daily", "pg://db/mart.weekly"],
+        process={"qualified_name": "airflow://dag/orders"},
+    )
     assert sorted(body["placeholders"]) == ["airflow://dag/orders", "pg://db/mart.daily", "pg://db/mart.weekly"]
     assert sorted((e["upstream"], e["downstream"], e["process"], e["created"]) for e in body["edges"]) == [
         ("pg://db/raw.orders", "pg://db/mart.daily", "airflow://dag/orders", True),
-        ("pg://db/raw.orders", "pg://db/mart.weekly", "airflow://dag/orders", True)]
+        ("pg://db/raw.orders", "pg://db/mart.weekly", "airflow://dag/orders", True),
+    ]
 
     daily = await by_name(client, tenant, "pg://db/mart.daily")
     assert (daily["placeholder"], daily["type"], daily["version"], daily["name"]) == (True, "unknown", 1, "daily")
@@ -79,8 +95,13 @@ async def test_placeholders_are_created_then_filled_by_a_real_write(client, tena
     assert trail[1]["detail"]["process"] == "airflow://dag/orders"
 
     # The same lineage again: nothing new, no placeholder, no audit entry.
-    again = await link(client, tenant, ["pg://db/raw.orders"], ["pg://db/mart.daily", "pg://db/mart.weekly"],
-                       process={"asset_id": (await by_name(client, tenant, "airflow://dag/orders"))["asset_id"]})
+    again = await link(
+        client,
+        tenant,
+        ["pg://db/raw.orders"],
+        ["pg://db/mart.daily", "pg://db/mart.weekly"],
+        process={"asset_id": (await by_name(client, tenant, "airflow://dag/orders"))["asset_id"]},
+    )
     assert again["placeholders"] == [] and {e["created"] for e in again["edges"]} == {False}
     assert len(await audit(client, tenant, daily["asset_id"])) == 2
 
@@ -89,7 +110,8 @@ async def test_placeholders_are_created_then_filled_by_a_real_write(client, tena
     assert filled["asset_id"] == daily["asset_id"]
     assert (filled["placeholder"], filled["type"], filled["version"]) == (False, "table", 2)
     assert [v["action"] for v in (await asset(client, tenant, daily["asset_id"]))["history"]["items"]][-1] == (
-        "asset.placeholder_created")
+        "asset.placeholder_created"
+    )
     r = await client.get(f"/metadata/lineage/{src['asset_id']}", headers=tenant.headers("viewer"))
     nodes = {n["qualified_name"]: n for n in r.json()["nodes"]}
     assert nodes["pg://db/mart.daily"]["placeholder"] is False
@@ -98,7 +120,8 @@ async def test_placeholders_are_created_then_filled_by_a_real_write(client, tena
     assert nodes["pg://db/mart.weekly"]["placeholder"] is True
     # A later lineage write names it by its name and finds it, placeholder no more.
     assert (await link(client, tenant, ["pg://db/mart.daily"], ["pg://db/report"]))["placeholders"] == [
-        "pg://db/report"]
+        "pg://db/report"
+    ]
     assert (await by_name(client, tenant, "pg://db/mart.daily"))["placeholder"] is False
 
 
@@ -114,7 +137,12 @@ async def test_delete_by_direction_is_recorded(client, tenant):
     u1 = (await by_name(client, tenant, "u1"))["asset_id"]
     # Seen from m, the edge it carries is a path through it: p1 → m → p2.
     assert await neighbours(client, tenant, m["asset_id"]) == {
-        ("u1", "m"), ("u2", "m"), ("m", "d1"), ("m", "d2"), ("p1", "p2")}
+        ("u1", "m"),
+        ("u2", "m"),
+        ("m", "d1"),
+        ("m", "d2"),
+        ("p1", "p2"),
+    }
 
     r = await client.delete(f"/metadata/lineage/{m['asset_id']}", params={"direction": "upstream"}, headers=editor)
     assert r.status_code == 200, r.text
@@ -148,12 +176,16 @@ async def test_delete_by_direction_is_recorded(client, tenant):
     assert [v["changes"]["lineage"]["direction"] for v in history[:3]] == ["both", "downstream", "upstream"]
     assert [len(v["changes"]["lineage"]["removed"]) for v in history[:3]] == [3, 2, 2]
     names = {(await by_name(client, tenant, n))["asset_id"]: n for n in ("u1", "u2", "m", "d1", "d2", "p1", "p2")}
-    assert sorted((names[e["upstream_id"]], names[e["downstream_id"]])
-                  for e in history[2]["changes"]["lineage"]["removed"]) == [("u1", "m"), ("u2", "m")]
+    assert sorted(
+        (names[e["upstream_id"]], names[e["downstream_id"]]) for e in history[2]["changes"]["lineage"]["removed"]
+    ) == [("u1", "m"), ("u2", "m")]
     assert all(v["actor"] and v["event_id"] for v in history[:3])
     trail = [a for a in await audit(client, tenant, m["asset_id"]) if a["action"] == "lineage.removed"]
     assert [(a["version_before"], a["version_after"], a["detail"]["removed"]) for a in trail] == [
-        (1, 2, 2), (2, 3, 2), (3, 4, 3)]
+        (1, 2, 2),
+        (2, 3, 2),
+        (3, 4, 3),
+    ]
     assert {a["event_id"] for a in trail} == {v["event_id"] for v in history[:3]}
 
     r = await client.delete(f"/metadata/lineage/{m['asset_id']}", params={"direction": "sideways"}, headers=editor)
@@ -170,15 +202,17 @@ async def test_a_deleted_assets_lineage_can_still_be_removed(client, tenant):
     deleted_version = r.json()["version"]
     # Deleting an asset leaves its edges: its neighbours' graphs still show it, marked deleted ...
     d = await by_name(client, tenant, "d")
-    r = await client.get(f"/metadata/lineage/{d['asset_id']}", params={"direction": "upstream"},
-                         headers=tenant.headers("viewer"))
+    r = await client.get(
+        f"/metadata/lineage/{d['asset_id']}", params={"direction": "upstream"}, headers=tenant.headers("viewer")
+    )
     assert {n["qualified_name"]: n["deleted"] for n in r.json()["nodes"]} == {"d": False, "m": True, "u": False}
     # ... so removing them must work too (it answered 404 before: the id was looked up among live assets).
     r = await client.delete(f"/metadata/lineage/{m['asset_id']}", headers=editor)
     assert r.status_code == 200, r.text
     assert r.json() == {"asset_id": m["asset_id"], "removed": 2, "version": deleted_version + 1}
-    r = await client.get(f"/metadata/{m['asset_id']}", params={"include_deleted": True},
-                         headers=tenant.headers("viewer"))
+    r = await client.get(
+        f"/metadata/{m['asset_id']}", params={"include_deleted": True}, headers=tenant.headers("viewer")
+    )
     assert r.json()["deleted_at"] is not None  # still deleted, one version later
     assert r.json()["history"]["items"][0]["action"] == "lineage.removed"
     assert await neighbours(client, tenant, d["asset_id"]) == set()
@@ -206,8 +240,9 @@ async def test_async_write_and_roles(client, tenant, app):
     assert sorted(state["result"]["placeholders"]) == ["a", "b"]
     a = await by_name(client, tenant, "a")
 
-    r = await client.delete(f"/metadata/lineage/{a['asset_id']}", headers={
-        **tenant.headers("editor"), "Prefer": "respond-async"})
+    r = await client.delete(
+        f"/metadata/lineage/{a['asset_id']}", headers={**tenant.headers("editor"), "Prefer": "respond-async"}
+    )
     assert r.status_code == 202, r.text
     state = await settled(client, tenant, r)
     assert (state["state"], state["kind"], state["result"]["removed"]) == ("applied", "lineage.delete", 1)
@@ -246,12 +281,19 @@ async def test_unknown_ids_and_self_loops_apply_nothing(client, tenant, app):
     assert await fingerprint(db, tenant.tenant_id) == before
 
     # Self-loops, however they are spelled, name the offending field.
-    for ups, downs in [(["pg://db/t"], ["pg://db/t"]), ([mine["asset_id"]], [mine["asset_id"]]),
-                       (["pg://db/x", "pg://db/t"], ["pg://db/t", "pg://db/y"]), (["new"], [" new "])]:
+    for ups, downs in [
+        (["pg://db/t"], ["pg://db/t"]),
+        ([mine["asset_id"]], [mine["asset_id"]]),
+        (["pg://db/x", "pg://db/t"], ["pg://db/t", "pg://db/y"]),
+        (["new"], [" new "]),
+    ]:
         problem = assert_problem(await post(client, tenant, ups, downs), 422, "validation")
         assert fields_of(problem) == {"downstreams"}, problem
-    problem = assert_problem(await post(client, tenant, ["pg://db/s"], ["pg://db/t"],
-                                        process={"qualified_name": "pg://db/t"}), 422, "validation")
+    problem = assert_problem(
+        await post(client, tenant, ["pg://db/s"], ["pg://db/t"], process={"qualified_name": "pg://db/t"}),
+        422,
+        "validation",
+    )
     assert fields_of(problem) == {"process"}
     assert await fingerprint(db, tenant.tenant_id) == before
 
@@ -277,8 +319,9 @@ async def test_malformed_requests(client, tenant, app):
     h = tenant.headers("editor")
     s, t = {"qualified_name": "s"}, {"qualified_name": "t"}
 
-    r = await client.post("/metadata/lineage", content=b'{"upstreams": [', headers={
-        **h, "Content-Type": "application/json"})
+    r = await client.post(
+        "/metadata/lineage", content=b'{"upstreams": [', headers={**h, "Content-Type": "application/json"}
+    )
     assert_problem(r, 400, "malformed-json")
 
     cases: list[tuple[Any, set[str]]] = [
@@ -289,25 +332,50 @@ async def test_malformed_requests(client, tenant, app):
         ({"upstreams": [], "downstreams": [t]}, {"upstreams"}),
         ({"upstreams": s, "downstreams": [t]}, {"upstreams"}),
         ({"upstreams": [{}], "downstreams": [t]}, {"upstreams[0]"}),
-        ({"upstreams": [{"asset_id": str(uuid.uuid4()), "qualified_name": "s"}], "downstreams": [t]},
-         {"upstreams[0]"}),
+        ({"upstreams": [{"asset_id": str(uuid.uuid4()), "qualified_name": "s"}], "downstreams": [t]}, {"upstreams[0]"}),
         ({"upstreams": [{"asset_id": "not-a-uuid"}], "downstreams": [t]}, {"upstreams[0].asset_id"}),
         ({"upstreams": [{"qualified_name": ""}], "downstreams": [t]}, {"upstreams[0].qualified_name"}),
         ({"upstreams": [{"qualified_name": "a\u0000b"}], "downstreams": [t]}, {"upstreams[0].qualified_name"}),
         ({"upstreams": [{"name": "s"}], "downstreams": [t]}, {"upstreams[0].name"}),
         ({"upstreams": [s], "downstreams": [t], "extra": 1}, {"extra"}),
-        ({"upstreams": [s], "downstreams": [t], "column_mappings": [{"column": "c"}]},
-         {"column_mappings[0].upstreams"}),
-        ({"upstreams": [s], "downstreams": [t], "column_mappings": [
-            {"column": "c", "upstreams": [{"asset": {"qualified_name": "elsewhere"}, "column": "x"}]}]},
-         {"column_mappings"}),
-        ({"upstreams": [s], "downstreams": [t, {"qualified_name": "t2"}], "column_mappings": [
-            {"column": "c", "upstreams": [{"asset": s, "column": "x"}]}]}, {"column_mappings"}),
-        ({"upstreams": [s], "downstreams": [t], "column_mappings": [
-            {"column": " ", "upstreams": [{"asset": s, "column": "x"}]}]}, {"column_mappings[0].column"}),
+        (
+            {"upstreams": [s], "downstreams": [t], "column_mappings": [{"column": "c"}]},
+            {"column_mappings[0].upstreams"},
+        ),
+        (
+            {
+                "upstreams": [s],
+                "downstreams": [t],
+                "column_mappings": [
+                    {"column": "c", "upstreams": [{"asset": {"qualified_name": "elsewhere"}, "column": "x"}]}
+                ],
+            },
+            {"column_mappings"},
+        ),
+        (
+            {
+                "upstreams": [s],
+                "downstreams": [t, {"qualified_name": "t2"}],
+                "column_mappings": [{"column": "c", "upstreams": [{"asset": s, "column": "x"}]}],
+            },
+            {"column_mappings"},
+        ),
+        (
+            {
+                "upstreams": [s],
+                "downstreams": [t],
+                "column_mappings": [{"column": " ", "upstreams": [{"asset": s, "column": "x"}]}],
+            },
+            {"column_mappings[0].column"},
+        ),
         # Every upstream feeds every downstream: the product is bounded (here 101 * 100 edges).
-        ({"upstreams": [{"qualified_name": f"u{i}"} for i in range(101)],
-          "downstreams": [{"qualified_name": f"d{i}"} for i in range(100)]}, {"downstreams"}),
+        (
+            {
+                "upstreams": [{"qualified_name": f"u{i}"} for i in range(101)],
+                "downstreams": [{"qualified_name": f"d{i}"} for i in range(100)],
+            },
+            {"downstreams"},
+        ),
     ]
     for body, fields in cases:
         r = await client.post("/metadata/lineage", json=body, headers=h)
@@ -317,8 +385,11 @@ async def test_malformed_requests(client, tenant, app):
     for params, field in [({"direction": "sideways"}, "direction"), ({"columns": "maybe"}, "columns")]:
         r = await client.get(f"/metadata/lineage/{uuid.uuid4()}", params=params, headers=tenant.headers("viewer"))
         assert fields_of(assert_problem(r, 422, "validation")) == {field}
-    for method, path in [("GET", "/metadata/lineage/not-a-uuid"), ("GET", "/metadata/lineage/42/impact"),
-                         ("DELETE", "/metadata/lineage/not-a-uuid")]:
+    for method, path in [
+        ("GET", "/metadata/lineage/not-a-uuid"),
+        ("GET", "/metadata/lineage/42/impact"),
+        ("DELETE", "/metadata/lineage/not-a-uuid"),
+    ]:
         r = await client.request(method, path, headers=h)
         assert fields_of(assert_problem(r, 422, "validation")) == {"asset_id"}
     assert await fingerprint(db, tenant.tenant_id) == before

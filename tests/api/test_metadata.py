@@ -16,9 +16,18 @@ def key_id(tenant: Any, role: str) -> str:
 
 
 async def test_create_returns_201_with_the_full_asset(client, tenant):
-    r = await client.post("/metadata", headers=tenant.headers("editor"), json={
-        "qualified_name": QN, "type": "Table", "description": "all orders", "owners": ["ann", "ann", "bo"],
-        "tags": ["pii"], "attributes": {"rows": 10, "nested": {"a": [1, 2]}}})
+    r = await client.post(
+        "/metadata",
+        headers=tenant.headers("editor"),
+        json={
+            "qualified_name": QN,
+            "type": "Table",
+            "description": "all orders",
+            "owners": ["ann", "ann", "bo"],
+            "tags": ["pii"],
+            "attributes": {"rows": 10, "nested": {"a": [1, 2]}},
+        },
+    )
     assert r.status_code == 201, r.text
     a = r.json()
     assert a["qualified_name"] == QN and a["type"] == "table" and a["name"] == "orders"
@@ -72,8 +81,9 @@ async def test_history_pages_newest_first(client, tenant):
     h = tenant.headers("editor")
     asset = await create(client, h, QN, attributes={"n": 0})
     for n in range(1, 25):
-        r = await client.post("/metadata", json={"qualified_name": QN, "type": "table", "attributes": {"n": n}},
-                              headers=h)
+        r = await client.post(
+            "/metadata", json={"qualified_name": QN, "type": "table", "attributes": {"n": n}}, headers=h
+        )
         assert r.status_code == 200 and r.json()["version"] == n + 1
     seen: list[int] = []
     cursor = None
@@ -120,8 +130,9 @@ async def test_put_replaces_mutable_fields_with_if_match(client, app, tenant):
 
     # A second editor still holding the first ETag is refused, and nothing changes.
     before = await fingerprint(app.state.runtime.db, tenant.tenant_id)
-    r = await client.put(url, json={"type": "table", "description": "clobber"},
-                         headers={**tenant.headers("admin"), "If-Match": etag})
+    r = await client.put(
+        url, json={"type": "table", "description": "clobber"}, headers={**tenant.headers("admin"), "If-Match": etag}
+    )
     problem = assert_problem(r, 412, "precondition-failed")
     assert problem["current_version"] == 2
     for bad in (f'"{asset["asset_id"]}:99"', '"00000000-0000-0000-0000-000000000000:2"', "garbage", '""'):
@@ -153,11 +164,15 @@ async def test_delete_is_soft(client, app, tenant):
     assert r.status_code == 200
     body = r.json()
     assert body["deleted_at"] is not None and body["version"] == 2 and body["tags"] == ["t"]
-    assert [(v["version"], v["action"]) for v in body["history"]["items"]] == [(2, "asset.deleted"),
-                                                                               (1, "asset.created")]
+    assert [(v["version"], v["action"]) for v in body["history"]["items"]] == [
+        (2, "asset.deleted"),
+        (1, "asset.created"),
+    ]
     audit = (await client.get(f"/metadata/audit/{asset['asset_id']}", headers=h)).json()["items"]
     assert [(a["action"], a["version_before"], a["version_after"]) for a in audit] == [
-        ("asset.created", None, 1), ("asset.deleted", 1, 2)]
+        ("asset.created", None, 1),
+        ("asset.deleted", 1, 2),
+    ]
     assert audit[1]["request_id"] == "req-delete-1"
 
     # A deleted asset is gone for every other call, and leaves search.
@@ -203,8 +218,12 @@ async def test_audit_trail_records_every_change(client, tenant):
             break
     assert pages == 3
     assert [(e["action"], e["version_before"], e["version_after"]) for e in entries] == [
-        ("asset.created", None, 1), ("asset.updated", 1, 2), ("asset.replaced", 2, 3), ("asset.deleted", 3, 4),
-        ("asset.restored", 4, 5)]
+        ("asset.created", None, 1),
+        ("asset.updated", 1, 2),
+        ("asset.replaced", 2, 3),
+        ("asset.deleted", 3, 4),
+        ("asset.restored", 4, 5),
+    ]
     ed, ad = f"key:{key_id(tenant, 'editor')}", f"key:{key_id(tenant, 'admin')}"
     assert [e["actor"] for e in entries] == [ed, ad, ed, ad, ed]
     assert [e["request_id"] for e in entries[:4]] == ["r-1", "r-2", "r-3", "r-4"]
@@ -218,14 +237,18 @@ async def test_audit_trail_records_every_change(client, tenant):
 async def test_list_shapes_and_bad_cursors(client, tenant):
     h = tenant.headers("viewer")
     asset = await create(client, tenant.headers("editor"), QN)
-    for path, params in [("/metadata/search", {"cursor": "!!!"}), ("/metadata/search", {"cursor": "e30"}),
-                         (f"/metadata/audit/{asset['asset_id']}", {"cursor": "bm9wZQ"}),
-                         (f"/metadata/audit/{asset['asset_id']}", {"cursor": "InN0cmluZyI"}),
-                         (f"/metadata/{asset['asset_id']}", {"history_cursor": "%%%"}),
-                         (f"/metadata/{asset['asset_id']}", {"history_cursor": "InN0cmluZyI"}),
-                         ("/metadata/search", {"limit": 0}), ("/metadata/search", {"limit": "many"}),
-                         (f"/metadata/{asset['asset_id']}", {"history_limit": 1000}),
-                         (f"/metadata/{asset['asset_id']}", {"include_deleted": "perhaps"})]:
+    for path, params in [
+        ("/metadata/search", {"cursor": "!!!"}),
+        ("/metadata/search", {"cursor": "e30"}),
+        (f"/metadata/audit/{asset['asset_id']}", {"cursor": "bm9wZQ"}),
+        (f"/metadata/audit/{asset['asset_id']}", {"cursor": "InN0cmluZyI"}),
+        (f"/metadata/{asset['asset_id']}", {"history_cursor": "%%%"}),
+        (f"/metadata/{asset['asset_id']}", {"history_cursor": "InN0cmluZyI"}),
+        ("/metadata/search", {"limit": 0}),
+        ("/metadata/search", {"limit": "many"}),
+        (f"/metadata/{asset['asset_id']}", {"history_limit": 1000}),
+        (f"/metadata/{asset['asset_id']}", {"include_deleted": "perhaps"}),
+    ]:
         r = await client.get(path, params=params, headers=h)
         problem = assert_problem(r, 422, "validation")
         assert problem["errors"] and all(e["field"] in params for e in problem["errors"]), (path, params, problem)

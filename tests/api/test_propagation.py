@@ -18,15 +18,19 @@ async def wait_idle(client, tenant, rounds: int = 200) -> None:
 
 
 async def _put(client, tenant, qn, **fields):
-    r = await client.post("/metadata", json={"qualified_name": qn, "type": "table", **fields},
-                          headers=tenant.headers("editor"))
+    r = await client.post(
+        "/metadata", json={"qualified_name": qn, "type": "table", **fields}, headers=tenant.headers("editor")
+    )
     assert r.status_code in (200, 201), r.text
     return r.json()
 
 
 async def _link(client, tenant, up, down):
-    r = await client.post("/metadata/lineage", headers=tenant.headers("editor"), json={
-        "upstreams": [{"qualified_name": up}], "downstreams": [{"qualified_name": down}]})
+    r = await client.post(
+        "/metadata/lineage",
+        headers=tenant.headers("editor"),
+        json={"upstreams": [{"qualified_name": up}], "downstreams": [{"qualified_name": down}]},
+    )
     assert r.status_code == 201, r.text
 
 
@@ -41,9 +45,19 @@ async def _graph(client, tenant, app):
     c = await _put(client, tenant, "c")
     d = await _put(client, tenant, "d")
     # "e" is fed by an OpenLineage producer: it has a source of its own.
-    await app.state.runtime.writer.append_many(tenant.tenant_id, [NewEvent(
-        tenant.tenant_id, "e", ASSET_UPSERT, {"qualified_name": "e", "type": "table"}, "key:ol",
-        source="openlineage")])
+    await app.state.runtime.writer.append_many(
+        tenant.tenant_id,
+        [
+            NewEvent(
+                tenant.tenant_id,
+                "e",
+                ASSET_UPSERT,
+                {"qualified_name": "e", "type": "table"},
+                "key:ol",
+                source="openlineage",
+            )
+        ],
+    )
     for up, down in [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d"), ("d", "a"), ("a", "e")]:
         await _link(client, tenant, up, down)  # a diamond (a→b,c→d) closed into a cycle (d→a)
     await wait_idle(client, tenant)
@@ -56,8 +70,9 @@ async def test_schema_change_reaches_each_passive_downstream_once(client, tenant
     await wait_idle(client, tenant)
 
     for asset in (b, c, d):
-        propagated = [v for v in await _history(client, tenant, asset["asset_id"])
-                      if v["action"] == "asset.upstream_changed"]
+        propagated = [
+            v for v in await _history(client, tenant, asset["asset_id"]) if v["action"] == "asset.upstream_changed"
+        ]
         assert len(propagated) == 1, asset["qualified_name"]
         origin = propagated[0]["origin"]
         assert origin["qualified_name"] == "a"
@@ -89,8 +104,9 @@ async def test_deletion_and_deprecation_propagate(client, tenant, app):
 
 async def test_propagation_can_be_turned_off_per_tenant(client, tenant, app):
     _, b, _, _ = await _graph(client, tenant, app)
-    r = await client.put(f"/tenants/{tenant.tenant_id}/config", json={"propagation": {"enabled": False}},
-                         headers=tenant.headers("admin"))
+    r = await client.put(
+        f"/tenants/{tenant.tenant_id}/config", json={"propagation": {"enabled": False}}, headers=tenant.headers("admin")
+    )
     assert r.status_code == 200, r.text
     assert r.json()["config"]["propagation"] == {"enabled": False, "max_depth": 10}
     await _put(client, tenant, "a", attributes={"columns": [{"name": "changed"}]})

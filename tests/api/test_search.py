@@ -19,8 +19,11 @@ async def seed(client: Any, headers: dict[str, str]) -> dict[str, dict[str, Any]
     ]
     out = {}
     for qn, type_, description, tags in specs:
-        r = await client.post("/metadata", json={"qualified_name": qn, "type": type_, "description": description,
-                                                  "tags": tags}, headers=headers)
+        r = await client.post(
+            "/metadata",
+            json={"qualified_name": qn, "type": type_, "description": description, "tags": tags},
+            headers=headers,
+        )
         assert r.status_code == 201, r.text
         out[qn] = r.json()
     return out
@@ -54,20 +57,31 @@ async def test_filters(client, tenant):
     assert await names(client, h, qualified_name="pg://wh/sales.order") == []
     # Types: any of several, case-insensitive.
     assert set(await names(client, h, type="view")) == {"pg://wh/sales.v_revenue"}
-    assert set(await names(client, h, type=["VIEW", "dashboard"])) == {"pg://wh/sales.v_revenue",
-                                                                      "looker://dash/revenue"}
+    assert set(await names(client, h, type=["VIEW", "dashboard"])) == {
+        "pg://wh/sales.v_revenue",
+        "looker://dash/revenue",
+    }
     # Tags: repeat to require all.
-    assert set(await names(client, h, tag="pii")) == {"pg://wh/sales.orders", "pg://wh/sales.customers",
-                                                      "kafka://prod/orders-events"}
+    assert set(await names(client, h, tag="pii")) == {
+        "pg://wh/sales.orders",
+        "pg://wh/sales.customers",
+        "kafka://prod/orders-events",
+    }
     assert set(await names(client, h, tag=["pii", "gold"])) == {"pg://wh/sales.orders"}
     assert await names(client, h, tag="nope") == []
     # Filters combine.
     assert await names(client, h, q="orders", type="table", tag="pii") == ["pg://wh/sales.orders"]
     # Bad parameters are 422s naming the parameter.
-    for params, field in [({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"q": "x" * 513}, "q"),
-                          ({"cursor": "garbage!"}, "cursor"), ({"q": "a\x00"}, "q"),
-                          ({"qualified_name": "\x00"}, "qualified_name"), ({"type": ["table", "\x00"]}, "type[1]"),
-                          ({"tag": "\x00"}, "tag[0]")]:
+    for params, field in [
+        ({"limit": 0}, "limit"),
+        ({"limit": 501}, "limit"),
+        ({"q": "x" * 513}, "q"),
+        ({"cursor": "garbage!"}, "cursor"),
+        ({"q": "a\x00"}, "q"),
+        ({"qualified_name": "\x00"}, "qualified_name"),
+        ({"type": ["table", "\x00"]}, "type[1]"),
+        ({"tag": "\x00"}, "tag[0]"),
+    ]:
         problem = assert_problem(await client.get("/metadata/search", params=params, headers=h), 422, "validation")
         assert [e["field"] for e in problem["errors"]] == [field]
 
@@ -79,8 +93,13 @@ async def test_search_never_shows_deleted_or_other_tenants_assets(client, tenant
     r = await client.delete(f"/metadata/{assets['pg://wh/sales.orders']['asset_id']}", headers=tenant.headers("editor"))
     assert r.status_code == 200
     h = tenant.headers("viewer")
-    for params in [{}, {"q": "orders"}, {"qualified_name": "pg://wh/sales.customers"}, {"tag": "pii"},
-                   {"type": "table"}]:
+    for params in [
+        {},
+        {"q": "orders"},
+        {"qualified_name": "pg://wh/sales.customers"},
+        {"tag": "pii"},
+        {"type": "table"},
+    ]:
         r = await client.get("/metadata/search", params=params, headers=h)
         items = r.json()["items"]
         assert items and all(a["asset_id"] in own_ids for a in items), params
@@ -111,9 +130,16 @@ async def test_cursor_pagination_has_no_duplicates_or_gaps(client, tenant):
     for i in range(23):
         # Descriptions vary so ranks differ for some and tie for others.
         description = "sales " * (1 + i % 4) + f"number {i}"
-        r = await client.post("/metadata", json={"qualified_name": f"pg://wh/s.t{i:02d}", "type": "table",
-                                                  "description": description, "tags": ["even" if i % 2 else "odd"]},
-                              headers=h)
+        r = await client.post(
+            "/metadata",
+            json={
+                "qualified_name": f"pg://wh/s.t{i:02d}",
+                "type": "table",
+                "description": description,
+                "tags": ["even" if i % 2 else "odd"],
+            },
+            headers=h,
+        )
         assert r.status_code == 201
         expected.add(r.json()["asset_id"])
     await client.post("/metadata", json={"qualified_name": "pg://wh/s.other", "type": "view"}, headers=h)

@@ -28,10 +28,15 @@ async def test_health_metrics_and_openapi(client, tenant):
     assert r.status_code == 200
     paths = r.json()["paths"]
     for path, methods in {
-        "/lily/v1/auth/login": {"post"}, "/lily/v1/auth/validate": {"get"}, "/lily/v1/auth/logout": {"post"},
-        "/lily/v1/system/health": {"get"}, "/lily/v1/tenants/{tenant_id}/config": {"get"},
-        "/lily/v1/tenants/{tenant_id}/sources": {"get"}, "/lily/v1/metadata": {"post"},
-        "/lily/v1/metadata/{asset_id}": {"get", "put", "delete"}, "/lily/v1/metadata/search": {"get"},
+        "/lily/v1/auth/login": {"post"},
+        "/lily/v1/auth/validate": {"get"},
+        "/lily/v1/auth/logout": {"post"},
+        "/lily/v1/system/health": {"get"},
+        "/lily/v1/tenants/{tenant_id}/config": {"get"},
+        "/lily/v1/tenants/{tenant_id}/sources": {"get"},
+        "/lily/v1/metadata": {"post"},
+        "/lily/v1/metadata/{asset_id}": {"get", "put", "delete"},
+        "/lily/v1/metadata/search": {"get"},
         "/lily/v1/metadata/audit/{asset_id}": {"get"},
     }.items():
         assert methods <= set(paths[path]), path

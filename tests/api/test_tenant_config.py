@@ -8,8 +8,11 @@ from tests.api.helpers import assert_problem
 async def test_admin_replaces_config_and_it_is_audited(client, tenant):
     r = await client.get(f"/tenants/{tenant.tenant_id}/config", headers=tenant.headers("viewer"))
     assert r.json()["config"]["propagation"] == {"enabled": True, "max_depth": 10}
-    r = await client.put(f"/tenants/{tenant.tenant_id}/config",
-                         json={"propagation": {"enabled": True, "max_depth": 3}}, headers=tenant.headers("admin"))
+    r = await client.put(
+        f"/tenants/{tenant.tenant_id}/config",
+        json={"propagation": {"enabled": True, "max_depth": 3}},
+        headers=tenant.headers("admin"),
+    )
     assert r.status_code == 200, r.text
     r = await client.get(f"/tenants/{tenant.tenant_id}/config", headers=tenant.headers("viewer"))
     assert r.json()["config"]["propagation"] == {"enabled": True, "max_depth": 3}
@@ -32,6 +35,7 @@ async def test_config_refuses_bad_input_and_non_admins(client, tenant, other_ten
     nowhere = await client.put("/tenants/no-such-tenant/config", json={}, headers=other_tenant.headers("admin"))
     assert_problem(theirs, 404)
     assert theirs.json()["detail"].replace(tenant.tenant_id, "X") == nowhere.json()["detail"].replace(
-        "no-such-tenant", "X")
+        "no-such-tenant", "X"
+    )
     r = await client.get(url, headers=tenant.headers("viewer"))
     assert r.json()["config"]["propagation"] == {"enabled": True, "max_depth": 10}

@@ -20,12 +20,21 @@ def test_issue_and_verify_round_trip() -> None:
     assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
 
 
-@pytest.mark.parametrize("change", [
-    {"secret": "t" * 40}, {"issuer": "someone"}, {"audience": "another-api"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"secret": "t" * 40},
+        {"issuer": "someone"},
+        {"audience": "another-api"},
+    ],
+)
 def test_verify_refuses_tokens_of_another_configuration(change: dict[str, str]) -> None:
-    other = tokens.TokenConfig(change.get("secret", CONFIG.secret), change.get("issuer", CONFIG.issuer),
-                               change.get("audience", CONFIG.audience), 600)
+    other = tokens.TokenConfig(
+        change.get("secret", CONFIG.secret),
+        change.get("issuer", CONFIG.issuer),
+        change.get("audience", CONFIG.audience),
+        600,
+    )
     token, _ = tokens.issue(other, subject="user:a", tenant_id="acme", roles=["admin"])
     with pytest.raises(Unauthorized, match="invalid token"):
         tokens.verify(CONFIG, token)
@@ -41,13 +50,22 @@ def test_verify_pins_the_algorithm() -> None:
 
 
 def test_expired_and_incomplete_tokens() -> None:
-    token, _ = tokens.issue(tokens.TokenConfig(CONFIG.secret, "lily", "lily-api", -1), subject="user:a",
-                            tenant_id="acme", roles=["admin"])
+    token, _ = tokens.issue(
+        tokens.TokenConfig(CONFIG.secret, "lily", "lily-api", -1), subject="user:a", tenant_id="acme", roles=["admin"]
+    )
     with pytest.raises(Unauthorized, match="expired"):
         tokens.verify(CONFIG, token)
     now = int(time.time())
-    full = {"sub": "user:a", "tenant_id": "acme", "roles": ["admin"], "iat": now, "exp": now + 60, "iss": "lily",
-            "aud": "lily-api", "jti": "j"}
+    full = {
+        "sub": "user:a",
+        "tenant_id": "acme",
+        "roles": ["admin"],
+        "iat": now,
+        "exp": now + 60,
+        "iss": "lily",
+        "aud": "lily-api",
+        "jti": "j",
+    }
     for missing in full:
         partial = {k: v for k, v in full.items() if k != missing}
         with pytest.raises(Unauthorized):

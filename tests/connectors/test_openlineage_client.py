@@ -77,8 +77,10 @@ async def _new_tenant(database_url: str, tenant_id: str) -> dict[str, str]:
     await db.open()
     try:
         await admin.create_tenant(db, tenant_id)
-        return {role: await admin.create_api_key(db, tenant_id, f"{role}-key", role)
-                for role in ("admin", "editor", "viewer")}
+        return {
+            role: await admin.create_api_key(db, tenant_id, f"{role}-key", role)
+            for role in ("admin", "editor", "viewer")
+        }
     finally:
         await db.close()
 
@@ -94,10 +96,17 @@ class Tenant:
 
     def client(self, role: str = "editor") -> OpenLineageClient:
         """The producer's side, configured as a user would: Lily's URL, Marquez's path, key, gzip."""
-        return OpenLineageClient(transport=HttpTransport(HttpConfig(
-            url=self.base, endpoint="api/v1/lineage", auth=ApiKeyTokenProvider({"apiKey": self.keys[role]}),
-            compression=HttpCompression.GZIP, timeout=10,
-        )))
+        return OpenLineageClient(
+            transport=HttpTransport(
+                HttpConfig(
+                    url=self.base,
+                    endpoint="api/v1/lineage",
+                    auth=ApiKeyTokenProvider({"apiKey": self.keys[role]}),
+                    compression=HttpCompression.GZIP,
+                    timeout=10,
+                )
+            )
+        )
 
 
 @dataclass
@@ -124,15 +133,16 @@ class Live:
                 break
             assert time.monotonic() < deadline, f"pipeline still behind: {pipeline}"
             time.sleep(0.02)  # a poll interval, not a wait for a guess
-        failed = self.sql("SELECT kind, subject, status, error FROM events WHERE tenant_id = %s"
-                          " AND status <> 'applied'", tenant.tenant_id)
+        failed = self.sql(
+            "SELECT kind, subject, status, error FROM events WHERE tenant_id = %s AND status <> 'applied'",
+            tenant.tenant_id,
+        )
         assert not failed, failed
 
     def counts(self, tenant: Tenant) -> dict[str, int]:
         """What a write can add for a tenant: versions, edges, column mappings, audit entries."""
         tables = ("assets", "asset_versions", "lineage_edges", "column_lineage", "audit_log")
-        return {t: self.sql(f"SELECT count(*) FROM {t} WHERE tenant_id = %s", tenant.tenant_id)[0][0]
-                for t in tables}
+        return {t: self.sql(f"SELECT count(*) FROM {t} WHERE tenant_id = %s", tenant.tenant_id)[0][0] for t in tables}
 
 
 def _with_dbname(url: str, dbname: str) -> str:
@@ -149,8 +159,15 @@ def live(pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPathF
     database_url = _with_dbname(pg_admin_url, name)
     home: Path = tmp_path_factory.mktemp("lily-ol")
     settings = Settings(
-        database_url=database_url, home=home, jwt_secret="test-secret-" + "x" * 32, partitions=8,
-        retry_base_seconds=0.01, retry_max_seconds=0.05, max_attempts=3, pool_min_size=1, pool_max_size=8,
+        database_url=database_url,
+        home=home,
+        jwt_secret="test-secret-" + "x" * 32,
+        partitions=8,
+        retry_base_seconds=0.01,
+        retry_max_seconds=0.05,
+        max_attempts=3,
+        pool_min_size=1,
+        pool_max_size=8,
     )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -178,54 +195,83 @@ def live(pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPathF
 
 
 def orders_input() -> InputDataset:
-    return InputDataset(NS, "public.orders", facets={
-        "schema": schema_dataset.SchemaDatasetFacet(fields=[
-            schema_dataset.SchemaDatasetFacetFields(name="id", type="BIGINT", description="order id"),
-            schema_dataset.SchemaDatasetFacetFields(name="amount", type="NUMERIC"),
-            schema_dataset.SchemaDatasetFacetFields(name="day", type="DATE"),
-        ]),
-    })
+    return InputDataset(
+        NS,
+        "public.orders",
+        facets={
+            "schema": schema_dataset.SchemaDatasetFacet(
+                fields=[
+                    schema_dataset.SchemaDatasetFacetFields(name="id", type="BIGINT", description="order id"),
+                    schema_dataset.SchemaDatasetFacetFields(name="amount", type="NUMERIC"),
+                    schema_dataset.SchemaDatasetFacetFields(name="day", type="DATE"),
+                ]
+            ),
+        },
+    )
 
 
 def totals_output() -> OutputDataset:
-    lineage = column_lineage_dataset.ColumnLineageDatasetFacet(fields={
-        "total": column_lineage_dataset.Fields(
-            inputFields=[column_lineage_dataset.InputField(NS, "public.orders", "amount")],
-            transformationDescription="sum(amount)", transformationType="AGGREGATION"),
-        "day": column_lineage_dataset.Fields(
-            inputFields=[column_lineage_dataset.InputField(NS, "public.orders", "day")],
-            transformationDescription=None, transformationType="IDENTITY"),
-    })
-    return OutputDataset(NS, "public.daily_totals", facets={
-        "schema": schema_dataset.SchemaDatasetFacet(fields=[
-            schema_dataset.SchemaDatasetFacetFields(name="day", type="DATE"),
-            schema_dataset.SchemaDatasetFacetFields(name="total", type="NUMERIC", description="sum of amounts"),
-        ]),
-        "columnLineage": lineage,
-        "documentation": documentation_dataset.DocumentationDatasetFacet(description="Revenue per day"),
-    })
+    lineage = column_lineage_dataset.ColumnLineageDatasetFacet(
+        fields={
+            "total": column_lineage_dataset.Fields(
+                inputFields=[column_lineage_dataset.InputField(NS, "public.orders", "amount")],
+                transformationDescription="sum(amount)",
+                transformationType="AGGREGATION",
+            ),
+            "day": column_lineage_dataset.Fields(
+                inputFields=[column_lineage_dataset.InputField(NS, "public.orders", "day")],
+                transformationDescription=None,
+                transformationType="IDENTITY",
+            ),
+        }
+    )
+    return OutputDataset(
+        NS,
+        "public.daily_totals",
+        facets={
+            "schema": schema_dataset.SchemaDatasetFacet(
+                fields=[
+                    schema_dataset.SchemaDatasetFacetFields(name="day", type="DATE"),
+                    schema_dataset.SchemaDatasetFacetFields(name="total", type="NUMERIC", description="sum of amounts"),
+                ]
+            ),
+            "columnLineage": lineage,
+            "documentation": documentation_dataset.DocumentationDatasetFacet(description="Revenue per day"),
+        },
+    )
 
 
 def job() -> Job:
-    return Job("etl", "daily_totals", facets={
-        "jobType": job_type_job.JobTypeJobFacet(processingType="BATCH", integration="SQL", jobType="QUERY"),
-    })
+    return Job(
+        "etl",
+        "daily_totals",
+        facets={
+            "jobType": job_type_job.JobTypeJobFacet(processingType="BATCH", integration="SQL", jobType="QUERY"),
+        },
+    )
 
 
 def run_event(state: RunState, when: datetime, run_id: str, **run_facets: Any) -> RunEvent:
-    return RunEvent(eventType=state, eventTime=when.isoformat(), run=Run(runId=run_id, facets=run_facets),
-                    job=job(), inputs=[orders_input()], outputs=[totals_output()])
+    return RunEvent(
+        eventType=state,
+        eventTime=when.isoformat(),
+        run=Run(runId=run_id, facets=run_facets),
+        job=job(),
+        inputs=[orders_input()],
+        outputs=[totals_output()],
+    )
 
 
 def lifecycle(run_id: str) -> list[RunEvent]:
-    return [run_event(RunState.START, T0, run_id),
-            run_event(RunState.RUNNING, T0 + timedelta(minutes=1), run_id),
-            run_event(RunState.COMPLETE, T0 + timedelta(minutes=2), run_id)]
+    return [
+        run_event(RunState.START, T0, run_id),
+        run_event(RunState.RUNNING, T0 + timedelta(minutes=1), run_id),
+        run_event(RunState.COMPLETE, T0 + timedelta(minutes=2), run_id),
+    ]
 
 
 def asset(live: Live, tenant: Tenant, qualified_name: str) -> dict[str, Any]:
-    r = live.http.get("/lily/v1/metadata/search", params={"qualified_name": qualified_name},
-                      headers=tenant.headers())
+    r = live.http.get("/lily/v1/metadata/search", params={"qualified_name": qualified_name}, headers=tenant.headers())
     assert r.status_code == 200, r.text
     items = r.json()["items"]
     assert len(items) == 1, f"{qualified_name}: {items}"
@@ -271,13 +317,17 @@ def test_run_lifecycle_through_the_client(live: Live) -> None:
     assert etl["attributes"]["last_run"]["run_id"] == run_id
 
     # inputs → job → outputs, with the column lineage of the output.
-    r = live.http.get(f"/lily/v1/metadata/lineage/{orders['asset_id']}",
-                      params={"direction": "downstream", "columns": "true"}, headers=tenant.headers())
+    r = live.http.get(
+        f"/lily/v1/metadata/lineage/{orders['asset_id']}",
+        params={"direction": "downstream", "columns": "true"},
+        headers=tenant.headers(),
+    )
     assert r.status_code == 200, r.text
     (edge,) = r.json()["edges"]
     assert edge["downstream_id"] == totals["asset_id"] and edge["process_qualified_name"] == "etl/daily_totals"
     assert sorted((c["downstream_column"], c["upstream_column"], c["transformation"]) for c in edge["columns"]) == [
-        ("day", "day", "IDENTITY"), ("total", "amount", "sum(amount)"),
+        ("day", "day", "IDENTITY"),
+        ("total", "amount", "sum(amount)"),
     ]
 
 
@@ -335,8 +385,12 @@ def test_events_out_of_order_leave_the_latest_state(live: Live) -> None:
         client.emit(event)
     # A second, later run that fails.
     client.emit(run_event(RunState.START, T0 + timedelta(hours=1), second))
-    fail = run_event(RunState.FAIL, T0 + timedelta(hours=1, minutes=5), second, errorMessage=(
-        error_message_run.ErrorMessageRunFacet(message="division by zero", programmingLanguage="SQL")))
+    fail = run_event(
+        RunState.FAIL,
+        T0 + timedelta(hours=1, minutes=5),
+        second,
+        errorMessage=(error_message_run.ErrorMessageRunFacet(message="division by zero", programmingLanguage="SQL")),
+    )
     fail.job = Job("etl", "daily_totals")  # end events often carry fewer job facets than START
     client.emit(fail)
     live.wait_applied(tenant)
@@ -357,8 +411,10 @@ def test_resending_changes_nothing(live: Live) -> None:
         client.emit(event)
     live.wait_applied(tenant)
     before = live.counts(tenant)
-    versions = {qn: asset(live, tenant, qn)["version"]
-                for qn in (f"{NS}/public.orders", f"{NS}/public.daily_totals", "etl/daily_totals")}
+    versions = {
+        qn: asset(live, tenant, qn)["version"]
+        for qn in (f"{NS}/public.orders", f"{NS}/public.daily_totals", "etl/daily_totals")
+    }
     assert before["lineage_edges"] == 1 and before["column_lineage"] == 2
 
     for event in [*events, events[1]]:  # the client retries on 5xx: the same event, again and again
@@ -374,15 +430,34 @@ def test_resending_changes_nothing(live: Live) -> None:
 def test_dataset_and_job_events(live: Live) -> None:
     tenant = live.tenant()
     client = tenant.client()
-    client.emit(DatasetEvent(eventTime=T0.isoformat(), dataset=StaticDataset("kafka://broker:9092", "clicks", facets={
-        "schema": schema_dataset.SchemaDatasetFacet(fields=[
-            schema_dataset.SchemaDatasetFacetFields(name="user", type="STRUCT", fields=[
-                schema_dataset.SchemaDatasetFacetFields(name="id", type="STRING")]),
-        ]),
-    })))
-    client.emit(JobEvent(eventTime=T0.isoformat(), job=Job("stream", "sessionize"),
-                         inputs=[InputDataset("kafka://broker:9092", "clicks")],
-                         outputs=[OutputDataset("s3://lake", "sessions/daily")]))
+    client.emit(
+        DatasetEvent(
+            eventTime=T0.isoformat(),
+            dataset=StaticDataset(
+                "kafka://broker:9092",
+                "clicks",
+                facets={
+                    "schema": schema_dataset.SchemaDatasetFacet(
+                        fields=[
+                            schema_dataset.SchemaDatasetFacetFields(
+                                name="user",
+                                type="STRUCT",
+                                fields=[schema_dataset.SchemaDatasetFacetFields(name="id", type="STRING")],
+                            ),
+                        ]
+                    ),
+                },
+            ),
+        )
+    )
+    client.emit(
+        JobEvent(
+            eventTime=T0.isoformat(),
+            job=Job("stream", "sessionize"),
+            inputs=[InputDataset("kafka://broker:9092", "clicks")],
+            outputs=[OutputDataset("s3://lake", "sessions/daily")],
+        )
+    )
     live.wait_applied(tenant)
 
     clicks = asset(live, tenant, "kafka://broker:9092/clicks")
@@ -394,7 +469,9 @@ def test_dataset_and_job_events(live: Live) -> None:
     r = marquez(live, tenant, "dataset:s3://lake:sessions/daily")
     assert r.status_code == 200, r.text
     assert {n["id"] for n in r.json()["graph"]} == {
-        "dataset:kafka://broker:9092:clicks", "job:stream:sessionize", "dataset:s3://lake:sessions/daily",
+        "dataset:kafka://broker:9092:clicks",
+        "job:stream:sessionize",
+        "dataset:s3://lake:sessions/daily",
     }
 
 
@@ -403,8 +480,12 @@ def test_big_compressed_event_is_taken_and_its_facets_bounded(live: Live) -> Non
     # 2 MB of facet: over the 1 MiB wire limit uncompressed, far under it gzipped (as the client sends).
     blob = DatasetFacet().with_additional_properties(blob="lily " * (400 * 1024))
     small = DatasetFacet().with_additional_properties(note="kept as sent")
-    tenant.client().emit(DatasetEvent(eventTime=T0.isoformat(), dataset=StaticDataset(
-        "s3://lake", "raw/big", facets={"big": blob, "small": small})))
+    tenant.client().emit(
+        DatasetEvent(
+            eventTime=T0.isoformat(),
+            dataset=StaticDataset("s3://lake", "raw/big", facets={"big": blob, "small": small}),
+        )
+    )
     live.wait_applied(tenant)
     facets = asset(live, tenant, "s3://lake/raw/big")["attributes"]["openlineage"]["facets"]
     assert facets["big"]["_truncated"] is True and facets["big"]["_bytes"] > 2_000_000
@@ -431,9 +512,11 @@ def test_batch_is_all_or_nothing(live: Live) -> None:
     live.wait_applied(tenant)
     assert live.counts(tenant)["assets"] == 0
 
-    r = live.http.post("/api/v1/lineage/batch", content=gzip.compress(Serde.to_json(lifecycle(run_id)[0]).join(
-        ["[", "]"]).encode()), headers=tenant.headers("editor", **{"Content-Encoding": "gzip",
-                                                                     "Content-Type": "application/json"}))
+    r = live.http.post(
+        "/api/v1/lineage/batch",
+        content=gzip.compress(Serde.to_json(lifecycle(run_id)[0]).join(["[", "]"]).encode()),
+        headers=tenant.headers("editor", **{"Content-Encoding": "gzip", "Content-Type": "application/json"}),
+    )
     assert r.status_code == 201 and r.content == b"", r.text
     r = live.http.post("/api/v1/lineage/batch", json=good, headers=tenant.headers("editor"))
     assert r.status_code == 201 and r.content == b"", r.text
@@ -456,7 +539,8 @@ def _problem(r: httpx.Response, status: int) -> dict[str, Any]:
 def test_malformed_events_are_refused_whole(live: Live) -> None:
     tenant = live.tenant()
     post = lambda content, **headers: live.http.post(  # noqa: E731
-        "/api/v1/lineage", content=content, headers=tenant.headers("editor", **headers))
+        "/api/v1/lineage", content=content, headers=tenant.headers("editor", **headers)
+    )
     good = Serde.to_json(lifecycle(str(uuid.uuid4()))[0])
     import json
 
@@ -469,8 +553,7 @@ def test_malformed_events_are_refused_whole(live: Live) -> None:
         (lambda e: e.pop("eventType"), "eventType"),
         (lambda e: e["run"].pop("runId"), "run.runId"),
         (lambda e: e.pop("job"), "job"),
-        (lambda e: e.update(schemaURL="https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/Bogus"),
-         "schemaURL"),
+        (lambda e: e.update(schemaURL="https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/Bogus"), "schemaURL"),
         (lambda e: e.update(eventTime=12), "eventTime"),
         (lambda e: e.update(outputs={"not": "a list"}), "outputs"),
         # Valid alone, refused as a whole: the job may not also be one of its datasets.
@@ -515,9 +598,14 @@ def test_tenants_never_see_each_other(live: Live) -> None:
     for event in lifecycle(str(uuid.uuid4())):
         acme.client().emit(event)
     # globex has a same-named job of its own, with other datasets.
-    globex.client().emit(JobEvent(eventTime=T0.isoformat(), job=Job("etl", "daily_totals"),
-                                  inputs=[InputDataset(NS, "public.secret_globex")],
-                                  outputs=[OutputDataset(NS, "public.globex_out")]))
+    globex.client().emit(
+        JobEvent(
+            eventTime=T0.isoformat(),
+            job=Job("etl", "daily_totals"),
+            inputs=[InputDataset(NS, "public.secret_globex")],
+            outputs=[OutputDataset(NS, "public.globex_out")],
+        )
+    )
     live.wait_applied(acme)
     live.wait_applied(globex)
 
@@ -527,11 +615,17 @@ def test_tenants_never_see_each_other(live: Live) -> None:
     r = marquez(live, globex, "job:etl:daily_totals")
     assert r.status_code == 200
     assert {n["id"] for n in r.json()["graph"]} == {
-        "job:etl:daily_totals", f"dataset:{NS}:public.secret_globex", f"dataset:{NS}:public.globex_out"}
+        "job:etl:daily_totals",
+        f"dataset:{NS}:public.secret_globex",
+        f"dataset:{NS}:public.globex_out",
+    }
     assert "public.orders" not in r.text
     r = marquez(live, acme, "job:etl:daily_totals")
     assert {n["id"] for n in r.json()["graph"]} == {
-        "job:etl:daily_totals", f"dataset:{NS}:public.orders", f"dataset:{NS}:public.daily_totals"}
+        "job:etl:daily_totals",
+        f"dataset:{NS}:public.orders",
+        f"dataset:{NS}:public.daily_totals",
+    }
     assert "globex" not in r.text
     search = live.http.get("/lily/v1/metadata/search", params={"q": "orders"}, headers=globex.headers())
     assert search.status_code == 200 and search.json()["items"] == []

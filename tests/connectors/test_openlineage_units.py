@@ -21,9 +21,13 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 def run_event(state: str = "START", *, when: datetime = T0, run_id: str | None = None, **extra: Any) -> dict[str, Any]:
     return {
-        "eventType": state, "eventTime": when.isoformat(), "producer": "https://example.com/producer",
-        "schemaURL": SPEC + "RunEvent", "run": {"runId": run_id or str(uuid.uuid4())},
-        "job": {"namespace": "etl", "name": "daily"}, **extra,
+        "eventType": state,
+        "eventTime": when.isoformat(),
+        "producer": "https://example.com/producer",
+        "schemaURL": SPEC + "RunEvent",
+        "run": {"runId": run_id or str(uuid.uuid4())},
+        "job": {"namespace": "etl", "name": "daily"},
+        **extra,
     }
 
 
@@ -36,31 +40,44 @@ def fields_of(err: Invalid) -> set[str]:
 
 def test_kinds_from_schema_url_or_shape() -> None:
     assert isinstance(parse_event(run_event()), RunEvent)
-    ds = {"eventTime": T0.isoformat(), "producer": "p", "schemaURL": SPEC + "DatasetEvent",
-          "dataset": {"namespace": "pg", "name": "t"}}
+    ds = {
+        "eventTime": T0.isoformat(),
+        "producer": "p",
+        "schemaURL": SPEC + "DatasetEvent",
+        "dataset": {"namespace": "pg", "name": "t"},
+    }
     assert isinstance(parse_event(ds), DatasetEvent)
-    job = {"eventTime": T0.isoformat(), "producer": "p", "schemaURL": "https://openlineage.io/spec/2-0-0/x.json",
-           "job": {"namespace": "etl", "name": "j"}}
+    job = {
+        "eventTime": T0.isoformat(),
+        "producer": "p",
+        "schemaURL": "https://openlineage.io/spec/2-0-0/x.json",
+        "job": {"namespace": "etl", "name": "j"},
+    }
     assert isinstance(parse_event(job), JobEvent)
     # Older producers wrote "#/definitions/RunEvent".
     assert isinstance(parse_event({**run_event(), "schemaURL": "https://x.io/s.json#/definitions/RunEvent"}), RunEvent)
 
 
-@pytest.mark.parametrize(("mutate", "field"), [
-    (lambda e: e.pop("eventType"), "eventType"),
-    (lambda e: e["run"].pop("runId"), "run.runId"),
-    (lambda e: e["run"].update(runId="not-a-uuid"), "run.runId"),
-    (lambda e: e.pop("job"), "job"),
-    (lambda e: e["job"].pop("name"), "job.name"),
-    (lambda e: e.update(eventType="DONE"), "eventType"),
-    (lambda e: e.update(eventTime="yesterday"), "eventTime"),
-    (lambda e: e.update(schemaURL="not a url"), "schemaURL"),
-    (lambda e: e.update(schemaURL=SPEC + "Nonsense"), "schemaURL"),
-    (lambda e: e.update(inputs="orders"), "inputs"),
-    (lambda e: e.update(outputs=[{"namespace": "pg"}]), "outputs[0].name"),
-    (lambda e: e.update(outputs=[{"namespace": "pg", "name": "t", "facets": {"schema": {"fields": [{}]}}}]),
-     "outputs[0].facets.schema.fields[0].name"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda e: e.pop("eventType"), "eventType"),
+        (lambda e: e["run"].pop("runId"), "run.runId"),
+        (lambda e: e["run"].update(runId="not-a-uuid"), "run.runId"),
+        (lambda e: e.pop("job"), "job"),
+        (lambda e: e["job"].pop("name"), "job.name"),
+        (lambda e: e.update(eventType="DONE"), "eventType"),
+        (lambda e: e.update(eventTime="yesterday"), "eventTime"),
+        (lambda e: e.update(schemaURL="not a url"), "schemaURL"),
+        (lambda e: e.update(schemaURL=SPEC + "Nonsense"), "schemaURL"),
+        (lambda e: e.update(inputs="orders"), "inputs"),
+        (lambda e: e.update(outputs=[{"namespace": "pg"}]), "outputs[0].name"),
+        (
+            lambda e: e.update(outputs=[{"namespace": "pg", "name": "t", "facets": {"schema": {"fields": [{}]}}}]),
+            "outputs[0].facets.schema.fields[0].name",
+        ),
+    ],
+)
 def test_bad_events_name_the_field(mutate: Any, field: str) -> None:
     event = run_event()
     mutate(event)
@@ -87,26 +104,55 @@ def test_batch_names_every_bad_index() -> None:
 
 
 def test_run_event_translation() -> None:
-    event = parse_event(run_event(
-        inputs=[{"namespace": "pg", "name": "orders",
-                 "facets": {"schema": {"fields": [{"name": "amount", "type": "NUMERIC"},
-                                                  {"name": "addr", "type": "STRUCT",
-                                                   "fields": [{"name": "city", "type": "TEXT"}]}]}}},
+    event = parse_event(
+        run_event(
+            inputs=[
+                {
+                    "namespace": "pg",
+                    "name": "orders",
+                    "facets": {
+                        "schema": {
+                            "fields": [
+                                {"name": "amount", "type": "NUMERIC"},
+                                {"name": "addr", "type": "STRUCT", "fields": [{"name": "city", "type": "TEXT"}]},
+                            ]
+                        }
+                    },
+                },
                 # a dataset both read and written: it stays a downstream, without a self-loop
-                {"namespace": "pg", "name": "totals"}],
-        outputs=[{"namespace": "pg", "name": "totals",
-                  "facets": {"documentation": {"description": "Totals"},
-                             "columnLineage": {"fields": {"total": {
-                                 "inputFields": [{"namespace": "pg", "name": "orders", "field": "amount"},
-                                                 {"namespace": "pg", "name": "totals", "field": "total"},
-                                                 {"namespace": "pg", "name": "fx", "field": "rate"}],
-                                 "transformationDescription": "sum(amount * rate)"}}}},
-                  "outputFacets": {"outputStatistics": {"rowCount": 3}}}],
-    ))
+                {"namespace": "pg", "name": "totals"},
+            ],
+            outputs=[
+                {
+                    "namespace": "pg",
+                    "name": "totals",
+                    "facets": {
+                        "documentation": {"description": "Totals"},
+                        "columnLineage": {
+                            "fields": {
+                                "total": {
+                                    "inputFields": [
+                                        {"namespace": "pg", "name": "orders", "field": "amount"},
+                                        {"namespace": "pg", "name": "totals", "field": "total"},
+                                        {"namespace": "pg", "name": "fx", "field": "rate"},
+                                    ],
+                                    "transformationDescription": "sum(amount * rate)",
+                                }
+                            }
+                        },
+                    },
+                    "outputFacets": {"outputStatistics": {"rowCount": 3}},
+                }
+            ],
+        )
+    )
     out = translate.translate(event, "acme", "key:k", "req-1")
     assert [(e.kind, e.subject) for e in out] == [
-        (ASSET_UPSERT, "pg/orders"), (ASSET_UPSERT, "pg/totals"), (ASSET_UPSERT, "etl/daily"),
-        (runs.OPENLINEAGE_RUN, "etl/daily"), (LINEAGE_UPSERT, "etl/daily"),
+        (ASSET_UPSERT, "pg/orders"),
+        (ASSET_UPSERT, "pg/totals"),
+        (ASSET_UPSERT, "etl/daily"),
+        (runs.OPENLINEAGE_RUN, "etl/daily"),
+        (LINEAGE_UPSERT, "etl/daily"),
     ]
     assert all(e.source == "openlineage" and e.request_id == "req-1" for e in out)
     orders, totals, job, run, lineage = (e.payload for e in out)
@@ -120,12 +166,15 @@ def test_run_event_translation() -> None:
     assert lineage["process"] == "etl/daily"
     assert lineage["downstreams"] == ["pg/totals"]
     assert lineage["upstreams"] == ["pg/orders", "pg/fx"]  # fx only appears in column lineage
-    assert lineage["column_mappings"] == [{
-        "downstream": "pg/totals", "column": "total", "transformation": "sum(amount * rate)",
-        "upstreams": [{"asset": "pg/orders", "column": "amount"}, {"asset": "pg/fx", "column": "rate"}],
-    }]
-    assert lineage["types"] == {"pg/orders": "dataset", "pg/fx": "dataset", "pg/totals": "dataset",
-                                "etl/daily": "job"}
+    assert lineage["column_mappings"] == [
+        {
+            "downstream": "pg/totals",
+            "column": "total",
+            "transformation": "sum(amount * rate)",
+            "upstreams": [{"asset": "pg/orders", "column": "amount"}, {"asset": "pg/fx", "column": "rate"}],
+        }
+    ]
+    assert lineage["types"] == {"pg/orders": "dataset", "pg/fx": "dataset", "pg/totals": "dataset", "etl/daily": "job"}
     # The same event again gives the same Lily events (event ids aside): what makes re-sends no-ops.
     again = translate.translate(event, "acme", "key:k", "req-1")
     assert [e.payload for e in again] == [e.payload for e in out]
@@ -133,8 +182,9 @@ def test_run_event_translation() -> None:
 
 def test_no_edges_without_both_sides_and_facets_bounded() -> None:
     big = {"blob": "x" * (facets.MAX_FACET_BYTES + 1)}
-    event = parse_event(run_event(outputs=[{"namespace": "pg", "name": "t",
-                                            "facets": {"custom": big, "gone": {"_deleted": True}}}]))
+    event = parse_event(
+        run_event(outputs=[{"namespace": "pg", "name": "t", "facets": {"custom": big, "gone": {"_deleted": True}}}])
+    )
     out = translate.translate(event, "acme", "key:k")
     assert LINEAGE_UPSERT not in {e.kind for e in out}
     kept = out[0].payload["attributes"]["openlineage"]["facets"]
@@ -151,8 +201,9 @@ def test_job_named_like_a_dataset_is_refused() -> None:
 
 
 def change(state: str, when: datetime, run_id: uuid.UUID, error: str | None = None) -> runs.RunChange:
-    return runs.RunChange(run_id=run_id, state=state, event_time=when, job_namespace="etl", job_name="daily",
-                          error=error)
+    return runs.RunChange(
+        run_id=run_id, state=state, event_time=when, job_namespace="etl", job_name="daily", error=error
+    )
 
 
 def test_latest_event_time_wins_whatever_the_arrival_order() -> None:
@@ -167,8 +218,9 @@ def test_latest_event_time_wins_whatever_the_arrival_order() -> None:
     assert run["ended_at"] == runs.timestamp(T0 + timedelta(minutes=2))
     assert attrs["last_run"]["state"] == "COMPLETE"
     # A re-send changes nothing.
-    assert runs.apply_change(attrs, change("RUNNING", T0 + timedelta(minutes=1), rid)) == \
-        {k: attrs[k] for k in ("runs", "last_run")}
+    assert runs.apply_change(attrs, change("RUNNING", T0 + timedelta(minutes=1), rid)) == {
+        k: attrs[k] for k in ("runs", "last_run")
+    }
 
 
 def test_equal_times_prefer_the_later_life_cycle_step_and_keep_errors() -> None:
@@ -188,7 +240,8 @@ def test_job_facets_of_runs_merge_facet_by_facet() -> None:
     assert attrs["openlineage"] == {"namespace": "etl", "name": "daily", "facets": {"sql": sql, "jobType": job_type}}
     # COMPLETE carries fewer facets: none is lost. A ``_deleted`` facet is removed.
     done = change("COMPLETE", T0 + timedelta(minutes=1), rid).model_copy(
-        update={"job_facets": {"jobType": job_type, "sql": {"_deleted": True}}})
+        update={"job_facets": {"jobType": job_type, "sql": {"_deleted": True}}}
+    )
     attrs = {**attrs, **runs.apply_change(attrs, done)}
     assert attrs["openlineage"]["facets"] == {"jobType": job_type}
     # Without job facets the attribute is left alone.
@@ -196,8 +249,9 @@ def test_job_facets_of_runs_merge_facet_by_facet() -> None:
 
 
 def test_run_event_job_facets_travel_with_the_run_change() -> None:
-    event = parse_event({**run_event(), "job": {"namespace": "etl", "name": "daily",
-                                                "facets": {"sql": {"query": "select 1"}}}})
+    event = parse_event(
+        {**run_event(), "job": {"namespace": "etl", "name": "daily", "facets": {"sql": {"query": "select 1"}}}}
+    )
     job, run = (e.payload for e in translate.translate(event, "acme", "key:k"))
     assert "attributes" not in job
     assert run["job_facets"] == {"sql": {"query": "select 1"}}
@@ -233,5 +287,7 @@ def test_qualified_names_split_back_into_namespace_and_name() -> None:
     assert graph.split_qualified_name("s3://bucket/path/to/file") == ("s3://bucket", "path/to/file")
     assert graph.split_qualified_name("file//data/x.csv") == ("file", "/data/x.csv")
     assert graph.candidate_names("postgres://db:5432:public.orders") == [
-        "postgres///db:5432:public.orders", "postgres://db/5432:public.orders", "postgres://db:5432/public.orders",
+        "postgres///db:5432:public.orders",
+        "postgres://db/5432:public.orders",
+        "postgres://db:5432/public.orders",
     ]

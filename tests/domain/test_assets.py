@@ -11,26 +11,41 @@ from lily.domain import assets as rules
 
 
 def test_asset_in_normalises() -> None:
-    a = rules.AssetIn.model_validate({"qualified_name": "  pg://db/s.t  ", "type": " Table ", "tags": ["a", "a", "b"],
-                                      "owners": [" ann "]})
+    a = rules.AssetIn.model_validate(
+        {"qualified_name": "  pg://db/s.t  ", "type": " Table ", "tags": ["a", "a", "b"], "owners": [" ann "]}
+    )
     assert a.qualified_name == "pg://db/s.t" and a.type == "table"
     assert a.tags == ["a", "b"] and a.owners == ["ann"]
 
 
-@pytest.mark.parametrize("body", [
-    {"type": "table"}, {"qualified_name": "x"}, {"qualified_name": "x", "type": "1table"},
-    {"qualified_name": "x", "type": "ta ble"}, {"qualified_name": "x", "type": "t" * 65},
-    {"qualified_name": "x", "type": "table", "extra": 1}, {"qualified_name": "", "type": "table"},
-    {"qualified_name": "x", "type": "table", "tags": [""]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "table"},
+        {"qualified_name": "x"},
+        {"qualified_name": "x", "type": "1table"},
+        {"qualified_name": "x", "type": "ta ble"},
+        {"qualified_name": "x", "type": "t" * 65},
+        {"qualified_name": "x", "type": "table", "extra": 1},
+        {"qualified_name": "", "type": "table"},
+        {"qualified_name": "x", "type": "table", "tags": [""]},
+    ],
+)
 def test_asset_in_rejects(body: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         rules.AssetIn.model_validate(body)
 
 
 def test_merge_upsert_keeps_and_replace_resets() -> None:
-    current = {"qualified_name": "pg://db/s.t", "type": "table", "name": "t", "description": "d", "owners": ["ann"],
-               "tags": ["x"], "attributes": {"k": 1}}
+    current = {
+        "qualified_name": "pg://db/s.t",
+        "type": "table",
+        "name": "t",
+        "description": "d",
+        "owners": ["ann"],
+        "tags": ["x"],
+        "attributes": {"k": 1},
+    }
     upsert = rules.merge(current, {"qualified_name": "pg://db/s.t", "type": "table", "tags": ["y"]}, replace=False)
     assert upsert == {**{k: current[k] for k in rules.MUTABLE_FIELDS}, "tags": ["y"]}
     replaced = rules.merge(current, {"type": "view"}, replace=True)
@@ -40,8 +55,14 @@ def test_merge_upsert_keeps_and_replace_resets() -> None:
 
 
 def test_diff() -> None:
-    before: dict[str, object] = {"type": "table", "name": "t", "description": None, "owners": [], "tags": [],
-                                 "attributes": {}}
+    before: dict[str, object] = {
+        "type": "table",
+        "name": "t",
+        "description": None,
+        "owners": [],
+        "tags": [],
+        "attributes": {},
+    }
     assert rules.diff(before, dict(before)) == {}
     assert rules.diff(before, {**before, "tags": ["a"]}) == {"tags": {"from": [], "to": ["a"]}}
     assert set(rules.diff(None, before)) == set(rules.MUTABLE_FIELDS)

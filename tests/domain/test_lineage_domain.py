@@ -68,20 +68,26 @@ def test_process_cannot_be_an_endpoint() -> None:
 def test_too_many_edges_in_one_request() -> None:
     side = int(MAX_EDGES_PER_REQUEST**0.5) + 1
     with pytest.raises(ValidationError, match="edges in one request"):
-        LineageIn.model_validate({
-            "upstreams": [qn(f"u{i}") for i in range(side)],
-            "downstreams": [qn(f"d{i}") for i in range(side)],
-        })
+        LineageIn.model_validate(
+            {
+                "upstreams": [qn(f"u{i}") for i in range(side)],
+                "downstreams": [qn(f"d{i}") for i in range(side)],
+            }
+        )
 
 
 @pytest.mark.parametrize(
     ("mapping", "message"),
     [
         ({"column": "c", "upstreams": [{"asset": qn("a"), "column": "x"}]}, "asset is required"),
-        ({"column": "c", "asset": qn("a"), "upstreams": [{"asset": qn("a"), "column": "x"}]},
-         "not among the downstreams"),
-        ({"column": "c", "asset": qn("b"), "upstreams": [{"asset": qn("z"), "column": "x"}]},
-         "not among the upstreams"),
+        (
+            {"column": "c", "asset": qn("a"), "upstreams": [{"asset": qn("a"), "column": "x"}]},
+            "not among the downstreams",
+        ),
+        (
+            {"column": "c", "asset": qn("b"), "upstreams": [{"asset": qn("z"), "column": "x"}]},
+            "not among the upstreams",
+        ),
         ({"column": "c", "asset": qn("b"), "upstreams": []}, "at least 1"),
     ],
 )
@@ -97,13 +103,19 @@ def test_column_mappings_compare_ids_and_names_once_resolved() -> None:
     # The upstream by id, the mapping by name (and the downstream the other way round): the model cannot
     # tell whether they are the same asset, so it leaves that to plan(), which compares resolved ids.
     body = {
-        "upstreams": [{"asset_id": str(A)}], "downstreams": [qn("c")],
-        "column_mappings": [{"column": "t", "asset": {"asset_id": str(C)},
-                             "upstreams": [{"asset": qn("a"), "column": "x"}]}],
+        "upstreams": [{"asset_id": str(A)}],
+        "downstreams": [qn("c")],
+        "column_mappings": [
+            {"column": "t", "asset": {"asset_id": str(C)}, "upstreams": [{"asset": qn("a"), "column": "x"}]}
+        ],
     }
     request = LineageIn.model_validate(body)
-    assert {*request.refs()} == {AssetRef(asset_id=A), AssetRef(qualified_name="c"), AssetRef(asset_id=C),
-                                 AssetRef(qualified_name="a")}
+    assert {*request.refs()} == {
+        AssetRef(asset_id=A),
+        AssetRef(qualified_name="c"),
+        AssetRef(asset_id=C),
+        AssetRef(qualified_name="a"),
+    }
     assert plan(request, resolver({"a": A, "c": C})).columns == [ColumnSpec(A, C, None, "t", "x", None)]
     with pytest.raises(Invalid, match="not among the upstreams") as exc:
         plan(request, resolver({"a": B, "c": C}))
@@ -113,16 +125,20 @@ def test_column_mappings_compare_ids_and_names_once_resolved() -> None:
 
 
 def test_plan_crosses_upstreams_and_downstreams() -> None:
-    request = LineageIn.model_validate({
-        "upstreams": [qn("a"), {"asset_id": str(B)}, qn("a")],
-        "downstreams": [qn("c")],
-        "process": qn("job"),
-        "column_mappings": [{
-            "column": "total",
-            "upstreams": [{"asset": qn("a"), "column": "x"}, {"asset": {"asset_id": str(B)}, "column": "y"}],
-            "transformation": "x + y",
-        }],
-    })
+    request = LineageIn.model_validate(
+        {
+            "upstreams": [qn("a"), {"asset_id": str(B)}, qn("a")],
+            "downstreams": [qn("c")],
+            "process": qn("job"),
+            "column_mappings": [
+                {
+                    "column": "total",
+                    "upstreams": [{"asset": qn("a"), "column": "x"}, {"asset": {"asset_id": str(B)}, "column": "y"}],
+                    "transformation": "x + y",
+                }
+            ],
+        }
+    )
     result = plan(request, resolver({"a": A, "c": C, "job": JOB}))
     assert result.edges == [EdgeSpec(A, C, JOB), EdgeSpec(B, C, JOB)]
     assert result.columns == [
@@ -142,15 +158,24 @@ def test_plan_catches_a_self_loop_hidden_behind_a_name() -> None:
 def _graph(names: list[str], edges: list[tuple[int, int, str | None]], placeholder: int = -1) -> LineageGraph:
     ids = [uuid.UUID(int=i + 1) for i in range(len(names))]
     return LineageGraph(
-        root=ids[0], direction="downstream", depth=2, depth_reached=2, node_limit=10, truncated=False,
+        root=ids[0],
+        direction="downstream",
+        depth=2,
+        depth_reached=2,
+        node_limit=10,
+        truncated=False,
         nodes=[
-            LineageNode(asset_id=ids[i], qualified_name=n, type="table", name=n, placeholder=i == placeholder,
-                        depth=i)
+            LineageNode(asset_id=ids[i], qualified_name=n, type="table", name=n, placeholder=i == placeholder, depth=i)
             for i, n in enumerate(names)
         ],
         edges=[
-            LineageEdge(edge_id=uuid.uuid4(), upstream_id=ids[u], downstream_id=ids[d],
-                        process_id=JOB if p else None, process_qualified_name=p)
+            LineageEdge(
+                edge_id=uuid.uuid4(),
+                upstream_id=ids[u],
+                downstream_id=ids[d],
+                process_id=JOB if p else None,
+                process_qualified_name=p,
+            )
             for u, d, p in edges
         ],
     )

@@ -42,8 +42,11 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap(settings: Settings) -
 
 async def test_transient_failure_is_retried_then_applied(client: Any, tenant: Any, test_hooks: ModuleType) -> None:
     before = test_hooks.FaultHook.seen
-    r = await client.post("/metadata", json=asset("pg://db/s.flaky", **{"test.fail_attempts": 2}),
-                          headers=tenant.headers("editor", **ASYNC))
+    r = await client.post(
+        "/metadata",
+        json=asset("pg://db/s.flaky", **{"test.fail_attempts": 2}),
+        headers=tenant.headers("editor", **ASYNC),
+    )
     assert r.status_code == 202, r.text
     state = await settled(client, tenant.headers("viewer"), r.json()["event_id"])
     assert state["state"] == "applied", state
@@ -55,8 +58,9 @@ async def test_transient_failure_is_retried_then_applied(client: Any, tenant: An
 
 
 async def test_synchronous_write_waits_through_retries(client: Any, tenant: Any, test_hooks: ModuleType) -> None:
-    r = await client.post("/metadata", json=asset("pg://db/s.flaky_sync", **{"test.fail_attempts": 1}),
-                          headers=tenant.headers("editor"))
+    r = await client.post(
+        "/metadata", json=asset("pg://db/s.flaky_sync", **{"test.fail_attempts": 1}), headers=tenant.headers("editor")
+    )
     assert r.status_code == 201, r.text
     assert r.json()["version"] == 1
 

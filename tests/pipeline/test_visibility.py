@@ -31,8 +31,11 @@ async def test_lag_rises_while_a_partition_is_held_and_drops_to_zero(client, ten
     admin = tenant.headers("admin")
     async with hold_partition(database_url, partition):
         for n in range(3):
-            r = await client.post("/metadata", json={"qualified_name": name, "type": "table", "attributes": {"n": n}},
-                                  headers=tenant.headers("editor", **ASYNC))
+            r = await client.post(
+                "/metadata",
+                json={"qualified_name": name, "type": "table", "attributes": {"n": n}},
+                headers=tenant.headers("editor", **ASYNC),
+            )
             assert r.status_code == 202
         assert (await health(client))["lag"] == 3
         metrics = (await client.get("/metrics", headers=admin)).text
@@ -58,8 +61,11 @@ async def test_dead_letter_count_shows_in_health_and_metrics(client, tenant, tes
     admin = tenant.headers("admin")
     assert (await health(client))["dead_letters"] == 0
     test_hooks.BROKEN_SUBJECTS.add("pg://db/s.dead")
-    r = await client.post("/metadata", json={"qualified_name": "pg://db/s.dead", "type": "table"},
-                          headers=tenant.headers("editor", **ASYNC))
+    r = await client.post(
+        "/metadata",
+        json={"qualified_name": "pg://db/s.dead", "type": "table"},
+        headers=tenant.headers("editor", **ASYNC),
+    )
     event_id = r.json()["event_id"]
     assert (await settled(client, tenant.headers("viewer"), event_id))["state"] == "dead_lettered"
     assert (await health(client))["dead_letters"] == 1

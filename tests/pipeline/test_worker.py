@@ -25,7 +25,8 @@ def upserts(subjects: list[str], rounds: int) -> list[NewEvent]:
     """``rounds`` updates of every subject, interleaved; attribute n counts 1..rounds per subject."""
     return [
         NewEvent(TENANT, s, ASSET_UPSERT, {"qualified_name": s, "type": "table", "attributes": {"n": n}}, "test")
-        for n in range(1, rounds + 1) for s in subjects
+        for n in range(1, rounds + 1)
+        for s in subjects
     ]
 
 
@@ -57,8 +58,9 @@ async def tenant_db(db: Database) -> Database:
     return db
 
 
-async def test_a_held_partition_is_skipped_then_taken(tenant_db: Database, settings: Settings,
-                                                      database_url: str) -> None:
+async def test_a_held_partition_is_skipped_then_taken(
+    tenant_db: Database, settings: Settings, database_url: str
+) -> None:
     worker = Worker(tenant_db, settings, build_pipeline(settings))
     subjects = subjects_in_partition(TENANT, 5, settings.partitions, 3, "pg://db/s.x")
     await append(tenant_db, upserts(subjects, 2), settings)
@@ -81,10 +83,12 @@ async def test_two_workers_racing_apply_every_event_once_in_order(
     second = Database(database_url, min_size=1, max_size=2)
     await second.open()
     try:
-        tasks = [asyncio.create_task(Worker(db, s, pipeline, name=f"w{i}").run(stop))
-                 for i, db in enumerate((tenant_db, second))]
+        tasks = [
+            asyncio.create_task(Worker(db, s, pipeline, name=f"w{i}").run(stop))
+            for i, db in enumerate((tenant_db, second))
+        ]
         for chunk in range(5):  # append while they consume
-            await append(tenant_db, upserts(subjects, 20)[chunk * 160:(chunk + 1) * 160], s)
+            await append(tenant_db, upserts(subjects, 20)[chunk * 160 : (chunk + 1) * 160], s)
 
         async def drained() -> bool:
             return await backlog(tenant_db) == 0

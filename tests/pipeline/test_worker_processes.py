@@ -55,7 +55,9 @@ def spawn_worker(database_url: str, partitions: int, home: Path, name: str) -> s
     with open(home / f"{name}.log", "wb") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-c", "from lily.cli import main; main()", "worker"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -90,9 +92,16 @@ async def run_with_kill(database_url: str, partitions: int, home: Path, total: i
 
         async def append_all() -> None:
             for i in range(0, total, 250):
-                events = [NewEvent(TENANT, s, ASSET_UPSERT, {"qualified_name": s, "type": "table",
-                                                             "attributes": {"n": n}}, "test:loader")
-                          for s, n in work[i:i + 250]]
+                events = [
+                    NewEvent(
+                        TENANT,
+                        s,
+                        ASSET_UPSERT,
+                        {"qualified_name": s, "type": "table", "attributes": {"n": n}},
+                        "test:loader",
+                    )
+                    for s, n in work[i : i + 250]
+                ]
                 async with db.tenant(TENANT) as conn:
                     await store_log.append(conn, events, partitions)
 
@@ -128,8 +137,9 @@ async def run_with_kill(database_url: str, partitions: int, home: Path, total: i
         at_kill = await applied()
 
         async def offsets() -> dict[int, int]:
-            cur = await watch.execute("SELECT partition, applied_seq FROM log_offsets WHERE partition = ANY(%s)",
-                                      [held])
+            cur = await watch.execute(
+                "SELECT partition, applied_seq FROM log_offsets WHERE partition = ANY(%s)", [held]
+            )
             return {int(p): int(seq) for p, seq in await cur.fetchall()}
 
         before = await offsets()
@@ -147,8 +157,11 @@ async def run_with_kill(database_url: str, partitions: int, home: Path, total: i
         assert 0 < at_kill < total, "the kill must land mid-run"
 
         async def drained() -> bool:
-            backlog = await scalar(watch, "SELECT coalesce(sum(h.next_seq - 1 - o.applied_seq), 0)"
-                                          " FROM log_heads h JOIN log_offsets o USING (partition)")
+            backlog = await scalar(
+                watch,
+                "SELECT coalesce(sum(h.next_seq - 1 - o.applied_seq), 0)"
+                " FROM log_heads h JOIN log_offsets o USING (partition)",
+            )
             return int(backlog) == 0
 
         await until(drained, timeout=90, interval=0.05, what="the backlog to drain")
@@ -159,10 +172,13 @@ async def run_with_kill(database_url: str, partitions: int, home: Path, total: i
         survivor.send_signal(signal.SIGTERM)
         assert survivor.wait(timeout=20) == 0
         await verify(watch, work)
-        return {"seconds_from_spawn": round(elapsed, 2), "applied_at_kill": at_kill,
-                "takeover_seconds": round(takeover, 2),
-                "seconds_consuming": round(consuming_for, 2),
-                "events_per_second_consuming": round(total / consuming_for)}
+        return {
+            "seconds_from_spawn": round(elapsed, 2),
+            "applied_at_kill": at_kill,
+            "takeover_seconds": round(takeover, 2),
+            "seconds_consuming": round(consuming_for, 2),
+            "events_per_second_consuming": round(total / consuming_for),
+        }
     finally:
         for p in procs:
             if p.poll() is None:
@@ -250,8 +266,11 @@ async def test_an_api_without_workers_reads_its_writes_through_a_worker_process(
             key = await admin.create_api_key(runtime.db, TENANT, "editor-key", "editor")
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://lily.test/lily/v1") as client:
-                r = await client.post("/metadata", json={"qualified_name": "pg://db/s.ryw", "type": "table"},
-                                      headers={"Authorization": f"Bearer {key}"})
+                r = await client.post(
+                    "/metadata",
+                    json={"qualified_name": "pg://db/s.ryw", "type": "table"},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
                 assert r.status_code == 201, r.text  # applied by the worker process, within the wait
                 assert r.json()["version"] == 1
     finally:

@@ -32,11 +32,24 @@ def aid(name: str) -> UUID:
 
 # t1's graph: a job feeding a stage, a chain, a cycle, a diamond and a hub.
 T1_EDGES: list[tuple[str, str, str | None]] = [
-    ("src_a", "stage", "etl_job"), ("src_b", "stage", "etl_job"),
-    ("stage", "mart", None), ("stage", "report", None), ("mart", "dash", None),
-    ("c0", "c1", None), ("c1", "c2", None), ("c2", "c3", None), ("c3", "c4", None), ("c4", "c5", None),
-    ("x", "y", None), ("y", "z", None), ("z", "x", None),
-    ("d0", "d1", None), ("d0", "d2", None), ("d1", "d3", None), ("d2", "d3", None), ("d3", "d4", None),
+    ("src_a", "stage", "etl_job"),
+    ("src_b", "stage", "etl_job"),
+    ("stage", "mart", None),
+    ("stage", "report", None),
+    ("mart", "dash", None),
+    ("c0", "c1", None),
+    ("c1", "c2", None),
+    ("c2", "c3", None),
+    ("c3", "c4", None),
+    ("c4", "c5", None),
+    ("x", "y", None),
+    ("y", "z", None),
+    ("z", "x", None),
+    ("d0", "d1", None),
+    ("d0", "d2", None),
+    ("d1", "d3", None),
+    ("d2", "d3", None),
+    ("d3", "d4", None),
     *((("hub", f"h{i}", None)) for i in range(10)),
 ]
 T1_ASSETS = sorted({n for u, d, p in T1_EDGES for n in (u, d, p) if n} | {"lonely", "t1_only"})
@@ -85,10 +98,14 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     await database.open()
     async with database.tenant("t1") as conn:
         await lineage.upsert_edges(conn, "t1", [spec(*e) for e in T1_EDGES])
-        await lineage.upsert_column_lineage(conn, "t1", [
-            ColumnSpec(aid("src_a"), aid("stage"), aid("etl_job"), "total", "amount", "sum(amount)"),
-            ColumnSpec(aid("src_b"), aid("stage"), aid("etl_job"), "total", "fee", "sum(fee)"),
-        ])
+        await lineage.upsert_column_lineage(
+            conn,
+            "t1",
+            [
+                ColumnSpec(aid("src_a"), aid("stage"), aid("etl_job"), "total", "amount", "sum(amount)"),
+                ColumnSpec(aid("src_b"), aid("stage"), aid("etl_job"), "total", "fee", "sum(fee)"),
+            ],
+        )
     async with database.tenant("t2") as conn:
         await lineage.upsert_edges(conn, "t2", [spec(*e) for e in T2_EDGES])
     yield database
@@ -186,10 +203,14 @@ async def test_column_mapping_replaces_the_columns_inputs_on_that_edge(db: Datab
         col = ColumnSpec(aid("lonely"), aid("t1_only"), None, "out", "a", None)
         first = await lineage.upsert_column_lineage(conn, "t1", [col])
         same = await lineage.upsert_column_lineage(conn, "t1", [col])
-        moved = await lineage.upsert_column_lineage(conn, "t1", [
-            ColumnSpec(aid("lonely"), aid("t1_only"), None, "out", "b", "b"),
-            ColumnSpec(aid("lonely"), aid("t1_only"), None, "out", "b", "b + 1"),  # the last one given wins
-        ])
+        moved = await lineage.upsert_column_lineage(
+            conn,
+            "t1",
+            [
+                ColumnSpec(aid("lonely"), aid("t1_only"), None, "out", "b", "b"),
+                ColumnSpec(aid("lonely"), aid("t1_only"), None, "out", "b", "b + 1"),  # the last one given wins
+            ],
+        )
         graph = await lineage.traverse(conn, "t1", aid("t1_only"), "upstream", 1, with_columns=True)
         await lineage.delete_edges(conn, "t1", aid("lonely"), "both")
     with pytest.raises(NotFound):
@@ -222,13 +243,21 @@ async def test_a_walk_from_a_job_goes_through_the_edges_it_carries(db: Database)
     # src_a, src_b → stage through etl_job: from the job, its inputs are upstream and stage downstream.
     both = await walk(db, "etl_job", "both", 2)
     assert {n.name: n.depth for n in both.nodes} == {
-        "etl_job": 0, "src_a": 1, "src_b": 1, "stage": 1, "mart": 2, "report": 2}
+        "etl_job": 0,
+        "src_a": 1,
+        "src_b": 1,
+        "stage": 1,
+        "mart": 2,
+        "report": 2,
+    }
     assert pairs(both) == {("src_a", "stage"), ("src_b", "stage"), ("stage", "mart"), ("stage", "report")}
     down = await walk(db, "etl_job", "downstream", 1)
     assert names(down) == {"etl_job", "stage"}
     # The carried edges stand for etl_job → stage; their inputs are not downstream, so not nodes.
     assert {(e.upstream_id, e.downstream_id, e.process_id) for e in down.edges} == {
-        (aid("src_a"), aid("stage"), aid("etl_job")), (aid("src_b"), aid("stage"), aid("etl_job"))}
+        (aid("src_a"), aid("stage"), aid("etl_job")),
+        (aid("src_b"), aid("stage"), aid("etl_job")),
+    }
     assert names(await walk(db, "etl_job", "both", 0)) == {"etl_job"}
     cut = await walk(db, "etl_job", "both", 2, node_limit=3)
     assert cut.truncated and len(cut.nodes) == 3
@@ -285,8 +314,7 @@ async def test_another_tenants_lineage_never_shows(db: Database, database_url: s
         theirs = await lineage.traverse(conn, "t2", aid("stage"), "both", MAX_DEPTH)
         with pytest.raises(NotFound):
             await lineage.traverse(conn, "t2", aid("dash"), "both", 1)
-    assert {n.qualified_name for n in theirs.nodes} == {"secret.stage", "secret.mart", "secret.src_a",
-                                                        "secret.t2_only"}
+    assert {n.qualified_name for n in theirs.nodes} == {"secret.stage", "secret.mart", "secret.src_a", "secret.t2_only"}
     # The explicit tenant filter holds on its own, even on a connection that bypasses RLS.
     owner = await owner_connection(database_url)
     async with owner:
@@ -316,12 +344,7 @@ async def test_self_loops_are_rejected(db: Database, database_url: str) -> None:
 async def test_rendering_a_traversed_graph(db: Database) -> None:
     graph = await walk(db, "c0", "downstream", 2)
     assert to_mermaid(graph) == (
-        "flowchart LR\n"
-        '    n0["t1.c0"]\n'
-        '    n1["t1.c1"]\n'
-        '    n2["t1.c2"]\n'
-        "    n0 --> n1\n"
-        "    n1 --> n2\n"
+        'flowchart LR\n    n0["t1.c0"]\n    n1["t1.c1"]\n    n2["t1.c2"]\n    n0 --> n1\n    n1 --> n2\n'
     )
     assert to_dot(graph) == (
         "digraph lineage {\n"

@@ -44,8 +44,17 @@ def test_every_tenant_table_is_guarded(database_url: str) -> None:
         tables = tenant_tables(conn)
         names = {t["relname"] for t in tables}
         # The check would pass vacuously if the query found nothing: the core tables must be among them.
-        assert {"tenants", "users", "api_keys", "revoked_tokens", "assets", "asset_versions", "audit_log",
-                "events", "idempotency_keys"} <= names
+        assert {
+            "tenants",
+            "users",
+            "api_keys",
+            "revoked_tokens",
+            "assets",
+            "asset_versions",
+            "audit_log",
+            "events",
+            "idempotency_keys",
+        } <= names
         failures = []
         for t in tables:
             if not t["relrowsecurity"]:
@@ -69,15 +78,24 @@ def test_every_tenant_table_is_guarded(database_url: str) -> None:
 def test_application_roles_own_nothing_and_cannot_bypass_rls(database_url: str) -> None:
     with psycopg.connect(database_url, row_factory=dict_row) as conn:
         for role in (APP_ROLE, PIPELINE_ROLE):
-            row = conn.execute("SELECT rolsuper, rolbypassrls, rolcanlogin, rolcreaterole, rolcreatedb"
-                               " FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+            row = conn.execute(
+                "SELECT rolsuper, rolbypassrls, rolcanlogin, rolcreaterole, rolcreatedb"
+                " FROM pg_roles WHERE rolname = %s",
+                [role],
+            ).fetchone()
             assert row is not None, f"migrations did not create {role}"
-            assert row == {"rolsuper": False, "rolbypassrls": False, "rolcanlogin": False, "rolcreaterole": False,
-                           "rolcreatedb": False}, (role, row)
+            assert row == {
+                "rolsuper": False,
+                "rolbypassrls": False,
+                "rolcanlogin": False,
+                "rolcreaterole": False,
+                "rolcreatedb": False,
+            }, (role, row)
             owned = conn.execute(
                 "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
                 " WHERE c.relowner = %s::regrole AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
-                [role]).fetchall()
+                [role],
+            ).fetchall()
             assert owned == [], f"{role} owns {owned}"
             # Nor does it inherit those powers from a role it belongs to.
             inherited = conn.execute(
@@ -86,7 +104,8 @@ def test_application_roles_own_nothing_and_cannot_bypass_rls(database_url: str) 
                 " SELECT r.rolname FROM up JOIN pg_roles r ON r.oid = up.oid"
                 " WHERE r.rolsuper OR r.rolbypassrls OR EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid"
                 " AND c.relnamespace = 'public'::regnamespace)",
-                [role]).fetchall()
+                [role],
+            ).fetchall()
             assert inherited == [], f"{role} belongs to {inherited}"
 
 
@@ -106,11 +125,13 @@ async def populated(app: Any, client: Any, tenant: Any, other_tenant: Any) -> li
     for t in (tenant, other_tenant):
         await admin.create_user(runtime.db, t.tenant_id, "alice", "a-long-password", "editor")
         for i in range(3):
-            r = await client.post("/metadata", json={"qualified_name": f"pg://x/t{i}", "type": "table"},
-                                  headers=t.headers("editor"))
+            r = await client.post(
+                "/metadata", json={"qualified_name": f"pg://x/t{i}", "type": "table"}, headers=t.headers("editor")
+            )
             assert r.status_code == 201, r.text
-        r = await client.post("/auth/login", json={"tenant_id": t.tenant_id, "username": "alice",
-                                                   "password": "a-long-password"})
+        r = await client.post(
+            "/auth/login", json={"tenant_id": t.tenant_id, "username": "alice", "password": "a-long-password"}
+        )
         token = r.json()["access_token"]
         assert (await client.post("/auth/logout", headers={"Authorization": f"Bearer {token}"})).status_code == 204
     return [tenant.tenant_id, other_tenant.tenant_id]
@@ -123,8 +144,16 @@ def count(conn: psycopg.Connection[Any], table: str) -> int:
 
 
 def test_no_tenant_sees_no_rows_and_no_tenant_writes_anothers(database_url: str, populated: list[str]) -> None:
-    populated_tables = {"tenants", "users", "api_keys", "revoked_tokens", "assets", "asset_versions",
-                        "audit_log", "events"}
+    populated_tables = {
+        "tenants",
+        "users",
+        "api_keys",
+        "revoked_tokens",
+        "assets",
+        "asset_versions",
+        "audit_log",
+        "events",
+    }
     with psycopg.connect(database_url, row_factory=dict_row) as owner:
         tables = [t["relname"] for t in tenant_tables(owner)]
 
@@ -141,7 +170,8 @@ def test_no_tenant_sees_no_rows_and_no_tenant_writes_anothers(database_url: str,
                     assert count(conn, table) > 0, (tenant_id, table)
                     others = conn.execute(
                         sql.SQL("SELECT count(*) FROM {} WHERE tenant_id <> %s").format(sql.Identifier(table)),
-                        [tenant_id]).fetchone()
+                        [tenant_id],
+                    ).fetchone()
                     assert others is not None and others[0] == 0
         # After a transaction-local setting ends it reads as '' — still no rows.
         assert conn.execute("SELECT current_setting('lily.tenant_id', true)").fetchone() == ("",)
@@ -176,9 +206,7 @@ def check_writes_cannot_cross_tenants(database_url: str, mine: str, theirs: str)
             conn.execute("INSERT INTO audit_log (tenant_id, action, actor) VALUES (%s, 'x', 'y')", [mine])
 
 
-async def test_auth_lookups_leave_no_tenant_behind_on_the_connection(
-    app: Any, tenant: Any, other_tenant: Any
-) -> None:
+async def test_auth_lookups_leave_no_tenant_behind_on_the_connection(app: Any, tenant: Any, other_tenant: Any) -> None:
     """The one-round-trip auth functions set the tenant for their own statement only."""
     from lily.store import identity
 

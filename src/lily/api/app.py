@@ -49,8 +49,9 @@ def create_app(settings: Settings, database_url: str, *, run_workers: bool = Tru
         await db.open()
         waiter = AppliedWaiter(db)
         await waiter.start()
-        tokens = TokenConfig(settings.resolved_jwt_secret(), settings.jwt_issuer, settings.jwt_audience,
-                             settings.jwt_ttl_seconds)
+        tokens = TokenConfig(
+            settings.resolved_jwt_secret(), settings.jwt_issuer, settings.jwt_audience, settings.jwt_ttl_seconds
+        )
         runtime = Runtime(settings, db, Writer(db, settings, waiter), tokens)
         app.state.runtime = runtime
         stop = asyncio.Event()
@@ -83,7 +84,9 @@ def create_app(settings: Settings, database_url: str, *, run_workers: bool = Tru
         BodyLimitMiddleware,
         default=settings.max_asset_body_bytes,
         # OpenLineage producers batch events and Spark plans are large: they get the bulk limit.
-        overrides={f"{BASE_PATH}/metadata/bulk": settings.max_bulk_body_bytes,
-                   "/api/v1/lineage": settings.max_bulk_body_bytes},
+        overrides={
+            f"{BASE_PATH}/metadata/bulk": settings.max_bulk_body_bytes,
+            "/api/v1/lineage": settings.max_bulk_body_bytes,
+        },
     )
     return app

@@ -39,8 +39,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(LilyError)
     async def lily_error(request: Request, exc: LilyError) -> FastJSON:
         body = exc.to_problem()
-        return problem(body.pop("status"), exc.type_slug, body.pop("title"), body.pop("detail"),
-                       **{k: v for k, v in body.items() if k != "type"})
+        return problem(
+            body.pop("status"),
+            exc.type_slug,
+            body.pop("title"),
+            body.pop("detail"),
+            **{k: v for k, v in body.items() if k != "type"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> FastJSON:
@@ -48,16 +53,22 @@ def install(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             detail = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {}).get("error", "")
             return problem(400, "malformed-json", "Malformed JSON", f"the body is not valid JSON: {detail}")
-        fields = [{"field": _field(e["loc"]), "message": e["msg"], "in": e["loc"][0] if e["loc"] else None}
-                  for e in errors]
+        fields = [
+            {"field": _field(e["loc"]), "message": e["msg"], "in": e["loc"][0] if e["loc"] else None} for e in errors
+        ]
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
         return problem(422, "validation", "Invalid request", summary, errors=fields)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> FastJSON:
         # Raised by the framework itself: unknown routes, wrong methods, bodies it could not parse.
-        slugs = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 401: "unauthorized",
-                 413: "payload-too-large"}
+        slugs = {
+            400: "bad-request",
+            404: "not-found",
+            405: "method-not-allowed",
+            401: "unauthorized",
+            413: "payload-too-large",
+        }
         try:
             title = HTTPStatus(exc.status_code).phrase.capitalize()
         except ValueError:
@@ -68,5 +79,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> FastJSON:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(500, "internal", "Internal error", "an unexpected error occurred; it was logged",
-                       request_id=request.headers.get("x-request-id"))
+        return problem(
+            500,
+            "internal",
+            "Internal error",
+            "an unexpected error occurred; it was logged",
+            request_id=request.headers.get("x-request-id"),
+        )

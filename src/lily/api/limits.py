@@ -66,5 +66,10 @@ class BodyTooLarge(Exception):
 
 
 def _too_large(limit: int) -> ASGIApp:
-    return problem(413, "payload-too-large", "Payload too large",
-                   f"the request body exceeds the limit of {limit} bytes", limit=limit)
+    return problem(
+        413,
+        "payload-too-large",
+        "Payload too large",
+        f"the request body exceeds the limit of {limit} bytes",
+        limit=limit,
+    )

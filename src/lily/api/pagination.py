@@ -37,8 +37,13 @@ def positive_int(position: Any) -> bool:
 
 def rank_and_id(position: Any) -> bool:
     """A search position: ``[rank, asset id]``."""
-    return (isinstance(position, list) and len(position) == 2 and type(position[0]) in (int, float)
-            and isinstance(position[1], str) and len(position[1]) <= 64)
+    return (
+        isinstance(position, list)
+        and len(position) == 2
+        and type(position[0]) in (int, float)
+        and isinstance(position[1], str)
+        and len(position[1]) <= 64
+    )
 
 
 def page(items: list[Any], limit: int, position_of: Any) -> dict[str, Any]:

@@ -49,8 +49,9 @@ def ingest(path: Path, url: str, token: str, *, wait: bool = True, progress: boo
     }
     timeout = httpx.Timeout(30.0, read=300.0)
     with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as client:
-        with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"upload {path.name}",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"upload {path.name}", disable=not progress
+        ) as bar:
             try:
                 r = client.post(BULK_PATH, content=_chunks(path, bar), headers=headers)
             except httpx.TransportError as exc:
@@ -75,8 +76,12 @@ def _follow(client: httpx.Client, job: dict[str, Any], token: str, progress: boo
     headers = {"Authorization": f"Bearer {token}"}
     with tqdm(total=job["total"], unit="item", desc="apply", disable=not progress) as bar:
         while True:
-            r = client.get(f"{BULK_PATH}/status/{job['job_id']}", params={"wait": 10, "max_errors": 20},
-                           headers=headers, timeout=httpx.Timeout(30.0))
+            r = client.get(
+                f"{BULK_PATH}/status/{job['job_id']}",
+                params={"wait": 10, "max_errors": 20},
+                headers=headers,
+                timeout=httpx.Timeout(30.0),
+            )
             if r.status_code != 200:
                 raise IngestError(_explain(r))
             status: dict[str, Any] = r.json()

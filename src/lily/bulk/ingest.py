@@ -68,8 +68,9 @@ async def receive(
             async for index, raw in items:
                 total = index + 1
                 if total > settings.max_bulk_items:
-                    raise PayloadTooLarge(f"a bulk job holds at most {settings.max_bulk_items} items",
-                                          limit=settings.max_bulk_items)
+                    raise PayloadTooLarge(
+                        f"a bulk job holds at most {settings.max_bulk_items} items", limit=settings.max_bulk_items
+                    )
                 payload = validate(raw)
                 if isinstance(payload, str):
                     rejected += 1
@@ -85,12 +86,12 @@ async def receive(
                 counts[part] += 1
         if idempotency_key:
             fingerprint = digest.hexdigest()
-            first = await idempotency.claim(conn, tenant_id, idempotency_key, fingerprint,
-                                            {"job_id": str(job_id)})
+            first = await idempotency.claim(conn, tenant_id, idempotency_key, fingerprint, {"job_id": str(job_id)})
             if first is not None:
                 if first["request_hash"] != fingerprint:
-                    raise Conflict("this Idempotency-Key was used with a different request",
-                                   idempotency_key=idempotency_key)
+                    raise Conflict(
+                        "this Idempotency-Key was used with a different request", idempotency_key=idempotency_key
+                    )
                 # The staged rows are dropped with the temp table at commit; nothing else was written.
                 return Receipt(UUID(first["response"]["job_id"]), total, rejected, replayed=True)
         await store.create_job(conn, tenant_id, job_id, actor, total, rejected, errors)

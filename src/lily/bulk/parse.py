@@ -59,8 +59,9 @@ async def json_array_items(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[
                 if not head:
                     continue
                 if not head.startswith(b"["):
-                    raise MalformedBody("a bulk body is a JSON array of assets, or NDJSON with "
-                                        "Content-Type: application/x-ndjson")
+                    raise MalformedBody(
+                        "a bulk body is a JSON array of assets, or NDJSON with Content-Type: application/x-ndjson"
+                    )
                 started = True
             coro.send(chunk)
             for item in parsed:
@@ -74,5 +75,6 @@ async def json_array_items(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[
             yield index, item
             index += 1
     except ijson.JSONError as exc:
-        raise MalformedBody(f"the body is not a valid JSON array (after item {index}): {exc}",
-                            item_index=index) from exc
+        raise MalformedBody(
+            f"the body is not a valid JSON array (after item {index}): {exc}", item_index=index
+        ) from exc

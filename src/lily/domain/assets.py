@@ -12,9 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 # PostgreSQL text and jsonb cannot hold U+0000: refuse it here (422) rather than fail in the store.
 NO_NUL = r"^[^\x00]*$"
-QualifiedName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024, pattern=NO_NUL)
-]
+QualifiedName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024, pattern=NO_NUL)]
 AssetType = Annotated[
     # The pattern is checked on the text as sent (before lower-casing), so it admits capitals.
     str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -58,8 +56,9 @@ def _unique(values: list[str]) -> list[str]:
 class AssetFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512,
-                                           pattern=NO_NUL)] | None = None
+    name: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512, pattern=NO_NUL)] | None
+    ) = None
     description: Annotated[str, StringConstraints(max_length=65536, pattern=NO_NUL)] | None = None
     owners: list[Label] = Field(default_factory=list, max_length=256)
     tags: list[Label] = Field(default_factory=list, max_length=256)
@@ -168,9 +167,7 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]
     """``{field: {"from": old, "to": new}}`` for each mutable field that differs."""
     if before is None:
         return {f: {"from": None, "to": after[f]} for f in MUTABLE_FIELDS}
-    return {
-        f: {"from": before[f], "to": after[f]} for f in MUTABLE_FIELDS if before.get(f) != after.get(f)
-    }
+    return {f: {"from": before[f], "to": after[f]} for f in MUTABLE_FIELDS if before.get(f) != after.get(f)}
 
 
 def etag(asset_id: UUID | str, version: int) -> str:

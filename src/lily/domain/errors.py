@@ -1,14 +1,14 @@
 """Domain errors. The API maps each to an RFC 9457 problem; the pipeline records it on the event.
 
-    LilyError
-     ├── NotFound              404  unknown id, or another tenant's (indistinguishable by design)
-     ├── Conflict              409  e.g. an idempotency key reused with another body
-     ├── PreconditionFailed    412  If-Match names a version that is no longer current
-     ├── Invalid               422  input that parsed but breaks a rule; names the field
-     ├── Unauthorized          401
-     ├── Forbidden             403
-     ├── TooManyRequests       429
-     └── PayloadTooLarge       413
+LilyError
+ ├── NotFound              404  unknown id, or another tenant's (indistinguishable by design)
+ ├── Conflict              409  e.g. an idempotency key reused with another body
+ ├── PreconditionFailed    412  If-Match names a version that is no longer current
+ ├── Invalid               422  input that parsed but breaks a rule; names the field
+ ├── Unauthorized          401
+ ├── Forbidden             403
+ ├── TooManyRequests       429
+ └── PayloadTooLarge       413
 """
 
 from __future__ import annotations

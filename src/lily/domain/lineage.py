@@ -137,9 +137,7 @@ class LineageIn(BaseModel):
 
     @field_validator("column_mappings")
     @classmethod
-    def _mappings_use_listed_assets(
-        cls, mappings: list[ColumnMapping], info: ValidationInfo
-    ) -> list[ColumnMapping]:
+    def _mappings_use_listed_assets(cls, mappings: list[ColumnMapping], info: ValidationInfo) -> list[ColumnMapping]:
         if "upstreams" not in info.data or "downstreams" not in info.data:
             return mappings  # already reported on those fields
         ups, downs = info.data["upstreams"], info.data["downstreams"]
@@ -181,8 +179,9 @@ def check_mappings(request: LineageIn, resolve: Callable[[AssetRef], Hashable]) 
             raise Invalid(f"[{i}].asset {mapping.asset} is not among the downstreams", field="column_mappings")
         for j, up in enumerate(mapping.upstreams):
             if resolve(up.asset) not in ups:
-                raise Invalid(f"[{i}].upstreams[{j}].asset {up.asset} is not among the upstreams",
-                              field="column_mappings")
+                raise Invalid(
+                    f"[{i}].upstreams[{j}].asset {up.asset} is not among the upstreams", field="column_mappings"
+                )
 
 
 # ---------------------------------------------------------------- what the store writes
@@ -232,8 +231,12 @@ def plan(request: LineageIn, resolve: Callable[[AssetRef], UUID]) -> LineagePlan
     edges = list(dict.fromkeys(EdgeSpec(u, d, process) for u in ups for d in downs))
     columns = [
         ColumnSpec(
-            resolve(up.asset), resolve(m.asset) if m.asset else downs[0], process,
-            m.column, up.column, m.transformation,
+            resolve(up.asset),
+            resolve(m.asset) if m.asset else downs[0],
+            process,
+            m.column,
+            up.column,
+            m.transformation,
         )
         for m in request.column_mappings
         for up in m.upstreams

@@ -40,8 +40,11 @@ def trigger(change: dict[str, Any]) -> dict[str, Any] | None:
         after = (changes["attributes"]["to"] or {}).get(SCHEMA_ATTRIBUTE)
         if before != after and before is not None:
             return {"kind": "schema_changed", "columns": {"from": before, "to": after}}
-    if "tags" in changes and "deprecated" in (asset.get("tags") or []) and \
-            "deprecated" not in (changes["tags"]["from"] or []):
+    if (
+        "tags" in changes
+        and "deprecated" in (asset.get("tags") or [])
+        and "deprecated" not in (changes["tags"]["from"] or [])
+    ):
         return {"kind": "deprecated"}
     attrs = changes.get("attributes")
     if attrs and (attrs["to"] or {}).get("deprecated") and not (attrs["from"] or {}).get("deprecated"):
@@ -57,8 +60,11 @@ async def _tenant_policy(ctx: BatchContext) -> tuple[bool, int]:
 
 async def propagate(ctx: BatchContext, events: list[PipelineEvent]) -> None:
     """The pipeline stage: queue ``asset.upstream_changed`` follow-ups for qualifying changes."""
-    changed = [(e, trigger(e.notes["change"])) for e in events
-               if e.outcome == "applied" and "change" in e.notes and e.kind != UPSTREAM_CHANGED]
+    changed = [
+        (e, trigger(e.notes["change"]))
+        for e in events
+        if e.outcome == "applied" and "change" in e.notes and e.kind != UPSTREAM_CHANGED
+    ]
     changed = [(e, t) for e, t in changed if t is not None]
     if not changed:
         return
@@ -78,12 +84,24 @@ async def propagate(ctx: BatchContext, events: list[PipelineEvent]) -> None:
         )
         if not reached:
             continue
-        targets = await store_assets.passive_assets(ctx.conn, ctx.tenant_id, reached, SOURCE_ATTRIBUTE,
-                                                    [s for s in PASSIVE_SOURCES if s is not None])
-        origin = {"asset_id": str(origin_asset["asset_id"]), "qualified_name": origin_asset["qualified_name"],
-                  "event_id": str(event.event_id), "change": what}
+        targets = await store_assets.passive_assets(
+            ctx.conn, ctx.tenant_id, reached, SOURCE_ATTRIBUTE, [s for s in PASSIVE_SOURCES if s is not None]
+        )
+        origin = {
+            "asset_id": str(origin_asset["asset_id"]),
+            "qualified_name": origin_asset["qualified_name"],
+            "event_id": str(event.event_id),
+            "change": what,
+        }
         ctx.follow_ups.extend(
-            NewEvent(ctx.tenant_id, qn, UPSTREAM_CHANGED, {"origin": origin}, "lily:propagation",
-                     event.request_id, source="propagation")
+            NewEvent(
+                ctx.tenant_id,
+                qn,
+                UPSTREAM_CHANGED,
+                {"origin": origin},
+                "lily:propagation",
+                event.request_id,
+                source="propagation",
+            )
             for qn in targets
         )

@@ -31,7 +31,13 @@ class Replayed:
 
 
 async def replay(
-    conn: Conn, tenant_id: str, event_id: UUID, *, force: bool, actor: str, request_id: str | None,
+    conn: Conn,
+    tenant_id: str,
+    event_id: UUID,
+    *,
+    force: bool,
+    actor: str,
+    request_id: str | None,
     partitions: int,
 ) -> Replayed:
     """Append a replay of one open letter, in the caller's transaction; raise if policy forbids it."""
@@ -48,18 +54,39 @@ async def replay(
         )
     letter = await store.get_letter(conn, tenant_id, event_id)
     assert letter is not None
-    event = NewEvent(tenant_id, letter["subject"], letter["kind"], letter["payload"], letter["actor"],
-                     request_id, source=letter["source"])
+    event = NewEvent(
+        tenant_id,
+        letter["subject"],
+        letter["kind"],
+        letter["payload"],
+        letter["actor"],
+        request_id,
+        source=letter["source"],
+    )
     (accepted,) = await store_log.append(conn, [event], partitions)
     await store.set_replayed_as(conn, tenant_id, event_id, accepted.event_id)
-    await _audit(conn, tenant_id, "dead_letter.replayed", actor, request_id, event_id,
-                 {"replay_event_id": str(accepted.event_id), "forced": bool(force and newer)})
+    await _audit(
+        conn,
+        tenant_id,
+        "dead_letter.replayed",
+        actor,
+        request_id,
+        event_id,
+        {"replay_event_id": str(accepted.event_id), "forced": bool(force and newer)},
+    )
     return Replayed(event_id, accepted.event_id)
 
 
 async def replay_matching(
-    conn: Conn, tenant_id: str, f: store.Filter, *, force: bool, actor: str, request_id: str | None,
-    partitions: int, limit: int,
+    conn: Conn,
+    tenant_id: str,
+    f: store.Filter,
+    *,
+    force: bool,
+    actor: str,
+    request_id: str | None,
+    partitions: int,
+    limit: int,
 ) -> tuple[list[Replayed], list[dict[str, Any]]]:
     """Replay every open letter matching ``f`` (up to ``limit``), in log order; refused ones are
     reported, not fatal. Each letter gets a savepoint so a refusal undoes only its own claim."""
@@ -68,8 +95,17 @@ async def replay_matching(
     for event_id in await store.open_ids_in_log_order(conn, tenant_id, f, limit):
         try:
             async with conn.transaction():
-                replayed.append(await replay(conn, tenant_id, event_id, force=force, actor=actor,
-                                             request_id=request_id, partitions=partitions))
+                replayed.append(
+                    await replay(
+                        conn,
+                        tenant_id,
+                        event_id,
+                        force=force,
+                        actor=actor,
+                        request_id=request_id,
+                        partitions=partitions,
+                    )
+                )
         except (Conflict, NotFound) as err:
             skipped.append({"event_id": str(event_id), "reason": err.detail, **err.extra})
     return replayed, skipped
@@ -90,10 +126,25 @@ def _not_open(exists: bool, event_id: UUID) -> Exception:
 
 
 async def _audit(
-    conn: Conn, tenant_id: str, action: str, actor: str, request_id: str | None, event_id: UUID,
+    conn: Conn,
+    tenant_id: str,
+    action: str,
+    actor: str,
+    request_id: str | None,
+    event_id: UUID,
     detail: dict[str, Any],
 ) -> None:
-    await audit.write_audit(conn, tenant_id, [{
-        "action": action, "actor": actor, "request_id": request_id, "event_id": event_id,
-        "detail": detail, "at": datetime.now(UTC),
-    }])
+    await audit.write_audit(
+        conn,
+        tenant_id,
+        [
+            {
+                "action": action,
+                "actor": actor,
+                "request_id": request_id,
+                "event_id": event_id,
+                "detail": detail,
+                "at": datetime.now(UTC),
+            }
+        ],
+    )

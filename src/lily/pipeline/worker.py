@@ -80,7 +80,7 @@ class Worker:
         for i in range(0, len(parts), group):
             if stop is not None and stop.is_set():
                 break  # shut down between transactions: nothing is left half-done
-            total += await self.process_partitions(parts[i:i + group])
+            total += await self.process_partitions(parts[i : i + group])
         return total
 
     async def process_partitions(self, partitions: list[int]) -> int:
@@ -110,8 +110,12 @@ class Worker:
                     await self._apply(conn, events)
                 outcome.applied = events
             except Exception as exc:
-                log.info("%s: batch over %s partitions failed (%s), retrying each alone", self.name,
-                         len(offsets), _describe(exc))
+                log.info(
+                    "%s: batch over %s partitions failed (%s), retrying each alone",
+                    self.name,
+                    len(offsets),
+                    _describe(exc),
+                )
                 retry_alone = sorted({e.partition for e in events})
         outcome.observe()
         done = len(outcome.applied)
@@ -169,18 +173,26 @@ class Worker:
         attempt = event.attempts + 1
         await as_pipeline(conn)
         if attempt >= self.settings.max_attempts:
-            log.error("%s: event %s dead-lettered after %s attempts: %s", self.name, event.event_id,
-                      attempt, error)
+            log.error("%s: event %s dead-lettered after %s attempts: %s", self.name, event.event_id, attempt, error)
             await store_log.dead_letter(
-                conn, event_id=event.event_id, tenant_id=event.tenant_id, partition=event.partition,
-                seq=event.seq, subject=event.subject, kind=event.kind, attempts=attempt, error=error,
+                conn,
+                event_id=event.event_id,
+                tenant_id=event.tenant_id,
+                partition=event.partition,
+                seq=event.seq,
+                subject=event.subject,
+                kind=event.kind,
+                attempts=attempt,
+                error=error,
             )
             return "dead_lettered"
         delay = backoff(attempt, self.settings)
-        log.warning("%s: event %s failed (attempt %s), retry in %.2fs: %s", self.name, event.event_id,
-                    attempt, delay, error)
-        await store_log.record_retry(conn, event.event_id, event.partition, error,
-                                     datetime.now(UTC) + timedelta(seconds=delay))
+        log.warning(
+            "%s: event %s failed (attempt %s), retry in %.2fs: %s", self.name, event.event_id, attempt, delay, error
+        )
+        await store_log.record_retry(
+            conn, event.event_id, event.partition, error, datetime.now(UTC) + timedelta(seconds=delay)
+        )
         return "retry"
 
     async def _apply(self, conn: Conn, events: list[PipelineEvent]) -> None:

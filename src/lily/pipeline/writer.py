@@ -64,6 +64,7 @@ class Writer:
 
     async def wait(self, submitted: Submitted, timeout: float | None = None) -> bool:
         return await self.waiter.wait(
-            submitted.partition, submitted.seq,
+            submitted.partition,
+            submitted.seq,
             self.settings.write_wait_seconds if timeout is None else timeout,
         )

@@ -76,12 +76,38 @@ async def write(
                 [tenant_id, Jsonb([{c: a[c] for c in _ASSET_FIELDS} for a in assets])],
             )
         await insert_rows(
-            conn, "asset_versions",
-            ("tenant_id", "asset_id", "version", "action", "snapshot", "changes", "actor", "event_id", "request_id",
-             "origin", "changed_at"),
+            conn,
+            "asset_versions",
+            (
+                "tenant_id",
+                "asset_id",
+                "version",
+                "action",
+                "snapshot",
+                "changes",
+                "actor",
+                "event_id",
+                "request_id",
+                "origin",
+                "changed_at",
+            ),
             ("text", "uuid", "int4", "text", "jsonb", "jsonb", "text", "uuid", "text", "jsonb", "timestamptz"),
-            [(tenant_id, v["asset_id"], v["version"], v["action"], v["snapshot"], v["changes"], v["actor"],
-              v["event_id"], v["request_id"], v.get("origin"), v["changed_at"]) for v in versions],
+            [
+                (
+                    tenant_id,
+                    v["asset_id"],
+                    v["version"],
+                    v["action"],
+                    v["snapshot"],
+                    v["changes"],
+                    v["actor"],
+                    v["event_id"],
+                    v["request_id"],
+                    v.get("origin"),
+                    v["changed_at"],
+                )
+                for v in versions
+            ],
         )
         if audits:
             await write_audit(conn, tenant_id, audits)
@@ -110,9 +136,7 @@ async def history(
 
 
 async def exists_ever(conn: Conn, tenant_id: str, asset_id: UUID) -> bool:
-    cur = await conn.execute(
-        "SELECT 1 FROM assets WHERE tenant_id = %s AND asset_id = %s", [tenant_id, asset_id]
-    )
+    cur = await conn.execute("SELECT 1 FROM assets WHERE tenant_id = %s AND asset_id = %s", [tenant_id, asset_id])
     return await cur.fetchone() is not None
 
 
@@ -159,9 +183,7 @@ async def search(
     return await cur.fetchall()
 
 
-async def insert_placeholders(
-    conn: Conn, tenant_id: str, placeholders: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+async def insert_placeholders(conn: Conn, tenant_id: str, placeholders: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Create placeholder assets for names nobody has written yet; returns the ones this call created.
 
     ON CONFLICT DO NOTHING: if the real asset (or another placeholder) got there first, it stays as is.
@@ -174,9 +196,22 @@ async def insert_placeholders(
         " SELECT %s, * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bool[], %s::int4[],"
         " %s::timestamptz[], %s::timestamptz[])"
         f" ON CONFLICT DO NOTHING RETURNING {ASSET_COLUMNS}",
-        [tenant_id, *([p[c] for p in placeholders] for c in (
-            "asset_id", "qualified_name", "type", "name", "placeholder", "version", "created_at", "updated_at"
-        ))],
+        [
+            tenant_id,
+            *(
+                [p[c] for p in placeholders]
+                for c in (
+                    "asset_id",
+                    "qualified_name",
+                    "type",
+                    "name",
+                    "placeholder",
+                    "version",
+                    "created_at",
+                    "updated_at",
+                )
+            ),
+        ],
     )
     return await cur.fetchall()
 

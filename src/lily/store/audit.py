@@ -10,12 +10,36 @@ from lily.store.db import Conn, insert_rows
 
 async def write_audit(conn: Conn, tenant_id: str, audits: list[dict[str, Any]]) -> None:
     await insert_rows(
-        conn, "audit_log",
-        ("tenant_id", "asset_id", "action", "actor", "version_before", "version_after", "request_id",
-         "event_id", "detail", "at"),
+        conn,
+        "audit_log",
+        (
+            "tenant_id",
+            "asset_id",
+            "action",
+            "actor",
+            "version_before",
+            "version_after",
+            "request_id",
+            "event_id",
+            "detail",
+            "at",
+        ),
         ("text", "uuid", "text", "text", "int4", "int4", "text", "uuid", "jsonb", "timestamptz"),
-        [(tenant_id, a.get("asset_id"), a["action"], a["actor"], a.get("version_before"), a.get("version_after"),
-          a.get("request_id"), a.get("event_id"), a.get("detail") or {}, a["at"]) for a in audits],
+        [
+            (
+                tenant_id,
+                a.get("asset_id"),
+                a["action"],
+                a["actor"],
+                a.get("version_before"),
+                a.get("version_after"),
+                a.get("request_id"),
+                a.get("event_id"),
+                a.get("detail") or {},
+                a["at"],
+            )
+            for a in audits
+        ],
     )
 
 

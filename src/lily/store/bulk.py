@@ -74,9 +74,10 @@ def _escape(value: str) -> str:
 @asynccontextmanager
 async def stager(conn: Conn) -> AsyncIterator[Stager]:
     """A COPY into the staging table, fed by ``Stager.add``; flushed and finished on exit."""
-    async with conn.cursor() as cur, cur.copy(
-        "COPY bulk_stage (event_id, partition, ord, subject, payload, item_index) FROM STDIN"
-    ) as copy:
+    async with (
+        conn.cursor() as cur,
+        cur.copy("COPY bulk_stage (event_id, partition, ord, subject, payload, item_index) FROM STDIN") as copy,
+    ):
         stage = Stager(copy)
         yield stage
         await stage.flush()
@@ -93,7 +94,12 @@ async def create_job(
 
 
 async def append_staged(
-    conn: Conn, tenant_id: str, job_id: UUID, actor: str, request_id: str | None, kind: str,
+    conn: Conn,
+    tenant_id: str,
+    job_id: UUID,
+    actor: str,
+    request_id: str | None,
+    kind: str,
     counts: Mapping[int, int],
 ) -> None:
     """Move the staged items into the log, numbered after each partition's head, in one statement.
@@ -104,9 +110,7 @@ async def append_staged(
     if not counts:
         return
     parts = sorted(counts)
-    await conn.execute(
-        "SELECT 1 FROM log_heads WHERE partition = ANY(%s) ORDER BY partition FOR UPDATE", [parts]
-    )
+    await conn.execute("SELECT 1 FROM log_heads WHERE partition = ANY(%s) ORDER BY partition FOR UPDATE", [parts])
     cur = await conn.execute(
         "UPDATE log_heads h SET next_seq = h.next_seq + c.n"
         " FROM unnest(%s::int[], %s::bigint[]) AS c(p, n) WHERE h.partition = c.p"
@@ -120,16 +124,14 @@ async def append_staged(
         " SELECT s.event_id, s.partition, h.first_seq + s.ord, %s, s.subject, %s, s.payload, %s, %s,"
         " 'bulk', %s, s.item_index"
         " FROM bulk_stage s JOIN unnest(%s::int[], %s::bigint[]) AS h(partition, first_seq) USING (partition)",
-        [tenant_id, kind, actor, request_id, job_id,
-         [h["partition"] for h in heads], [h["first_seq"] for h in heads]],
+        [tenant_id, kind, actor, request_id, job_id, [h["partition"] for h in heads], [h["first_seq"] for h in heads]],
     )
     await conn.execute("SELECT pg_notify(%s, %s)", [LOG_CHANNEL, ",".join(map(str, parts))])
 
 
 async def get_job(conn: Conn, tenant_id: str, job_id: UUID) -> dict[str, Any] | None:
     cur = await conn.execute(
-        "SELECT job_id, actor, total, rejected, errors, created_at FROM bulk_jobs"
-        " WHERE tenant_id = %s AND job_id = %s",
+        "SELECT job_id, actor, total, rejected, errors, created_at FROM bulk_jobs WHERE tenant_id = %s AND job_id = %s",
         [tenant_id, job_id],
     )
     return await cur.fetchone()
@@ -162,8 +164,7 @@ async def event_failures(conn: Conn, tenant_id: str, job_id: UUID, limit: int) -
 async def last_seqs(conn: Conn, tenant_id: str, job_id: UUID) -> dict[int, int]:
     """Per partition, the sequence number of the job's last event there."""
     cur = await conn.execute(
-        "SELECT partition, max(seq) AS seq FROM events WHERE bulk_job_id = %s AND tenant_id = %s"
-        " GROUP BY partition",
+        "SELECT partition, max(seq) AS seq FROM events WHERE bulk_job_id = %s AND tenant_id = %s GROUP BY partition",
         [job_id, tenant_id],
     )
     return {row["partition"]: int(row["seq"]) for row in await cur.fetchall()}

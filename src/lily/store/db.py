@@ -146,6 +146,4 @@ async def insert_rows(
         for i, value in enumerate(row):
             arrays[i].append(Jsonb(value) if types[i] == "jsonb" and value is not None else value)
     casts = ", ".join(f"%b::{t}[]" for t in types)
-    await conn.execute(
-        f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({casts})", arrays
-    )
+    await conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({casts})", arrays)

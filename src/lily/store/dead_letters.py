@@ -74,11 +74,11 @@ async def get_letter(conn: Conn, tenant_id: str, event_id: UUID) -> dict[str, An
 async def open_ids_in_log_order(conn: Conn, tenant_id: str, f: Filter, limit: int) -> list[UUID]:
     """Open letters matching ``f`` in log order, so a bulk replay re-appends them in their first order
     and takes partition locks in ascending order (as appenders do: no deadlock)."""
-    where, params = _where(tenant_id, Filter(state="open", kind=f.kind, subject=f.subject,
-                                             since=f.since, until=f.until))
+    where, params = _where(
+        tenant_id, Filter(state="open", kind=f.kind, subject=f.subject, since=f.since, until=f.until)
+    )
     cur = await conn.execute(
-        f"SELECT d.event_id FROM dead_letters d WHERE {' AND '.join(where)}"
-        " ORDER BY d.partition, d.seq LIMIT %s",
+        f"SELECT d.event_id FROM dead_letters d WHERE {' AND '.join(where)} ORDER BY d.partition, d.seq LIMIT %s",
         [*params, limit],
     )
     return [row["event_id"] for row in await cur.fetchall()]
@@ -131,7 +131,5 @@ async def set_replayed_as(conn: Conn, tenant_id: str, event_id: UUID, replay_id:
 
 
 async def exists(conn: Conn, tenant_id: str, event_id: UUID) -> bool:
-    cur = await conn.execute(
-        "SELECT 1 FROM dead_letters WHERE tenant_id = %s AND event_id = %s", [tenant_id, event_id]
-    )
+    cur = await conn.execute("SELECT 1 FROM dead_letters WHERE tenant_id = %s AND event_id = %s", [tenant_id, event_id])
     return await cur.fetchone() is not None

@@ -47,8 +47,7 @@ async def create_user(conn: Conn, tenant_id: str, username: str, password_hash: 
 
 async def get_user(conn: Conn, tenant_id: str, username: str) -> dict[str, Any] | None:
     cur = await conn.execute(
-        "SELECT username, user_id, password_hash, role, disabled FROM users"
-        " WHERE tenant_id = %s AND username = %s",
+        "SELECT username, user_id, password_hash, role, disabled FROM users WHERE tenant_id = %s AND username = %s",
         [tenant_id, username],
     )
     return await cur.fetchone()
@@ -63,9 +62,7 @@ async def create_api_key(conn: Conn, tenant_id: str, key_id: str, name: str, key
 
 async def authenticate_api_key(conn: Conn, tenant_id: str, key_id: str) -> dict[str, Any] | None:
     """The live key ``key_id`` of ``tenant_id``, in one round trip. ``conn`` must not be in a transaction."""
-    cur = await conn.execute(
-        "SELECT key_id, name, key_hash, role FROM lily_auth_api_key(%s, %s)", [tenant_id, key_id]
-    )
+    cur = await conn.execute("SELECT key_id, name, key_hash, role FROM lily_auth_api_key(%s, %s)", [tenant_id, key_id])
     return await cur.fetchone()
 
 
@@ -80,8 +77,7 @@ async def list_api_keys(conn: Conn, tenant_id: str) -> list[dict[str, Any]]:
 
 async def revoke_token(conn: Conn, tenant_id: str, jti: str, expires_at: datetime) -> None:
     await conn.execute(
-        "INSERT INTO revoked_tokens (tenant_id, jti, expires_at) VALUES (%s, %s, %s)"
-        " ON CONFLICT DO NOTHING",
+        "INSERT INTO revoked_tokens (tenant_id, jti, expires_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
         [tenant_id, jti, expires_at],
     )
 

@@ -61,6 +61,7 @@ _STEP: dict[Step, str] = {
     " WHERE tenant_id = %s AND downstream_id = ANY(%s::uuid[]) LIMIT %s",
 }
 
+
 # A process (job) is a node of its own when a walk starts from it: its inputs are its upstream
 # neighbours and its outputs its downstream ones (input → job → output, as OpenLineage and Marquez draw
 # it). So the first level's statement also reads, on the partial index lineage_edges_process, the
@@ -101,8 +102,7 @@ _COLUMNS = (
 )
 
 _IDENTITY = (
-    "(tenant_id, upstream_id, downstream_id,"
-    " (COALESCE(process_id, '00000000-0000-0000-0000-000000000000'::uuid)))"
+    "(tenant_id, upstream_id, downstream_id, (COALESCE(process_id, '00000000-0000-0000-0000-000000000000'::uuid)))"
 )
 
 # Inserts the new edges and, in the same statement, reads the ones that already existed (the SELECT
@@ -217,8 +217,12 @@ async def _existing_edges(
         " JOIN unnest(%s::uuid[], %s::uuid[], %s::uuid[]) AS w(u, d, p)"
         " ON e.upstream_id = w.u AND e.downstream_id = w.d AND e.process_id IS NOT DISTINCT FROM w.p"
         " WHERE e.tenant_id = %s",
-        [[e.upstream_id for e in missing], [e.downstream_id for e in missing],
-         [e.process_id for e in missing], tenant_id],
+        [
+            [e.upstream_id for e in missing],
+            [e.downstream_id for e in missing],
+            [e.process_id for e in missing],
+            tenant_id,
+        ],
     )
     return [StoredEdge(*row) for row in await cur.fetchall()]
 
@@ -241,20 +245,22 @@ async def upsert_column_lineage(conn: Conn, tenant_id: str, columns: Sequence[Co
     Raises :class:`NotFound` if a mapping names an edge that does not exist.
     """
     # One spec per mapping, the last transformation given winning (ON CONFLICT may touch a row once).
-    last = {(c.upstream_id, c.downstream_id, c.process_id, c.downstream_column, c.upstream_column): c
-            for c in columns}
+    last = {(c.upstream_id, c.downstream_id, c.process_id, c.downstream_column, c.upstream_column): c for c in columns}
     specs = list(last.values())
     if not specs:
         return ColumnWrite(0, 0)
-    cur = await conn.cursor(row_factory=tuple_row).execute(_MATCH_COLUMNS, {
-        "tenant": tenant_id,
-        "ups": [c.upstream_id for c in specs],
-        "downs": [c.downstream_id for c in specs],
-        "procs": [c.process_id for c in specs],
-        "dcols": [c.downstream_column for c in specs],
-        "ucols": [c.upstream_column for c in specs],
-        "trans": [c.transformation for c in specs],
-    })
+    cur = await conn.cursor(row_factory=tuple_row).execute(
+        _MATCH_COLUMNS,
+        {
+            "tenant": tenant_id,
+            "ups": [c.upstream_id for c in specs],
+            "downs": [c.downstream_id for c in specs],
+            "procs": [c.process_id for c in specs],
+            "dcols": [c.downstream_column for c in specs],
+            "ucols": [c.upstream_column for c in specs],
+            "trans": [c.transformation for c in specs],
+        },
+    )
     matched = {(edge, dc, uc): t for edge, dc, uc, t in await cur.fetchall()}
     if len({(c.upstream_id, c.downstream_id, c.process_id) for c in specs}) > len({k[0] for k in matched}):
         raise NotFound("a column mapping names lineage that does not exist")
@@ -312,8 +318,9 @@ async def _walk(
             budget = edge_limit - walk.fetched
             ids = _uuid_array(frontier[step])
             if carried is None:
-                rows = await (await cur.execute(
-                    _ROOT_STEP[step], [tenant_id, ids, budget + 1, tenant_id, ids, budget + 1])).fetchall()
+                rows = await (
+                    await cur.execute(_ROOT_STEP[step], [tenant_id, ids, budget + 1, tenant_id, ids, budget + 1])
+                ).fetchall()
             else:
                 rows = await (await cur.execute(_STEP[step], [tenant_id, ids, budget + 1])).fetchall()
             if len(rows) > budget:
@@ -325,8 +332,7 @@ async def _walk(
                 rows = [row[:4] for row in rows if not row[4]]
             frontier[step] = _advance(walk, rows, step == "downstream", level, seen[step], node_limit)
             if level == 1 and carried:
-                frontier[step] += _advance_carried(
-                    walk, carried, step == "downstream", level, seen[step], node_limit)
+                frontier[step] += _advance_carried(walk, carried, step == "downstream", level, seen[step], node_limit)
         if walk.truncated or not any(frontier.values()):
             break
     return walk
@@ -428,14 +434,25 @@ async def traverse(
             if not ((u is not None and up in reached) or (d is not None and down in reached)):
                 continue
         process = rows.get(proc) if proc is not None else None
-        edges.append(LineageEdge(
-            edge_id, u[0] if u is not None else UUID(up), d[0] if d is not None else UUID(down),
-            process[0] if process else None, process[1] if process else None,
-            columns.get(edge_id, []) if columns is not None else None,
-        ))
+        edges.append(
+            LineageEdge(
+                edge_id,
+                u[0] if u is not None else UUID(up),
+                d[0] if d is not None else UUID(down),
+                process[0] if process else None,
+                process[1] if process else None,
+                columns.get(edge_id, []) if columns is not None else None,
+            )
+        )
     return LineageGraph(
-        root=asset_id, direction=direction, depth=depth, node_limit=node_limit, truncated=walk.truncated,
-        depth_reached=max(walk.distance.values()), nodes=nodes, edges=edges,
+        root=asset_id,
+        direction=direction,
+        depth=depth,
+        node_limit=node_limit,
+        truncated=walk.truncated,
+        depth_reached=max(walk.distance.values()),
+        nodes=nodes,
+        edges=edges,
     )
 
 
@@ -499,4 +516,3 @@ async def feeding(conn: Conn, tenant_id: str, asset_ids: Sequence[UUID]) -> set[
         [tenant_id, ids, tenant_id, ids],
     )
     return {row[0] for row in await cur.fetchall()}
-

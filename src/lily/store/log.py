@@ -22,8 +22,18 @@ LOG_CHANNEL = "lily_log"
 APPLIED_CHANNEL = "lily_applied"
 
 _EVENT_COLUMNS = (
-    "event_id", "partition", "seq", "tenant_id", "subject", "kind", "payload", "actor",
-    "request_id", "source", "bulk_job_id", "item_index",
+    "event_id",
+    "partition",
+    "seq",
+    "tenant_id",
+    "subject",
+    "kind",
+    "payload",
+    "actor",
+    "request_id",
+    "source",
+    "bulk_job_id",
+    "item_index",
 )
 
 
@@ -51,14 +61,24 @@ async def append(conn: Conn, events: Sequence[NewEvent], partitions: int) -> lis
         seq = next_seq[part]
         next_seq[part] = seq + 1
         accepted.append(Accepted(event.event_id, part, seq))
-        rows.append((
-            event.event_id, part, seq, event.tenant_id, event.subject, event.kind, event.payload,
-            event.actor, event.request_id, event.source, event.bulk_job_id, event.item_index,
-        ))
+        rows.append(
+            (
+                event.event_id,
+                part,
+                seq,
+                event.tenant_id,
+                event.subject,
+                event.kind,
+                event.payload,
+                event.actor,
+                event.request_id,
+                event.source,
+                event.bulk_job_id,
+                event.item_index,
+            )
+        )
     await _insert_events(conn, rows)
-    await conn.execute(
-        "SELECT pg_notify(%s, %s)", [LOG_CHANNEL, ",".join(str(p) for p, _ in counts)]
-    )
+    await conn.execute("SELECT pg_notify(%s, %s)", [LOG_CHANNEL, ",".join(str(p) for p, _ in counts)])
     return accepted
 
 
@@ -68,8 +88,17 @@ async def append_alone(conn: Conn, event: NewEvent, partitions: int) -> Accepted
     partition = partition_of(event.tenant_id, event.subject, partitions)
     cur = await conn.execute(
         "SELECT lily_append_event(%s, %s, %s, %s, %s, %s, %s, %s, %s) AS seq",
-        [event.event_id, partition, event.tenant_id, event.subject, event.kind, Jsonb(event.payload),
-         event.actor, event.request_id, event.source],
+        [
+            event.event_id,
+            partition,
+            event.tenant_id,
+            event.subject,
+            event.kind,
+            Jsonb(event.payload),
+            event.actor,
+            event.request_id,
+            event.source,
+        ],
     )
     row = await cur.fetchone()
     assert row is not None
@@ -78,7 +107,9 @@ async def append_alone(conn: Conn, event: NewEvent, partitions: int) -> Accepted
 
 async def _insert_events(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
     await insert_rows(
-        conn, "events", _EVENT_COLUMNS,
+        conn,
+        "events",
+        _EVENT_COLUMNS,
         ("uuid", "int4", "int8", "text", "text", "text", "jsonb", "text", "text", "text", "uuid", "int4"),
         rows,
     )
@@ -107,8 +138,7 @@ async def try_claim(conn: Conn, partition: int) -> int | None:
     if row is None or not row["locked"]:
         return None
     cur = await conn.execute(
-        "SELECT applied_seq FROM log_offsets"
-        " WHERE partition = %s AND (retry_at IS NULL OR retry_at <= now())",
+        "SELECT applied_seq FROM log_offsets WHERE partition = %s AND (retry_at IS NULL OR retry_at <= now())",
         [partition],
     )
     row = await cur.fetchone()
@@ -164,7 +194,7 @@ async def notify_applied(conn: Conn, last_seq: dict[int, int]) -> None:
     # Payload "p:seq,p:seq,…"; NOTIFY payloads stop at 8000 bytes, so long lists go in several.
     pairs = [f"{p}:{s}" for p, s in last_seq.items()]
     for i in range(0, len(pairs), 300):
-        await conn.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, ",".join(pairs[i:i + 300])])
+        await conn.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, ",".join(pairs[i : i + 300])])
 
 
 def parse_applied(payload: str) -> list[tuple[int, int]]:
@@ -205,15 +235,21 @@ async def advance(conn: Conn, partition: int, seq: int) -> None:
 
 async def record_retry(conn: Conn, event_id: UUID, partition: int, error: str, retry_at: datetime) -> None:
     """Count a failed attempt and hold the partition until ``retry_at`` (order forbids skipping ahead)."""
-    await conn.execute(
-        "UPDATE events SET attempts = attempts + 1, error = %s WHERE event_id = %s", [error, event_id]
-    )
+    await conn.execute("UPDATE events SET attempts = attempts + 1, error = %s WHERE event_id = %s", [error, event_id])
     await conn.execute("UPDATE log_offsets SET retry_at = %s WHERE partition = %s", [retry_at, partition])
 
 
 async def dead_letter(
-    conn: Conn, *, event_id: UUID, tenant_id: str, partition: int, seq: int, subject: str, kind: str,
-    attempts: int, error: str,
+    conn: Conn,
+    *,
+    event_id: UUID,
+    tenant_id: str,
+    partition: int,
+    seq: int,
+    subject: str,
+    kind: str,
+    attempts: int,
+    error: str,
 ) -> None:
     """Give up on an event: mark it, queue it for an admin, and move the partition past it.
 
@@ -274,8 +310,12 @@ async def recent_latency(conn: Conn, per_partition: int = 200, window_seconds: f
     )
     row = await cur.fetchone()
     n = int(row["n"]) if row else 0
-    return {"events": n, "p50_seconds": row["p50"] if row and n else None,
-            "p99_seconds": row["p99"] if row and n else None, "window_seconds": window_seconds}
+    return {
+        "events": n,
+        "p50_seconds": row["p50"] if row and n else None,
+        "p99_seconds": row["p99"] if row and n else None,
+        "window_seconds": window_seconds,
+    }
 
 
 # -- reading events as a tenant ------------------------------------------------------------------

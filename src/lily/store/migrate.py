@@ -56,9 +56,7 @@ def migrate(url: str, *, partitions: int) -> int:
                 log.info("applying migration %s", name)
                 with conn.transaction():
                     conn.execute(sql.encode())
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", [number, name]
-                    )
+                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", [number, name])
             with conn.transaction():
                 conn.execute(_GRANTS.encode())
                 _grant_membership(conn)
@@ -80,12 +78,8 @@ def _ensure_partitions(conn: psycopg.Connection[tuple[object, ...]], partitions:
     row = conn.execute("SELECT count(*) FROM log_heads").fetchone()
     existing = int(str(row[0])) if row else 0
     if existing == 0:
-        conn.execute(
-            "INSERT INTO log_heads (partition) SELECT generate_series(0, %s - 1)", [partitions]
-        )
-        conn.execute(
-            "INSERT INTO log_offsets (partition) SELECT generate_series(0, %s - 1)", [partitions]
-        )
+        conn.execute("INSERT INTO log_heads (partition) SELECT generate_series(0, %s - 1)", [partitions])
+        conn.execute("INSERT INTO log_offsets (partition) SELECT generate_series(0, %s - 1)", [partitions])
     elif existing != partitions:
         raise PartitionCountMismatch(
             f"the event log has {existing} partitions but LILY_PARTITIONS={partitions}; "

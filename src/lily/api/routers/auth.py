@@ -44,10 +44,18 @@ async def login(body: LoginIn, runtime: RuntimeDep) -> TokenOut:
         runtime.tokens, subject=f"user:{body.username}", tenant_id=body.tenant_id, roles=[user["role"]]
     )
     async with runtime.db.tenant(body.tenant_id) as conn:
-        await audit.write_audit(conn, body.tenant_id, [{
-            "action": "auth.login", "actor": claims["sub"], "at": datetime.now(UTC),
-            "detail": {"jti": claims["jti"]},
-        }])
+        await audit.write_audit(
+            conn,
+            body.tenant_id,
+            [
+                {
+                    "action": "auth.login",
+                    "actor": claims["sub"],
+                    "at": datetime.now(UTC),
+                    "detail": {"jti": claims["jti"]},
+                }
+            ],
+        )
     return TokenOut(access_token=token, expires_in=runtime.tokens.ttl_seconds)
 
 
@@ -64,7 +72,15 @@ async def logout(principal: Annotated[Principal, Depends(authenticate)], runtime
     expires = datetime.fromtimestamp(principal.claims["exp"], UTC)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         await identity.revoke_token(conn, principal.tenant_id, jti, expires)
-        await audit.write_audit(conn, principal.tenant_id, [{
-            "action": "auth.logout", "actor": principal.actor, "at": datetime.now(UTC),
-            "detail": {"jti": jti},
-        }])
+        await audit.write_audit(
+            conn,
+            principal.tenant_id,
+            [
+                {
+                    "action": "auth.logout",
+                    "actor": principal.actor,
+                    "at": datetime.now(UTC),
+                    "detail": {"jti": jti},
+                }
+            ],
+        )

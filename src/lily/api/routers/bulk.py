@@ -43,15 +43,24 @@ async def submit(request: Request, principal: Editor, runtime: RuntimeDep, reque
         )
     async with runtime.bulk_slots:
         receipt = await ingest.receive(
-            runtime.db, runtime.settings,
-            tenant_id=principal.tenant_id, actor=principal.actor, request_id=request_id,
-            chunks=request.stream(), ndjson=is_ndjson(request.headers.get("content-type")),
+            runtime.db,
+            runtime.settings,
+            tenant_id=principal.tenant_id,
+            actor=principal.actor,
+            request_id=request_id,
+            chunks=request.stream(),
+            ndjson=is_ndjson(request.headers.get("content-type")),
             idempotency_key=request.headers.get("idempotency-key"),
         )
     url = STATUS_PATH.format(receipt.job_id)
     return FastJSON(
-        {"job_id": str(receipt.job_id), "status_url": url, "total": receipt.total,
-         "rejected": receipt.rejected, "replayed": receipt.replayed},
+        {
+            "job_id": str(receipt.job_id),
+            "status_url": url,
+            "total": receipt.total,
+            "rejected": receipt.rejected,
+            "replayed": receipt.replayed,
+        },
         status_code=202,
         headers={"Location": url},
     )

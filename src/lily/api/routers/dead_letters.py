@@ -58,8 +58,11 @@ def _document(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _replayed(r: policy.Replayed) -> dict[str, Any]:
-    return {"event_id": str(r.event_id), "replay_event_id": str(r.replay_event_id),
-            "status_url": STATUS_PATH.format(r.replay_event_id)}
+    return {
+        "event_id": str(r.event_id),
+        "replay_event_id": str(r.replay_event_id),
+        "status_url": STATUS_PATH.format(r.replay_event_id),
+    }
 
 
 @router.get("")
@@ -82,8 +85,7 @@ async def list_dead_letters(
             after = (datetime.fromisoformat(position[0]), UUID(position[1]))
         except (TypeError, ValueError, IndexError) as exc:
             raise Invalid("cursor is not one this API issued", field="cursor") from exc
-    f = store.Filter(state=None if state == "all" else state, kind=kind, subject=subject, since=since,
-                     until=until)
+    f = store.Filter(state=None if state == "all" else state, kind=kind, subject=subject, since=since, until=until)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         rows = await store.list_letters(conn, principal.tenant_id, f, after=after, limit=limit + 1)
     page = pagination.page(rows, limit, lambda r: [r["dead_lettered_at"].isoformat(), str(r["event_id"])])
@@ -113,8 +115,14 @@ async def replay_matching(
     f = store.Filter(kind=body.kind, subject=body.subject, since=body.since, until=body.until)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         replayed, skipped = await policy.replay_matching(
-            conn, principal.tenant_id, f, force=force, actor=principal.actor, request_id=request_id,
-            partitions=runtime.settings.partitions, limit=body.limit,
+            conn,
+            principal.tenant_id,
+            f,
+            force=force,
+            actor=principal.actor,
+            request_id=request_id,
+            partitions=runtime.settings.partitions,
+            limit=body.limit,
         )
     return {"replayed": [_replayed(r) for r in replayed], "skipped": skipped}
 
@@ -129,8 +137,15 @@ async def replay_one(
 ) -> FastJSON:
     """Append a replay of this letter; 409 if a newer event of its subject exists (unless ``force``)."""
     async with runtime.db.tenant(principal.tenant_id) as conn:
-        done = await policy.replay(conn, principal.tenant_id, event_id, force=force, actor=principal.actor,
-                                   request_id=request_id, partitions=runtime.settings.partitions)
+        done = await policy.replay(
+            conn,
+            principal.tenant_id,
+            event_id,
+            force=force,
+            actor=principal.actor,
+            request_id=request_id,
+            partitions=runtime.settings.partitions,
+        )
     body = _replayed(done)
     return FastJSON(body, status_code=202, headers={"Location": body["status_url"]})
 

@@ -39,7 +39,9 @@ async def event_status(event_id: UUID, principal: Viewer, runtime: RuntimeDep) -
         "accept_to_apply_seconds": latency,
         "replay_of": str(row["replay_of"]) if row["replay_of"] else None,
         # Where a dead-lettered event stands in the queue: open, replayed (and as which event), discarded.
-        "dead_letter": None if letter is None else {
+        "dead_letter": None
+        if letter is None
+        else {
             "state": letter["state"],
             "replayed_as": str(letter["replayed_as"]) if letter["replayed_as"] else None,
             "resolved_at": letter["resolved_at"],

@@ -52,10 +52,13 @@ async def _names(runtime: Any, tenant_id: str, refs: list[graph.AssetRef]) -> di
         row = found[ref.asset_id] if ref.asset_id is not None else named.get(ref.qualified_name or "")
         if row is not None and row["deleted_at"] is not None:
             spelled = row["qualified_name"] if ref.asset_id is None else f"{ref.asset_id} ({row['qualified_name']})"
-            raise Conflict(f"asset {spelled} is deleted; write it again to restore it before recording lineage"
-                           " to it", asset_id=str(row["asset_id"]))
-    return {r: (found[r.asset_id]["qualified_name"] if r.asset_id is not None else r.qualified_name or "")
-            for r in refs}
+            raise Conflict(
+                f"asset {spelled} is deleted; write it again to restore it before recording lineage to it",
+                asset_id=str(row["asset_id"]),
+            )
+    return {
+        r: (found[r.asset_id]["qualified_name"] if r.asset_id is not None else r.qualified_name or "") for r in refs
+    }
 
 
 @router.post("", status_code=201, responses={202: {"description": "Accepted"}})
@@ -70,11 +73,15 @@ async def record_lineage(
         "upstreams": [names[r] for r in body.upstreams],
         "downstreams": downstreams,
         "process": names[body.process] if body.process else None,
-        "column_mappings": [{
-            "downstream": names[m.asset] if m.asset else downstreams[0], "column": m.column,
-            "upstreams": [{"asset": names[u.asset], "column": u.column} for u in m.upstreams],
-            "transformation": m.transformation,
-        } for m in body.column_mappings],
+        "column_mappings": [
+            {
+                "downstream": names[m.asset] if m.asset else downstreams[0],
+                "column": m.column,
+                "upstreams": [{"asset": names[u.asset], "column": u.column} for u in m.upstreams],
+                "transformation": m.transformation,
+            }
+            for m in body.column_mappings
+        ],
     }
     subject: str = payload["process"] or downstreams[0]
     event = NewEvent(principal.tenant_id, subject, LINEAGE_UPSERT, payload, principal.actor, request_id)
@@ -136,8 +143,7 @@ async def remove_lineage(
     if row is None:
         raise NotFound(f"asset {asset_id} does not exist")
     payload = {"asset_id": str(asset_id), "direction": direction}
-    event = NewEvent(principal.tenant_id, row["qualified_name"], LINEAGE_DELETE, payload, principal.actor,
-                     request_id)
+    event = NewEvent(principal.tenant_id, row["qualified_name"], LINEAGE_DELETE, payload, principal.actor, request_id)
 
     async def render(conn: Conn, result: dict[str, Any]) -> Response:
         return FastJSON(result)

@@ -29,8 +29,10 @@ def asset_response(snapshot: dict[str, Any], status: int = 200, **extra: Any) ->
     return FastJSON(
         {**snapshot, **extra},
         status_code=status,
-        headers={"ETag": rules.etag(snapshot["asset_id"], snapshot["version"]),
-                 "Location": f"/lily/v1/metadata/{snapshot['asset_id']}"},
+        headers={
+            "ETag": rules.etag(snapshot["asset_id"], snapshot["version"]),
+            "Location": f"/lily/v1/metadata/{snapshot['asset_id']}",
+        },
     )
 
 
@@ -51,18 +53,18 @@ async def create_or_update(
 ) -> Response:
     payload = body.model_dump(mode="json", exclude_unset=True)
     payload["qualified_name"], payload["type"] = body.qualified_name, body.type
-    event = NewEvent(principal.tenant_id, body.qualified_name, ASSET_UPSERT, payload, principal.actor,
-                     request_id)
-    return await writes.write(runtime, request, principal, event, payload,
-                              render_version(runtime, principal.tenant_id))
+    event = NewEvent(principal.tenant_id, body.qualified_name, ASSET_UPSERT, payload, principal.actor, request_id)
+    return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
 
 
 @router.get("/search")
 async def search(
     principal: Viewer,
     runtime: RuntimeDep,
-    q: Annotated[str | None, Query(max_length=512, pattern=rules.NO_NUL,
-                                   description="Full text: name, qualified name, description")] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=512, pattern=rules.NO_NUL, description="Full text: name, qualified name, description"),
+    ] = None,
     qualified_name: Annotated[str | None, Query(max_length=1024, pattern=rules.NO_NUL)] = None,
     type: Annotated[list[SearchTerm] | None, Query(description="Asset types; repeat for any of several")] = None,
     tag: Annotated[list[SearchTerm] | None, Query(description="Tags; repeat to require all")] = None,
@@ -71,9 +73,16 @@ async def search(
 ) -> dict[str, Any]:
     after = pagination.decode(cursor, valid=pagination.rank_and_id)
     async with runtime.db.tenant(principal.tenant_id) as conn:
-        rows = await store.search(conn, principal.tenant_id, q=q, qualified_name=qualified_name,
-                                  types=[t.lower() for t in type or []], tags=tag or [],
-                                  after=tuple(after) if after else None, limit=limit + 1)
+        rows = await store.search(
+            conn,
+            principal.tenant_id,
+            q=q,
+            qualified_name=qualified_name,
+            types=[t.lower() for t in type or []],
+            tags=tag or [],
+            after=tuple(after) if after else None,
+            limit=limit + 1,
+        )
     result = pagination.page(rows, limit, lambda r: [r["rank"], str(r["asset_id"])])
     result["items"] = [rules.to_document(r) for r in result["items"]]
     return result
@@ -109,8 +118,9 @@ async def get_asset(
         row = await store.get(conn, principal.tenant_id, asset_id, include_deleted=include_deleted)
         if row is None:
             raise NotFound(f"asset {asset_id} does not exist")
-        versions = await store.history(conn, principal.tenant_id, asset_id, before_version=before,
-                                       limit=history_limit + 1)
+        versions = await store.history(
+            conn, principal.tenant_id, asset_id, before_version=before, limit=history_limit + 1
+        )
     history = pagination.page(versions, history_limit, lambda v: v["version"])
     return asset_response(rules.to_document(row), history=history)
 
@@ -127,11 +137,13 @@ async def replace_asset(
 ) -> Response:
     subject = await _subject(runtime, principal.tenant_id, asset_id, if_match)
     fields = body.model_dump(mode="json")
-    payload = {"asset_id": str(asset_id), "fields": fields,
-               "if_version": rules.parse_if_match(if_match, asset_id) if if_match else None}
+    payload = {
+        "asset_id": str(asset_id),
+        "fields": fields,
+        "if_version": rules.parse_if_match(if_match, asset_id) if if_match else None,
+    }
     event = NewEvent(principal.tenant_id, subject, ASSET_REPLACE, payload, principal.actor, request_id)
-    return await writes.write(runtime, request, principal, event, payload,
-                              render_version(runtime, principal.tenant_id))
+    return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
 
 
 @item_router.delete("/{asset_id}")
@@ -144,11 +156,9 @@ async def delete_asset(
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     subject = await _subject(runtime, principal.tenant_id, asset_id, if_match)
-    payload = {"asset_id": str(asset_id),
-               "if_version": rules.parse_if_match(if_match, asset_id) if if_match else None}
+    payload = {"asset_id": str(asset_id), "if_version": rules.parse_if_match(if_match, asset_id) if if_match else None}
     event = NewEvent(principal.tenant_id, subject, ASSET_DELETE, payload, principal.actor, request_id)
-    return await writes.write(runtime, request, principal, event, payload,
-                              render_version(runtime, principal.tenant_id))
+    return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
 
 
 async def _subject(runtime: Any, tenant_id: str, asset_id: UUID, if_match: str | None) -> str:

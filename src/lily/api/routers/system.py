@@ -21,8 +21,9 @@ async def health(runtime: RuntimeDep) -> Response:
         async with runtime.db.system() as conn:
             status = await store_system.health(conn)
     except Exception as exc:  # any failure to reach the database is "unhealthy", never a 500
-        return FastJSON({"status": "unhealthy", "database": "unreachable", "error": type(exc).__name__},
-                              status_code=503)
+        return FastJSON(
+            {"status": "unhealthy", "database": "unreachable", "error": type(exc).__name__}, status_code=503
+        )
     body: dict[str, Any] = {"status": "ok", "database": "ok", **status}
     return FastJSON(body)
 

@@ -53,11 +53,19 @@ async def replace_config(
         if before is None:
             raise NotFound(f"tenant {tenant_id} does not exist")
         row = await identity.set_tenant_config(conn, tenant_id, body.model_dump())
-        await audit.write_audit(conn, tenant_id, [{
-            "action": "tenant.config_replaced", "actor": principal.actor, "request_id": request_id,
-            "at": datetime.now(UTC),
-            "detail": {"from": TenantConfig.of(before["config"]).model_dump(), "to": body.model_dump()},
-        }])
+        await audit.write_audit(
+            conn,
+            tenant_id,
+            [
+                {
+                    "action": "tenant.config_replaced",
+                    "actor": principal.actor,
+                    "request_id": request_id,
+                    "at": datetime.now(UTC),
+                    "detail": {"from": TenantConfig.of(before["config"]).model_dump(), "to": body.model_dump()},
+                }
+            ],
+        )
     return _config_document(row)
 
 
@@ -67,10 +75,30 @@ async def sources(tenant_id: str, principal: Viewer, runtime: RuntimeDep) -> dic
     async with runtime.db.tenant(tenant_id) as conn:
         keys = await identity.list_api_keys(conn, tenant_id)
         connectors = await identity.list_connectors(conn, tenant_id)
-    inbound = [{"kind": "api_key", "id": k["key_id"], "name": k["name"], "role": k["role"],
-                "created_at": k["created_at"]} for k in keys]
-    inbound += [{"kind": c["kind"], "id": str(c["connector_id"]), "name": c["name"], "active": c["active"],
-                 "created_at": c["created_at"]} for c in connectors if c["direction"] == "inbound"]
-    outbound = [{"kind": c["kind"], "id": str(c["connector_id"]), "name": c["name"], "active": c["active"],
-                 "created_at": c["created_at"]} for c in connectors if c["direction"] == "outbound"]
+    inbound = [
+        {"kind": "api_key", "id": k["key_id"], "name": k["name"], "role": k["role"], "created_at": k["created_at"]}
+        for k in keys
+    ]
+    inbound += [
+        {
+            "kind": c["kind"],
+            "id": str(c["connector_id"]),
+            "name": c["name"],
+            "active": c["active"],
+            "created_at": c["created_at"],
+        }
+        for c in connectors
+        if c["direction"] == "inbound"
+    ]
+    outbound = [
+        {
+            "kind": c["kind"],
+            "id": str(c["connector_id"]),
+            "name": c["name"],
+            "active": c["active"],
+            "created_at": c["created_at"],
+        }
+        for c in connectors
+        if c["direction"] == "outbound"
+    ]
     return {"tenant_id": tenant_id, "inbound": inbound, "outbound": outbound}

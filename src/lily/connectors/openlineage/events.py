@@ -222,7 +222,9 @@ class JobEvent(_Event):
 Event = RunEvent | DatasetEvent | JobEvent
 
 _MODELS: dict[str, type[RunEvent] | type[DatasetEvent] | type[JobEvent]] = {
-    "RunEvent": RunEvent, "DatasetEvent": DatasetEvent, "JobEvent": JobEvent,
+    "RunEvent": RunEvent,
+    "DatasetEvent": DatasetEvent,
+    "JobEvent": JobEvent,
 }
 
 
@@ -250,8 +252,7 @@ def kind_of(raw: dict[str, Any]) -> EventKind:
     if named in _MODELS:
         return named  # type: ignore[return-value]
     if named:
-        raise Invalid(f"schemaURL names {named!r}; expected RunEvent, DatasetEvent or JobEvent",
-                      field="schemaURL")
+        raise Invalid(f"schemaURL names {named!r}; expected RunEvent, DatasetEvent or JobEvent", field="schemaURL")
     if "run" in raw or "eventType" in raw:
         return "RunEvent"
     if "dataset" in raw:
@@ -294,7 +295,10 @@ def parse_batch(raw: Any) -> list[Event]:
             errors.extend(err.extra.get("errors") or [{"field": f"[{i}]", "message": err.detail}])
     if bad:
         listed = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
-        raise Invalid(f"{len(bad)} invalid event(s) at index {listed}; nothing was applied: "
-                      f"{errors[0]['field']}: {errors[0]['message']}",
-                      errors=errors[:50], indexes=bad[:100])
+        raise Invalid(
+            f"{len(bad)} invalid event(s) at index {listed}; nothing was applied: "
+            f"{errors[0]['field']}: {errors[0]['message']}",
+            errors=errors[:50],
+            indexes=bad[:100],
+        )
     return events

@@ -20,8 +20,14 @@ from lily.connectors.openlineage.translate import COLUMNS, JOB
 Link = tuple[UUID, UUID, UUID | None]  # (upstream, downstream, process)
 
 # Marquez's run states, from OpenLineage's event types.
-_RUN_STATE = {"START": "RUNNING", "RUNNING": "RUNNING", "COMPLETE": "COMPLETED", "FAIL": "FAILED",
-              "ABORT": "ABORTED", "OTHER": "NEW"}
+_RUN_STATE = {
+    "START": "RUNNING",
+    "RUNNING": "RUNNING",
+    "COMPLETE": "COMPLETED",
+    "FAIL": "FAILED",
+    "ABORT": "ABORTED",
+    "OTHER": "NEW",
+}
 
 
 def split_qualified_name(qualified_name: str) -> tuple[str, str]:
@@ -33,7 +39,7 @@ def split_qualified_name(qualified_name: str) -> tuple[str, str]:
     cut = qualified_name.find("/", start)
     if cut < 0:
         return "", qualified_name
-    return qualified_name[:cut], qualified_name[cut + 1:]
+    return qualified_name[:cut], qualified_name[cut + 1 :]
 
 
 def identity(row: dict[str, Any]) -> tuple[str, str]:
@@ -56,7 +62,7 @@ def candidate_names(rest: str, limit: int = 64) -> list[str]:
     out = []
     for i, ch in enumerate(rest):
         if ch == ":":
-            ns, name = rest[:i], rest[i + 1:]
+            ns, name = rest[:i], rest[i + 1 :]
             if name:
                 out.append(f"{ns}/{name}" if ns else name)
             if len(out) >= limit:
@@ -92,7 +98,8 @@ def _dataset_data(row: dict[str, Any]) -> dict[str, Any]:
         "sourceName": namespace,
         "fields": [
             {"name": c.get("name"), "type": c.get("type"), "tags": [], "description": c.get("description")}
-            for c in (columns if isinstance(columns, list) else []) if isinstance(c, dict)
+            for c in (columns if isinstance(columns, list) else [])
+            if isinstance(c, dict)
         ],
         "tags": list(row["tags"]),
         "lastModifiedAt": None,
@@ -175,10 +182,15 @@ def marquez_graph(rows: dict[UUID, dict[str, Any]], links: Iterable[Link]) -> di
             data = _job_data(row, [_ref(rows[a]) for a in ins], [_ref(rows[a]) for a in outs])
         else:
             data = _dataset_data(row)
-        graph.append({
-            "id": nid, "type": "JOB" if row["type"] == JOB else "DATASET", "data": data,
-            "inEdges": incoming.get(nid, []), "outEdges": outgoing.get(nid, []),
-        })
+        graph.append(
+            {
+                "id": nid,
+                "type": "JOB" if row["type"] == JOB else "DATASET",
+                "data": data,
+                "inEdges": incoming.get(nid, []),
+                "outEdges": outgoing.get(nid, []),
+            }
+        )
     return {"graph": graph}
 
 

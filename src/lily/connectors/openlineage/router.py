@@ -40,13 +40,20 @@ MAX_INFLATED_BYTES = 8 * 1024 * 1024
 MAX_JOB_STARTS = 50
 
 # The body is read raw (to decompress it under a bound first), so describe it for the OpenAPI document.
-_EVENT_BODY = {"requestBody": {"required": True, "description": "An OpenLineage RunEvent, DatasetEvent or "
-                               "JobEvent; may be sent with Content-Encoding: gzip",
-                               "content": {"application/json": {"schema": {"type": "object"}}}}}
-_BATCH_BODY = {"requestBody": {"required": True, "description": "A JSON array of OpenLineage events; "
-                               "may be sent with Content-Encoding: gzip",
-                               "content": {"application/json": {"schema": {"type": "array",
-                                                                           "items": {"type": "object"}}}}}}
+_EVENT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "An OpenLineage RunEvent, DatasetEvent or JobEvent; may be sent with Content-Encoding: gzip",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A JSON array of OpenLineage events; may be sent with Content-Encoding: gzip",
+        "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}},
+    }
+}
 
 
 class MalformedBody(LilyError):
@@ -95,8 +102,13 @@ async def _json_body(request: Request, limit: int) -> Any:
         raise MalformedBody(f"the body is not valid JSON: {exc}") from None
 
 
-@router.post("/lineage", status_code=201, response_class=Response,
-             responses={201: {"description": "Recorded (empty body, as Marquez answers)"}}, openapi_extra=_EVENT_BODY)
+@router.post(
+    "/lineage",
+    status_code=201,
+    response_class=Response,
+    responses={201: {"description": "Recorded (empty body, as Marquez answers)"}},
+    openapi_extra=_EVENT_BODY,
+)
 async def record_event(request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId) -> Response:
     """Take one OpenLineage event (RunEvent, DatasetEvent or JobEvent), plain or gzip-compressed."""
     event = parse_event(await _json_body(request, MAX_INFLATED_BYTES))
@@ -106,8 +118,13 @@ async def record_event(request: Request, principal: Editor, runtime: RuntimeDep,
     return Response(status_code=201)
 
 
-@router.post("/lineage/batch", status_code=201, response_class=Response,
-             responses={201: {"description": "All recorded (empty body)"}}, openapi_extra=_BATCH_BODY)
+@router.post(
+    "/lineage/batch",
+    status_code=201,
+    response_class=Response,
+    responses={201: {"description": "All recorded (empty body)"}},
+    openapi_extra=_BATCH_BODY,
+)
 async def record_batch(request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId) -> Response:
     """Take a JSON array of OpenLineage events: every one is validated first, and all are recorded
     in one transaction, or none (the error names the index of each bad one)."""
@@ -126,8 +143,11 @@ async def record_batch(request: Request, principal: Editor, runtime: RuntimeDep,
 def _pick(rest: str, names: list[str], found: dict[str, dict[str, Any]], want_job: bool) -> dict[str, Any] | None:
     """The live asset a node id names: of the right kind, and the one whose OpenLineage identity
     spells the id exactly when several splits of ``ns:name`` exist."""
-    matches = [found[n] for n in names
-               if n in found and found[n]["deleted_at"] is None and (found[n]["type"] == JOB) == want_job]
+    matches = [
+        found[n]
+        for n in names
+        if n in found and found[n]["deleted_at"] is None and (found[n]["type"] == JOB) == want_job
+    ]
     for row in matches:
         namespace, name = identity(row)
         if f"{namespace}:{name}" == rest:
@@ -139,8 +159,15 @@ def _pick(rest: str, names: list[str], found: dict[str, dict[str, Any]], want_jo
 async def marquez_lineage(
     principal: Viewer,
     runtime: RuntimeDep,
-    node_id: Annotated[str, Query(alias="nodeId", min_length=1, max_length=2100,
-                                  description="dataset:{namespace}:{name} or job:{namespace}:{name}")],
+    node_id: Annotated[
+        str,
+        Query(
+            alias="nodeId",
+            min_length=1,
+            max_length=2100,
+            description="dataset:{namespace}:{name} or job:{namespace}:{name}",
+        ),
+    ],
     depth: Annotated[int, Query(ge=0, description="hops; capped at Lily's lineage depth cap")] = MARQUEZ_DEFAULT_DEPTH,
 ) -> Response:
     """The lineage around a dataset or job in Marquez's shape: ``{"graph": [{id, type, data, inEdges,

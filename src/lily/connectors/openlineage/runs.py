@@ -95,6 +95,7 @@ def apply_change(attributes: dict[str, Any], change: RunChange) -> dict[str, Any
     last_run = {k: latest[k] for k in ("run_id", "state", "event_time", "started_at", "ended_at")}
     out = {RUNS: runs, LAST_RUN: last_run}
     if change.job_facets:
-        out[facets.ATTRIBUTE] = facets.merged(attributes.get(facets.ATTRIBUTE), change.job_namespace,
-                                              change.job_name, change.job_facets)
+        out[facets.ATTRIBUTE] = facets.merged(
+            attributes.get(facets.ATTRIBUTE), change.job_namespace, change.job_name, change.job_facets
+        )
     return out

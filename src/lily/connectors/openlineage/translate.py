@@ -169,7 +169,8 @@ def _transformation(spec: ColumnLineageField) -> str | None:
     # Facet 1-2-0 moved the description onto each input field's ``transformations``.
     kinds = dict.fromkeys(
         "/".join(str(t[k]) for k in ("type", "subtype") if t.get(k))
-        for f in spec.inputFields for t in f.transformations
+        for f in spec.inputFields
+        for t in f.transformations
     )
     described = ", ".join(k for k in kinds if k)
     return described or None
@@ -197,12 +198,14 @@ def lineage_payload(
             if not sources:
                 continue
             ups.extend(qn for qn, _ in sources if qn not in ups)
-            mappings.append({
-                "downstream": ds.qualified_name,
-                "column": column,
-                "upstreams": [{"asset": qn, "column": col} for qn, col in sources],
-                "transformation": _transformation(spec),
-            })
+            mappings.append(
+                {
+                    "downstream": ds.qualified_name,
+                    "column": column,
+                    "upstreams": [{"asset": qn, "column": col} for qn, col in sources],
+                    "transformation": _transformation(spec),
+                }
+            )
     # A dataset both read and written (an incremental table) stays a downstream: the other inputs
     # still get their edges to it, and it gets no edge to itself.
     ups = [qn for qn in ups if qn not in written]
@@ -217,11 +220,19 @@ def lineage_payload(
             field="outputs",
         )
     if len(mappings) > MAX_EDGES_PER_REQUEST:
-        raise Invalid(f"{len(mappings)} column lineage entries; at most {MAX_EDGES_PER_REQUEST}",
-                      field="outputs.facets.columnLineage")
+        raise Invalid(
+            f"{len(mappings)} column lineage entries; at most {MAX_EDGES_PER_REQUEST}",
+            field="outputs.facets.columnLineage",
+        )
     # ``types``: a name nobody has written yet becomes a placeholder of the right type, not "unknown".
     types = {qn: DATASET for qn in [*ups, *downs]}
     if process is not None:
         types[process] = JOB
-    return {"upstreams": ups, "downstreams": downs, "process": process, "column_mappings": mappings,
-            "types": types, "source": SOURCE}
+    return {
+        "upstreams": ups,
+        "downstreams": downs,
+        "process": process,
+        "column_mappings": mappings,
+        "types": types,
+        "source": SOURCE,
+    }

@@ -48,15 +48,28 @@ class AssetHandler:
             if before is not None and before["placeholder"] != after["placeholder"]:
                 changes["placeholder"] = {"from": before["placeholder"], "to": after["placeholder"]}
             if before is not None and before["deleted_at"] is None and action != "asset.deleted" and not changes:
-                event.applied({"asset_id": str(before["asset_id"]), "version": before["version"],
-                               "changed": False, "created": False})
+                event.applied(
+                    {
+                        "asset_id": str(before["asset_id"]),
+                        "version": before["version"],
+                        "changed": False,
+                        "created": False,
+                    }
+                )
                 continue
-            batch.add(event, before, after, action, changes,
-                      detail={"changed": sorted(changes), "source": event.source})
+            batch.add(
+                event, before, after, action, changes, detail={"changed": sorted(changes), "source": event.source}
+            )
             # Later stages (downstream propagation) react to what changed.
             event.notes["change"] = {"action": action, "changes": changes, "asset": after}
-            event.applied({"asset_id": str(after["asset_id"]), "version": after["version"],
-                           "changed": True, "created": before is None})
+            event.applied(
+                {
+                    "asset_id": str(after["asset_id"]),
+                    "version": after["version"],
+                    "changed": True,
+                    "created": before is None,
+                }
+            )
         await batch.write()
 
     def _next_state(
@@ -77,8 +90,12 @@ class AssetHandler:
                     current_version=before["version"],
                 )
             if event.kind == ASSET_DELETE:
-                return {**before, "version": before["version"] + 1, "updated_at": ctx.now,
-                        "deleted_at": ctx.now}, "asset.deleted"
+                return {
+                    **before,
+                    "version": before["version"] + 1,
+                    "updated_at": ctx.now,
+                    "deleted_at": ctx.now,
+                }, "asset.deleted"
             state = rules.merge(before, payload["fields"], replace=True)
             action = "asset.replaced"
         patch = event.notes.get(ATTRIBUTES_PATCH)

@@ -34,17 +34,33 @@ class ChangeSet:
         """Record ``after`` as the asset's next version; ``write_row=False`` when the row is written already."""
         if write_row:
             self.rows.append(after)
-        self.versions.append({
-            "asset_id": after["asset_id"], "version": after["version"], "action": action,
-            "snapshot": rules.to_document(after), "changes": changes, "actor": event.actor,
-            "event_id": event.event_id, "request_id": event.request_id, "origin": origin,
-            "changed_at": self.ctx.now,
-        })
-        self.audits.append({
-            "asset_id": after["asset_id"], "action": action, "actor": event.actor,
-            "version_before": before["version"] if before else None, "version_after": after["version"],
-            "request_id": event.request_id, "event_id": event.event_id, "detail": detail, "at": self.ctx.now,
-        })
+        self.versions.append(
+            {
+                "asset_id": after["asset_id"],
+                "version": after["version"],
+                "action": action,
+                "snapshot": rules.to_document(after),
+                "changes": changes,
+                "actor": event.actor,
+                "event_id": event.event_id,
+                "request_id": event.request_id,
+                "origin": origin,
+                "changed_at": self.ctx.now,
+            }
+        )
+        self.audits.append(
+            {
+                "asset_id": after["asset_id"],
+                "action": action,
+                "actor": event.actor,
+                "version_before": before["version"] if before else None,
+                "version_after": after["version"],
+                "request_id": event.request_id,
+                "event_id": event.event_id,
+                "detail": detail,
+                "at": self.ctx.now,
+            }
+        )
 
     async def write(self) -> None:
         await store.write(self.ctx.conn, self.ctx.tenant_id, self.rows, self.versions, self.audits)

@@ -37,17 +37,22 @@ def to_request(payload: dict[str, Any]) -> graph.LineageIn:
     def ref(qn: str) -> dict[str, str]:
         return {"qualified_name": qn}
 
-    return graph.LineageIn.model_validate({
-        "upstreams": [ref(q) for q in payload.get("upstreams", [])],
-        "downstreams": [ref(q) for q in payload.get("downstreams", [])],
-        "process": ref(payload["process"]) if payload.get("process") else None,
-        "column_mappings": [
-            {"column": m["column"], "asset": ref(m["downstream"]) if m.get("downstream") else None,
-             "upstreams": [{"asset": ref(u["asset"]), "column": u["column"]} for u in m.get("upstreams", [])],
-             "transformation": m.get("transformation")}
-            for m in payload.get("column_mappings", [])
-        ],
-    })
+    return graph.LineageIn.model_validate(
+        {
+            "upstreams": [ref(q) for q in payload.get("upstreams", [])],
+            "downstreams": [ref(q) for q in payload.get("downstreams", [])],
+            "process": ref(payload["process"]) if payload.get("process") else None,
+            "column_mappings": [
+                {
+                    "column": m["column"],
+                    "asset": ref(m["downstream"]) if m.get("downstream") else None,
+                    "upstreams": [{"asset": ref(u["asset"]), "column": u["column"]} for u in m.get("upstreams", [])],
+                    "transformation": m.get("transformation"),
+                }
+                for m in payload.get("column_mappings", [])
+            ],
+        }
+    )
 
 
 class LineageHandler:
@@ -58,8 +63,11 @@ class LineageHandler:
             try:
                 event.notes["lineage_request"] = to_request(event.payload)
             except (ValidationError, KeyError, TypeError) as exc:
-                event.reject(invalid_from(exc) if isinstance(exc, ValidationError)
-                             else Invalid(f"malformed lineage payload: {exc}", field="payload"))
+                event.reject(
+                    invalid_from(exc)
+                    if isinstance(exc, ValidationError)
+                    else Invalid(f"malformed lineage payload: {exc}", field="payload")
+                )
         elif event.payload.get("direction") not in ("upstream", "downstream", "both"):
             event.reject(Invalid("direction must be upstream, downstream or both", field="direction"))
 
@@ -87,28 +95,51 @@ class LineageHandler:
         columns = await store_lineage.upsert_column_lineage(ctx.conn, ctx.tenant_id, plan.columns)
         by_id = {v: k for k, v in ids.items()}
         created = [e for e in stored if e.created]
-        audits: list[dict[str, Any]] = [{
-            "asset_id": down, "action": "lineage.added", "actor": event.actor, "request_id": event.request_id,
-            "event_id": event.event_id, "at": ctx.now,
-            "detail": {"upstreams": sorted(by_id[e.upstream_id] for e in created if e.downstream_id == down),
-                       "process": request.process.qualified_name if request.process else None,
-                       "source": event.source},
-        } for down in dict.fromkeys(e.downstream_id for e in created)]
+        audits: list[dict[str, Any]] = [
+            {
+                "asset_id": down,
+                "action": "lineage.added",
+                "actor": event.actor,
+                "request_id": event.request_id,
+                "event_id": event.event_id,
+                "at": ctx.now,
+                "detail": {
+                    "upstreams": sorted(by_id[e.upstream_id] for e in created if e.downstream_id == down),
+                    "process": request.process.qualified_name if request.process else None,
+                    "source": event.source,
+                },
+            }
+            for down in dict.fromkeys(e.downstream_id for e in created)
+        ]
         if columns.written or columns.removed:
             # On the downstream assets the mappings are about, not on every downstream of the request.
             mapped: dict[UUID, set[str]] = {}
             for c in plan.columns:
                 mapped.setdefault(c.downstream_id, set()).add(c.downstream_column)
-            audits += [{"asset_id": down, "action": "lineage.columns", "actor": event.actor,
-                        "request_id": event.request_id, "event_id": event.event_id, "at": ctx.now,
-                        "detail": {"columns": sorted(cols), "written": columns.written, "removed": columns.removed}}
-                       for down, cols in mapped.items()]
+            audits += [
+                {
+                    "asset_id": down,
+                    "action": "lineage.columns",
+                    "actor": event.actor,
+                    "request_id": event.request_id,
+                    "event_id": event.event_id,
+                    "at": ctx.now,
+                    "detail": {"columns": sorted(cols), "written": columns.written, "removed": columns.removed},
+                }
+                for down, cols in mapped.items()
+            ]
         await store_audit.write_audit(ctx.conn, ctx.tenant_id, audits)
         return {
-            "edges": [{"edge_id": str(e.edge_id), "upstream": by_id[e.upstream_id],
-                       "downstream": by_id[e.downstream_id],
-                       "process": by_id.get(e.process_id) if e.process_id else None, "created": e.created}
-                      for e in stored],
+            "edges": [
+                {
+                    "edge_id": str(e.edge_id),
+                    "upstream": by_id[e.upstream_id],
+                    "downstream": by_id[e.downstream_id],
+                    "process": by_id.get(e.process_id) if e.process_id else None,
+                    "created": e.created,
+                }
+                for e in stored
+            ],
             "placeholders": event.notes.get("placeholders", []),
             "columns": {"written": columns.written, "removed": columns.removed},
         }
@@ -125,22 +156,39 @@ class LineageHandler:
         if event.source == API_SOURCE:
             deleted = sorted(n for n, row in current.items() if row["deleted_at"] is not None)
             if deleted:
-                raise Conflict(f"asset {deleted[0]} is deleted; write it again to restore it before recording"
-                               " lineage to it", asset_id=str(current[deleted[0]]["asset_id"]))
+                raise Conflict(
+                    f"asset {deleted[0]} is deleted; write it again to restore it before recording lineage to it",
+                    asset_id=str(current[deleted[0]]["asset_id"]),
+                )
         ids = {name: row["asset_id"] for name, row in current.items()}
         missing = [n for n in names if n not in ids]
         if missing:
             types = event.payload.get("types") or {}
-            rows = [{
-                "asset_id": rules.asset_id_for(ctx.tenant_id, n), "qualified_name": n,
-                "type": types.get(n, PLACEHOLDER_TYPE), "name": rules.default_name(n), "placeholder": True,
-                "version": 1, "created_at": ctx.now, "updated_at": ctx.now,
-            } for n in missing]
+            rows = [
+                {
+                    "asset_id": rules.asset_id_for(ctx.tenant_id, n),
+                    "qualified_name": n,
+                    "type": types.get(n, PLACEHOLDER_TYPE),
+                    "name": rules.default_name(n),
+                    "placeholder": True,
+                    "version": 1,
+                    "created_at": ctx.now,
+                    "updated_at": ctx.now,
+                }
+                for n in missing
+            ]
             created = await store_assets.insert_placeholders(ctx.conn, ctx.tenant_id, rows)
             batch = ChangeSet(ctx)
             for row in created:  # inserted already (only if nobody got there first): version and audit only
-                batch.add(event, None, row, "asset.placeholder_created", {},
-                          detail={"referenced_by": "lineage"}, write_row=False)
+                batch.add(
+                    event,
+                    None,
+                    row,
+                    "asset.placeholder_created",
+                    {},
+                    detail={"referenced_by": "lineage"},
+                    write_row=False,
+                )
             await batch.write()
             event.notes["placeholders"] = [r["qualified_name"] for r in created]
             ids.update({n: rules.asset_id_for(ctx.tenant_id, n) for n in missing})
@@ -156,9 +204,19 @@ class LineageHandler:
         if not removed:
             return result
         after = {**row, "version": row["version"] + 1, "updated_at": ctx.now}
-        changes = {"lineage": {"removed": [
-            {"edge_id": str(e.edge_id), "upstream_id": str(e.upstream_id), "downstream_id": str(e.downstream_id)}
-            for e in removed], "direction": event.payload["direction"]}}
+        changes = {
+            "lineage": {
+                "removed": [
+                    {
+                        "edge_id": str(e.edge_id),
+                        "upstream_id": str(e.upstream_id),
+                        "downstream_id": str(e.downstream_id),
+                    }
+                    for e in removed
+                ],
+                "direction": event.payload["direction"],
+            }
+        }
         batch = ChangeSet(ctx)
         batch.add(event, row, after, "lineage.removed", changes, detail={"removed": len(removed)})
         await batch.write()

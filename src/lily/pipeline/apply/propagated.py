@@ -31,9 +31,20 @@ class UpstreamChangedHandler:
                 continue
             origin = event.payload["origin"]
             note = {"from": origin["qualified_name"], "change": origin.get("change"), "at": ctx.now.isoformat()}
-            after = {**before, "attributes": {**before["attributes"], ATTRIBUTE: note},
-                     "version": before["version"] + 1, "updated_at": ctx.now}
-            batch.add(event, before, after, "asset.upstream_changed", {"upstream": origin},
-                      detail={"origin": origin}, origin=origin)
+            after = {
+                **before,
+                "attributes": {**before["attributes"], ATTRIBUTE: note},
+                "version": before["version"] + 1,
+                "updated_at": ctx.now,
+            }
+            batch.add(
+                event,
+                before,
+                after,
+                "asset.upstream_changed",
+                {"upstream": origin},
+                detail={"origin": origin},
+                origin=origin,
+            )
             event.applied({"asset_id": str(after["asset_id"]), "version": after["version"], "changed": True})
         await batch.write()

@@ -40,18 +40,40 @@ class RunHandler:
             live = before is not None and before["deleted_at"] is None
             attributes = apply_change(before["attributes"] if before and live else {}, change)
             if before is not None and live and all(before["attributes"].get(k) == v for k, v in attributes.items()):
-                event.applied({"asset_id": str(before["asset_id"]), "version": before["version"],
-                               "changed": False, "created": False})
+                event.applied(
+                    {
+                        "asset_id": str(before["asset_id"]),
+                        "version": before["version"],
+                        "changed": False,
+                        "created": False,
+                    }
+                )
                 continue
             after, action = self._next_state(event, change, before, attributes, ctx)
             changes = rules.diff(before if before and live else None, after)
-            batch.add(event, before, after, action, changes,
-                      detail={"changed": sorted(changes), "source": event.source,
-                              "run_id": str(change.run_id), "state": change.state})
+            batch.add(
+                event,
+                before,
+                after,
+                action,
+                changes,
+                detail={
+                    "changed": sorted(changes),
+                    "source": event.source,
+                    "run_id": str(change.run_id),
+                    "state": change.state,
+                },
+            )
             # What later stages (propagation, outbox) read about an asset change, as AssetHandler leaves it.
             event.notes["change"] = {"action": action, "changes": changes, "asset": after}
-            event.applied({"asset_id": str(after["asset_id"]), "version": after["version"],
-                           "changed": True, "created": before is None})
+            event.applied(
+                {
+                    "asset_id": str(after["asset_id"]),
+                    "version": after["version"],
+                    "changed": True,
+                    "created": before is None,
+                }
+            )
         await batch.write()
 
     @staticmethod
@@ -69,8 +91,16 @@ class RunHandler:
         else:
             # Normally the job's own upsert came first (same subject, so earlier in the log); a run
             # event replayed on its own still lands on a job asset rather than failing.
-            state = rules.merge(None, {"qualified_name": event.subject, "type": JOB_TYPE,
-                                       "name": change.job_name[:512], "attributes": attributes}, replace=False)
+            state = rules.merge(
+                None,
+                {
+                    "qualified_name": event.subject,
+                    "type": JOB_TYPE,
+                    "name": change.job_name[:512],
+                    "attributes": attributes,
+                },
+                replace=False,
+            )
             action = "asset.restored" if before is not None else "asset.created"
         return {
             "asset_id": before["asset_id"] if before else rules.asset_id_for(event.tenant_id, event.subject),

@@ -1,3 +1,8 @@
+-- Lily's baseline schema: the migrations of the first releases (0001 core, 0002 lineage, 0004 pipeline,
+-- 0005 auth lookups, 0006 single-event append) folded into one before anything was released.
+-- Forward-only from here: a change to the schema is a new numbered migration, never an edit to this one.
+
+-- ===== from 0001_core.sql =====
 -- Lily core schema: tenants and identities, assets with full history, audit, and the event log.
 --
 -- Isolation: every table with a tenant_id column is tenant-owned. It gets FORCE ROW LEVEL SECURITY and
@@ -216,3 +221,139 @@ CREATE TABLE bulk_jobs (
     PRIMARY KEY (tenant_id, job_id)
 );
 SELECT lily_protect_tenant_table('bulk_jobs');
+
+-- ===== from 0002_lineage.sql =====
+-- Lineage: asset-to-asset edges (optionally carried by a process/job asset) and column-level mappings.
+--
+-- Every foreign key includes tenant_id, so an edge can only join assets of its own tenant: isolation
+-- holds in the schema itself, not only in RLS and our WHERE clauses. Asset ids are unique per tenant
+-- only, which is one more reason the keys are composite.
+
+CREATE TABLE lineage_edges (
+    tenant_id      text NOT NULL,
+    edge_id        uuid NOT NULL DEFAULT gen_random_uuid(),
+    upstream_id    uuid NOT NULL,
+    downstream_id  uuid NOT NULL,
+    process_id     uuid,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, edge_id),
+    -- Assets are soft-deleted; a hard delete (retention purge) takes the lineage through it along.
+    FOREIGN KEY (tenant_id, upstream_id) REFERENCES assets (tenant_id, asset_id) ON DELETE CASCADE,
+    FOREIGN KEY (tenant_id, downstream_id) REFERENCES assets (tenant_id, asset_id) ON DELETE CASCADE,
+    FOREIGN KEY (tenant_id, process_id) REFERENCES assets (tenant_id, asset_id) ON DELETE CASCADE,
+    CONSTRAINT lineage_edges_no_self_loop CHECK (upstream_id <> downstream_id),
+    CONSTRAINT lineage_edges_process_valid CHECK (
+        process_id IS NULL OR (process_id <> upstream_id AND process_id <> downstream_id
+                               AND process_id <> '00000000-0000-0000-0000-000000000000'::uuid))
+);
+SELECT lily_protect_tenant_table('lineage_edges');
+
+-- One edge per (upstream, downstream, process). NULLS NOT DISTINCT would need PostgreSQL 15 and we
+-- support 14, hence the COALESCE onto a sentinel (the nil uuid, which the CHECK above keeps out of process_id).
+CREATE UNIQUE INDEX lineage_edges_identity ON lineage_edges
+    (tenant_id, upstream_id, downstream_id, (COALESCE(process_id, '00000000-0000-0000-0000-000000000000'::uuid)));
+
+-- Traversal, one per direction. The INCLUDE columns make each BFS step an index-only scan.
+CREATE INDEX lineage_edges_downstream ON lineage_edges (tenant_id, upstream_id)
+    INCLUDE (downstream_id, process_id, edge_id);
+CREATE INDEX lineage_edges_upstream ON lineage_edges (tenant_id, downstream_id)
+    INCLUDE (upstream_id, process_id, edge_id);
+-- Without it, purging a job asset would scan every edge to cascade.
+CREATE INDEX lineage_edges_process ON lineage_edges (tenant_id, process_id) WHERE process_id IS NOT NULL;
+
+-- Which upstream columns feed which downstream column, on a given edge. Hanging the mapping on the edge
+-- means removing an edge removes its mappings, and the upstream/downstream assets are never restated.
+CREATE TABLE column_lineage (
+    tenant_id          text NOT NULL,
+    edge_id            uuid NOT NULL,
+    downstream_column  text NOT NULL CHECK (length(downstream_column) BETWEEN 1 AND 1024),
+    upstream_column    text NOT NULL CHECK (length(upstream_column) BETWEEN 1 AND 1024),
+    transformation     text,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, edge_id, downstream_column, upstream_column),
+    FOREIGN KEY (tenant_id, edge_id) REFERENCES lineage_edges (tenant_id, edge_id) ON DELETE CASCADE
+);
+SELECT lily_protect_tenant_table('column_lineage');
+
+-- ===== from 0004_pipeline.sql =====
+-- Pipeline: the dead-letter queue and replay lineage of events.
+--
+-- An event that failed max_attempts times keeps status 'dead_lettered' in the log for ever (the log is
+-- history); its place in the *queue* lives here, so an admin can replay or discard it without rewriting
+-- the event. A replay is a new event in the log whose replay_of names the dead-lettered one.
+
+CREATE TABLE dead_letters (
+    tenant_id         text NOT NULL,
+    event_id          uuid NOT NULL REFERENCES events,
+    partition         integer NOT NULL,
+    seq               bigint NOT NULL,
+    subject           text NOT NULL,
+    kind              text NOT NULL,
+    error             text NOT NULL,
+    attempts          integer NOT NULL,
+    dead_lettered_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    state             text NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'replayed', 'discarded')),
+    resolved_at       timestamptz,
+    resolved_by       text,
+    replayed_as       uuid,             -- the event a replay appended
+    PRIMARY KEY (tenant_id, event_id)
+);
+SELECT lily_protect_tenant_table('dead_letters');
+-- The consumer dead-letters events of any tenant, and health/metrics count the open ones across tenants.
+CREATE POLICY pipeline_records_dead_letters ON dead_letters FOR INSERT TO lily_pipeline WITH CHECK (true);
+CREATE POLICY pipeline_reads_dead_letters ON dead_letters FOR SELECT TO lily_pipeline USING (true);
+GRANT SELECT, INSERT ON dead_letters TO lily_pipeline;
+
+-- The admin list: open letters of a tenant, oldest first, paged by (dead_lettered_at, event_id).
+CREATE INDEX dead_letters_open ON dead_letters (tenant_id, dead_lettered_at, event_id) WHERE state = 'open';
+
+ALTER TABLE events ADD COLUMN replay_of uuid;
+
+-- ===== from 0005_auth_lookups.sql =====
+-- Authentication runs on every request, so its reads take one round trip: each function sets the tenant
+-- and then reads, as two statements inside one call (one implicit transaction when the caller is in
+-- autocommit). They run as the caller (lily_app), not as their owner: row-level security applies as
+-- for any query. Call them only outside a transaction, since they switch the transaction's tenant.
+
+CREATE FUNCTION lily_auth_api_key(p_tenant text, p_key_id text)
+RETURNS TABLE (key_id text, name text, key_hash text, role text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('lily.tenant_id', p_tenant, true);
+    RETURN QUERY
+        SELECT k.key_id, k.name, k.key_hash, k.role FROM api_keys k
+        WHERE k.tenant_id = p_tenant AND k.key_id = p_key_id AND k.revoked_at IS NULL;
+END
+$$;
+
+CREATE FUNCTION lily_auth_token_revoked(p_tenant text, p_jti text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('lily.tenant_id', p_tenant, true);
+    RETURN EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.tenant_id = p_tenant AND r.jti = p_jti);
+END
+$$;
+
+-- ===== from 0006_append_one.sql =====
+-- A single write's append in one round trip, outside any client transaction: set the tenant, take the
+-- partition's head (its row lock is held until this call's implicit commit, so sequence numbers still
+-- commit in order), insert the event, wake the workers. Runs as the caller (lily_app): RLS applies.
+
+CREATE FUNCTION lily_append_event(
+    p_event_id uuid, p_partition integer, p_tenant text, p_subject text, p_kind text, p_payload jsonb,
+    p_actor text, p_request_id text, p_source text
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq bigint;
+BEGIN
+    PERFORM set_config('lily.tenant_id', p_tenant, true);
+    UPDATE log_heads SET next_seq = next_seq + 1 WHERE partition = p_partition RETURNING next_seq - 1 INTO v_seq;
+    INSERT INTO events (event_id, partition, seq, tenant_id, subject, kind, payload, actor, request_id, source)
+    VALUES (p_event_id, p_partition, v_seq, p_tenant, p_subject, p_kind, p_payload, p_actor, p_request_id,
+            p_source);
+    PERFORM pg_notify('lily_log', p_partition::text);
+    RETURN v_seq;
+END
+$$;
+
