@@ -1,0 +1,1 @@
+"""Plugins: one registry for every extension point (see :mod:`lily.plugins.protocols`)."""

@@ -1,0 +1,238 @@
+"""The typed protocols of every plugin kind: the whole extension surface, read in one place.
+
+Each kind is found through its own entry-point group (``KIND_GROUPS``); an entry point names a class
+(instantiated with no arguments) or an instance. Lily's own built-ins are registered the same way, in
+its ``pyproject.toml``. Every plugin has a ``name`` unique within its kind; kinds that take per-use
+settings (connectors, channels, quality checks) declare them as a pydantic model in ``Config``, which
+Lily validates before the plugin ever sees them.
+
+These protocols import nothing from Lily's layers at run time (only under ``TYPE_CHECKING``), so any
+layer may import this module without a cycle.
+
+    kind             group                 called by
+    handler          lily.handlers         the pipeline's apply stage, one handler per event kind
+    hook             lily.hooks            the pipeline, before (pre, enrich) and after (post) apply
+    connector        lily.connectors       the app factory (routes), the pipeline (handlers), the scheduler
+    channel          lily.channels         the dispatcher (outbound deliveries)
+    classifier       lily.classifiers      the pipeline's enrich stage, on assets that carry columns
+    quality_check    lily.quality_checks   quality rules, on their schedule
+    job              lily.jobs             the scheduler (``lily scheduler``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from lily.config import Settings
+    from lily.pipeline.context import BatchContext
+    from lily.pipeline.model import PipelineEvent
+    from lily.store.db import Database
+
+Kind = Literal["handler", "hook", "connector", "channel", "classifier", "quality_check", "job"]
+
+KIND_GROUPS: dict[str, str] = {
+    "handler": "lily.handlers",
+    "hook": "lily.hooks",
+    "connector": "lily.connectors",
+    "channel": "lily.channels",
+    "classifier": "lily.classifiers",
+    "quality_check": "lily.quality_checks",
+    "job": "lily.jobs",
+}
+
+
+class NoConfig(BaseModel):
+    """The config model of a plugin that takes none."""
+
+    model_config = {"extra": "forbid"}
+
+
+# -- pipeline ----------------------------------------------------------------------------------------
+
+
+class EventHandler(Protocol):
+    """Applies the events of the kinds it names. Gets one tenant's events with distinct subjects, in log
+    order, inside the worker's transaction (``ctx.conn``), and sets every event's outcome."""
+
+    name: str
+    kinds: tuple[str, ...]
+
+    def validate(self, event: PipelineEvent) -> None:
+        """Reject (``event.reject``) a payload this handler cannot apply. Pure: no I/O."""
+
+    async def apply(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
+        """Apply the events and set each one's outcome (``event.applied`` or ``event.reject``)."""
+
+
+class PipelineHook(Protocol):
+    """Pre- and post-processing around apply, batch by batch, in the worker's transaction.
+
+    A hook defines any of ``pre``, ``enrich`` and ``post`` (all ``async def (ctx, events)``); the ones it
+    leaves out are skipped. ``pre``/``enrich`` see the undecided events and may change payloads or reject
+    an event (``event.reject``, or raise :class:`lily.domain.errors.Invalid` to reject the whole batch's
+    undecided events); ``post`` sees the events as decided. Any other exception is a transient failure:
+    the batch rolls back and is retried. Hooks must not do network I/O: send outbound work through the
+    outbox instead.
+    """
+
+    name: str
+
+
+HOOK_PHASES = ("pre", "enrich", "post")
+
+
+# -- inbound -----------------------------------------------------------------------------------------
+
+
+class WebContext(Protocol):
+    """What a connector's HTTP routes may use from the API layer, handed to :meth:`Connector.router`,
+    so connectors never import ``lily.api``. Each attribute is a FastAPI dependency or helper."""
+
+    viewer: Any  # Annotated[Principal, Depends(...)]: an authenticated caller with at least viewer
+    editor: Any
+    steward: Any
+    admin: Any
+    runtime: Any  # Annotated[Runtime, Depends(...)]
+    request_id: Any  # Annotated[str, Depends(...)]
+    json_response: type[Any]  # the API's JSON response class
+    problem_responses: Callable[..., dict[int | str, dict[str, Any]]]  # OpenAPI ``responses=`` for errors
+
+
+@dataclass(slots=True)
+class ConnectorRun:
+    """What one run of a polling or crawling connector reports to the scheduler."""
+
+    events: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Connector(Protocol):
+    """An inbound source. ``name`` is its type (``openlineage``, ``postgres``, ``mysql``, …).
+
+    A connector may serve HTTP routes (a webhook receiver, a foreign API such as OpenLineage's), bring
+    event handlers for the event kinds it appends, and — for crawlers and pollers — run on a schedule
+    with a per-instance ``Config`` (the connector registry of a tenant stores those instances).
+    """
+
+    name: str
+    Config: ClassVar[type[BaseModel]]
+
+    def router(self, web: WebContext) -> APIRouter | None:
+        """Routes to mount (with their own full paths), or None."""
+
+    def handlers(self) -> Sequence[EventHandler]:
+        """Event handlers for the kinds this connector appends (may be empty)."""
+
+
+class PollingConnector(Connector, Protocol):
+    """A connector the scheduler runs: crawlers, pollers, CDC readers."""
+
+    async def run(self, ctx: JobContext, tenant_id: str, config: BaseModel) -> ConnectorRun:
+        """Read the source once and append what changed to the log."""
+
+
+# -- outbound ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DeliveryResult:
+    """How a delivery attempt ended. ``permanent`` failures are not retried (a 4xx other than 408/429)."""
+
+    ok: bool
+    status: int | None = None
+    error: str | None = None
+    permanent: bool = False
+    retry_after_seconds: float | None = None
+
+
+class Channel(Protocol):
+    """An outbound destination type (``webhook``, ``slack``, ``jira``). ``Config`` holds a subscription's
+    settings for it (URL, secret, project key …); secrets in it are encrypted at rest by Lily."""
+
+    name: str
+    Config: ClassVar[type[BaseModel]]
+
+    async def deliver(self, config: BaseModel, message: dict[str, Any]) -> DeliveryResult:
+        """Send one change event (or notification) and say how it went. Must not raise for HTTP errors."""
+
+
+# -- governance --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Proposal:
+    """A classification a classifier proposes: for the asset (``column`` None) or one of its columns."""
+
+    classification: str
+    column: str | None
+    confidence: float
+    reason: str = ""
+
+
+class Classifier(Protocol):
+    """Proposes classifications for an asset from its document (name, type, description, columns)."""
+
+    name: str
+
+    def classify(self, asset: dict[str, Any]) -> Sequence[Proposal]:
+        """Pure and quick: runs in the pipeline on every asset change that carries columns."""
+
+
+@dataclass(slots=True)
+class CheckResult:
+    status: Literal["passed", "failed", "error"]
+    observed: Any = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class QualityCheck(Protocol):
+    """A data-quality check type (``freshness``, ``row_count``, ``not_null`` …); a rule gives ``Config``."""
+
+    name: str
+    Config: ClassVar[type[BaseModel]]
+
+    async def evaluate(self, ctx: JobContext, asset: dict[str, Any], config: BaseModel) -> CheckResult:
+        """Evaluate the rule once for one asset."""
+
+
+# -- timed work --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class JobContext:
+    """What a scheduled run gets: the database, settings and when the run was due."""
+
+    db: Database
+    settings: Settings
+    scheduled_for: datetime
+    run_id: str
+
+
+class ScheduledJob(Protocol):
+    """Timed work run by ``lily scheduler`` (one leader at a time). ``schedule`` is a cron expression
+    (``"*/5 * * * *"``) or ``"every <N>s"``; each due time runs at most once, whichever process leads."""
+
+    name: str
+    schedule: str
+
+    async def run(self, ctx: JobContext) -> dict[str, Any] | None:
+        """Do the work; the returned dict is recorded with the run. Raise to record a failure."""
+
+
+PROTOCOLS: dict[str, type[Any]] = {
+    "handler": EventHandler,
+    "hook": PipelineHook,
+    "connector": Connector,
+    "channel": Channel,
+    "classifier": Classifier,
+    "quality_check": QualityCheck,
+    "job": ScheduledJob,
+}
