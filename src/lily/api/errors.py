@@ -1,4 +1,8 @@
-"""RFC 9457 problem+json for every error, with the offending fields named for validation errors."""
+"""RFC 9457 problem+json for every error, with the offending fields named for validation errors.
+
+Routes document the problems they answer with :func:`problem_responses`; :func:`install` maps every
+error to a problem, and puts the ``Problem`` schema into the OpenAPI document.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from lily.api.responses import FastJSON
 from lily.domain.errors import LilyError
@@ -19,9 +26,71 @@ PROBLEM = "application/problem+json"
 TYPE_BASE = "https://lily.dev/problems/"
 
 
-def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> FastJSON:
+class ProblemField(BaseModel):
+    """One offending field of a validation problem."""
+
+    field: str | None = Field(description="Where it is: `owners[0]`, `attributes.a.b`, `cursor`, `Idempotency-Key`")
+    message: str
+    in_: str | None = Field(default=None, alias="in", description="body, query, path or header")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem. Problems may carry more members (``retry_after_seconds``, ``limit``, …)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A stable URI naming the kind of problem")
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemField] | None = Field(default=None, description="Validation problems: each offending field")
+
+
+_DESCRIPTIONS = {
+    400: "Malformed request body",
+    401: "Missing, invalid, expired or revoked credentials",
+    403: "The caller's role does not allow this",
+    404: "No such resource in the caller's tenant",
+    405: "Method not allowed (the `Allow` header lists the allowed ones)",
+    408: "The request body did not arrive in time",
+    409: "Conflicts with the current state",
+    412: "If-Match names a version that is no longer current",
+    413: "The body exceeds the size limit",
+    415: "Unsupported content type or encoding",
+    422: "Invalid request: `errors` names each offending field",
+    429: "Too many requests (see `Retry-After`)",
+    503: "Temporarily unavailable (database unreachable, or the write was dead-lettered); see `Retry-After`",
+}
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+# Every route validates its input (422) and needs the database (503); authenticated ones also
+# answer a missing or wrong credential (401), a role too low (403) and a rate limit (429).
+_ALWAYS = (422, 503)
+_AUTHENTICATED = (401, 403, 429)
+
+
+def problem_responses(*statuses: int, authenticated: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: each status as a ``Problem`` under ``application/problem+json``.
+
+    ``problem_responses(404, 409)`` documents those plus 422 and 503, and 401, 403 and 429 unless
+    ``authenticated=False``.
+    """
+    wanted = set(statuses) | set(_ALWAYS) | (set(_AUTHENTICATED) if authenticated else set())
+    return {
+        status: {
+            "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
+            "content": {PROBLEM: {"schema": _PROBLEM_REF}},
+        }
+        for status in sorted(wanted)
+    }
+
+
+def problem(
+    status: int, slug: str, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> FastJSON:
     body = {"type": TYPE_BASE + slug, "title": title, "status": status, "detail": detail, **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     if "retry_after_seconds" in extra:
         headers["Retry-After"] = str(extra["retry_after_seconds"])
     return FastJSON(body, status_code=status, media_type=PROBLEM, headers=headers)
@@ -35,7 +104,50 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or str(loc[0] if loc else "")
 
 
+def _allowed(request: Request) -> str:
+    """Every method some route takes at this path. Starlette names only the methods of the first
+    route whose path matched, and GET, PUT and DELETE of one path are separate routes here."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)  # PARTIAL: the path matches, the method does not
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with the ``Problem`` schema in its components, and its default 422
+    (``HTTPValidationError`` as JSON, which Lily never answers) replaced by the problem Lily sends."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        openapi_version=app.openapi_version,
+        description=app.description,
+        routes=app.routes,
+    )
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in Problem.model_json_schema(ref_template="#/components/schemas/{model}").pop("$defs").items():
+        schemas.setdefault(name, schema)
+    schemas["Problem"] = {
+        k: v for k, v in Problem.model_json_schema(ref_template="#/components/schemas/{model}").items() if k != "$defs"
+    }
+    for path in doc.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            default_422 = responses.get("422", {}).get("content", {}).get("application/json")
+            if default_422 is not None:
+                responses["422"] = problem_responses(422, authenticated=False)[422]
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    app.openapi_schema = doc
+    return doc
+
+
 def install(app: FastAPI) -> None:
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
     @app.exception_handler(LilyError)
     async def lily_error(request: Request, exc: LilyError) -> FastJSON:
         body = exc.to_problem()
@@ -74,7 +186,10 @@ def install(app: FastAPI) -> None:
         except ValueError:
             title = "Error"
         detail = "no such resource" if exc.status_code == 404 else str(exc.detail)
-        return problem(exc.status_code, slugs.get(exc.status_code, "http-error"), title, detail)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed(request)
+        return problem(exc.status_code, slugs.get(exc.status_code, "http-error"), title, detail, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> FastJSON:
