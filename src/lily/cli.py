@@ -31,11 +31,19 @@ def database_url(settings: Settings, *, keep_running: bool = False) -> str:
 
 
 def _migrated_url(settings: Settings) -> str:
-    from lily.store.migrate import migrate
-
     url = database_url(settings)
-    migrate(url, partitions=settings.partitions)
+    _apply_migrations(url, settings)
     return url
+
+
+def _apply_migrations(url: str, settings: Settings) -> int:
+    """Migrate, or stop with a one-line error when the database is not one this release may run on."""
+    from lily.store.migrate import MigrationDrift, PartitionCountMismatch, migrate
+
+    try:
+        return migrate(url, partitions=settings.partitions)
+    except (MigrationDrift, PartitionCountMismatch) as err:
+        raise click.ClickException(str(err)) from err
 
 
 def _run_db(fn: Callable[[Any], Awaitable[T]]) -> T:
@@ -114,10 +122,8 @@ def worker(concurrency: int) -> None:
 @main.command()
 def migrate() -> None:
     """Apply pending schema migrations."""
-    from lily.store.migrate import migrate as run
-
     settings = _settings()
-    version = run(database_url(settings), partitions=settings.partitions)
+    version = _apply_migrations(database_url(settings), settings)
     click.echo(f"schema at version {version}")
 
 

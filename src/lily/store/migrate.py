@@ -3,14 +3,24 @@
 Runs as the login role, which owns the schema. Concurrent starts are serialised by an advisory lock,
 so ``lily serve`` and ``lily worker`` may both start at once. After migrating, the application roles
 get their grants and the event log gets its partitions.
+
+Applied migrations are immutable: each one's SHA-256 is recorded when it is applied, and a start-up
+that finds a shipped file whose text differs from what was applied — or an applied migration this
+release does not ship — stops with :class:`MigrationDrift` instead of running on a schema nobody
+reviewed. A change to the schema is always a new numbered file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import uuid
+from collections.abc import Iterator
 from importlib import resources
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +37,14 @@ GRANT SELECT, UPDATE ON log_offsets, log_heads TO lily_pipeline;
 
 class PartitionCountMismatch(RuntimeError):
     """The log was created with another partition count; changing it would break per-subject order."""
+
+
+class MigrationDrift(RuntimeError):
+    """An applied migration was changed or is missing from this release: the schema is not the reviewed one."""
+
+
+def checksum(sql: str) -> str:
+    return hashlib.sha256(sql.encode()).hexdigest()
 
 
 def available() -> list[tuple[int, str, str]]:
@@ -47,16 +65,24 @@ def migrate(url: str, *, partitions: int) -> int:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
+                " applied_at timestamptz NOT NULL DEFAULT now(), checksum text)"
             )
-            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for number, name, sql in available():
+            shipped = available()
+            applied = {
+                int(str(version)): (str(name), recorded)
+                for version, name, recorded in conn.execute("SELECT version, name, checksum FROM schema_migrations")
+            }
+            check_drift(applied, shipped)
+            for number, name, sql in shipped:
                 if number in applied:
                     continue
                 log.info("applying migration %s", name)
                 with conn.transaction():
                     conn.execute(sql.encode())
-                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", [number, name])
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        [number, name, checksum(sql)],
+                    )
             with conn.transaction():
                 conn.execute(_GRANTS.encode())
                 _grant_membership(conn)
@@ -65,6 +91,41 @@ def migrate(url: str, *, partitions: int) -> int:
             return int(str(row[0])) if row and row[0] is not None else 0
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
+
+
+def check_drift(applied: dict[int, tuple[str, object]], shipped: list[tuple[int, str, str]]) -> None:
+    """Raise :class:`MigrationDrift` if what was applied is not a prefix of what this release ships."""
+    by_number = {number: (name, checksum(sql)) for number, name, sql in shipped}
+    for number, (name, recorded) in sorted(applied.items()):
+        if number not in by_number or by_number[number][0] != name:
+            raise MigrationDrift(
+                f"the database has migration {name} applied, which this release of Lily does not ship "
+                f"(it ships {', '.join(n for n, _ in by_number.values()) or 'none'}); it was built by another "
+                "release (before the pre-release migrations were folded into 0001_baseline.sql, or by a newer "
+                "Lily): recreate it, or run the release that built it"
+            )
+        if recorded != by_number[number][1]:
+            raise MigrationDrift(
+                f"migration {name} was changed after it was applied to this database (its SHA-256 was "
+                f"{recorded}, the shipped file's is {by_number[number][1]}). Applied migrations are immutable: "
+                "restore the file and put the change in a new migration"
+            )
+
+
+@contextlib.contextmanager
+def build_scratch_database(admin_url: str, *, partitions: int = 1) -> Iterator[str]:
+    """A throwaway database on ``admin_url``'s server, migrated; dropped afterwards."""
+    name = f"lily_scratch_{uuid.uuid4().hex[:12]}"
+    params = conninfo_to_dict(admin_url)
+    url = make_conninfo("", **{**params, "dbname": name})
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    try:
+        migrate(url, partitions=partitions)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
 
 
 def _grant_membership(conn: psycopg.Connection[tuple[object, ...]]) -> None:
