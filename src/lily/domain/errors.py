@@ -8,7 +8,8 @@ LilyError
  ├── Unauthorized          401
  ├── Forbidden             403
  ├── TooManyRequests       429
- └── PayloadTooLarge       413
+ ├── PayloadTooLarge       413
+ └── ServiceUnavailable    503  the database is unreachable; ``retry_after_seconds`` becomes Retry-After
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class TooManyRequests(LilyError):
 
 class PayloadTooLarge(LilyError):
     status, type_slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class ServiceUnavailable(LilyError):
+    status, type_slug, title = 503, "service-unavailable", "Service unavailable"
 
 
 def problem_from_result(error: dict[str, Any]) -> LilyError:
