@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     retry_base_seconds: float = 0.2
     retry_max_seconds: float = 30.0
     hooks: str = Field(default="*", description="Comma-separated hook names to enable, '*' for all.")
+    plugins_disabled: str = Field(
+        default="", description="Comma-separated kind:name of plugins not to load (channel:slack, job:retention)."
+    )
 
     def resolved_home(self) -> Path:
         return self.home.expanduser()

@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 
 from lily.config import Settings
-from lily.pipeline.hooks import load_hooks
 from lily.pipeline.worker import backoff
+from lily.plugins import load_plugins
 
 from .support import PLUGINS, hold_partition, settled, subjects_in_partition
 
@@ -23,13 +23,14 @@ def asset(name: str, **attributes: Any) -> dict[str, Any]:
     return {"qualified_name": name, "type": "table", "attributes": attributes}
 
 
-def test_plugin_is_found_through_entry_points(test_hooks: ModuleType) -> None:
-    hooks = load_hooks("*")
+def test_plugin_is_found_through_entry_points(test_hooks: ModuleType, settings: Settings) -> None:
+    hooks = load_plugins(settings.model_copy(update={"hooks": "*"})).hooks
     names = [h.name for h in hooks]
     assert names == ["source_stamp", "test_faults"]
     assert type(hooks[1]).__module__ == "lily_test_hooks"
     assert str(sys.modules["lily_test_hooks"].__file__).startswith(str(PLUGINS))
-    assert [h.name for h in load_hooks("source_stamp")] == ["source_stamp"]
+    only = load_plugins(settings.model_copy(update={"hooks": "source_stamp"})).hooks
+    assert [h.name for h in only] == ["source_stamp"]
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap(settings: Settings) -> None:

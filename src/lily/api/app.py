@@ -15,11 +15,12 @@ from lily.api.limits import BodyLimitMiddleware
 from lily.api.responses import FastJSON
 from lily.api.routers import auth, bulk, dead_letters, events, lineage, metadata, system, tenants
 from lily.api.runtime import Runtime
+from lily.api.web import web_context
 from lily.auth.tokens import TokenConfig
 from lily.config import Settings
-from lily.connectors.openlineage.router import router as openlineage_router
 from lily.pipeline.waiter import AppliedWaiter
 from lily.pipeline.writer import Writer
+from lily.plugins import PluginError, Plugins, load_plugins
 from lily.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,23 @@ API_ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
-def create_app(settings: Settings, database_url: str, *, run_workers: bool = True) -> FastAPI:
-    """Build the app. ``run_workers`` runs pipeline workers in this process (``lily serve``)."""
+def create_app(
+    settings: Settings, database_url: str, *, run_workers: bool = True, plugins: Plugins | None = None
+) -> FastAPI:
+    """Build the app. ``run_workers`` runs pipeline workers in this process (``lily serve``).
+
+    The plugin registry is loaded here, once (unless given): a bad plugin stops the app from being built.
+    """
+    plugins = plugins if plugins is not None else load_plugins(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
+        db = Database(
+            database_url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.pool_timeout_seconds,
+        )
         await db.open()
         waiter = AppliedWaiter(db)
         await waiter.start()
@@ -58,7 +70,9 @@ def create_app(settings: Settings, database_url: str, *, run_workers: bool = Tru
         if run_workers:
             from lily.pipeline.runner import start_workers
 
-            runtime.background.extend(start_workers(db, settings, stop, count=settings.workers_in_serve))
+            runtime.background.extend(
+                start_workers(db, settings, stop, count=settings.workers_in_serve, plugins=plugins)
+            )
         try:
             yield
         finally:
@@ -76,17 +90,34 @@ def create_app(settings: Settings, database_url: str, *, run_workers: bool = Tru
         lifespan=lifespan,
         default_response_class=FastJSON,
     )
+    app.state.plugins = plugins
     for router in API_ROUTERS:
         app.include_router(router, prefix=BASE_PATH)
-    app.include_router(openlineage_router)  # Marquez's paths (/api/v1/lineage), outside BASE_PATH
+    large_bodies = mount_connectors(app, plugins)
     errors.install(app)
     app.add_middleware(
         BodyLimitMiddleware,
         default=settings.max_asset_body_bytes,
-        # OpenLineage producers batch events and Spark plans are large: they get the bulk limit.
         overrides={
             f"{BASE_PATH}/metadata/bulk": settings.max_bulk_body_bytes,
-            "/api/v1/lineage": settings.max_bulk_body_bytes,
+            **dict.fromkeys(large_bodies, settings.max_bulk_body_bytes),
         },
     )
     return app
+
+
+def mount_connectors(app: FastAPI, plugins: Plugins) -> list[str]:
+    """Mount every connector's routes (at the full paths they chose, e.g. Marquez's ``/api/v1``), and
+    return the path prefixes that take bulk-sized bodies."""
+    web = web_context()
+    large: list[str] = []
+    for name in sorted(plugins.connectors):
+        connector = plugins.connectors[name]
+        try:
+            router = connector.router(web)
+        except Exception as exc:
+            raise PluginError(f"connector plugin {name!r}: router() failed: {type(exc).__name__}: {exc}") from exc
+        if router is not None:
+            app.include_router(router)
+        large.extend(getattr(connector, "large_bodies", ()))
+    return large

@@ -8,21 +8,24 @@ import os
 import signal
 
 from lily.config import Settings
-from lily.pipeline.apply import handlers
-from lily.pipeline.hooks import load_hooks
 from lily.pipeline.stages import Pipeline
 from lily.pipeline.worker import Worker
+from lily.plugins import Plugins, load_plugins
 from lily.store.db import Database
 
 log = logging.getLogger(__name__)
 
 
-def build_pipeline(settings: Settings) -> Pipeline:
-    return Pipeline(handlers=handlers(), hooks=load_hooks(settings.hooks))
+def build_pipeline(settings: Settings, plugins: Plugins | None = None) -> Pipeline:
+    """The stages over the registry's handlers and enabled hooks (loaded here unless given)."""
+    loaded = plugins if plugins is not None else load_plugins(settings)
+    return Pipeline(handlers=loaded.handlers, hooks=loaded.hooks)
 
 
-def start_workers(db: Database, settings: Settings, stop: asyncio.Event, *, count: int) -> list[asyncio.Task[None]]:
-    pipeline = build_pipeline(settings)
+def start_workers(
+    db: Database, settings: Settings, stop: asyncio.Event, *, count: int, plugins: Plugins | None = None
+) -> list[asyncio.Task[None]]:
+    pipeline = build_pipeline(settings, plugins)
     return [
         asyncio.create_task(
             Worker(db, settings, pipeline, name=f"worker-{os.getpid()}-{i}").run(stop), name=f"lily-worker-{i}"
@@ -39,7 +42,7 @@ async def run_standalone(database_url: str, settings: Settings, *, concurrency: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = start_workers(db, settings, stop, count=concurrency)
+    tasks = start_workers(db, settings, stop, count=concurrency, plugins=load_plugins(settings))
     log.info("worker %s consuming %s partitions", os.getpid(), settings.partitions)
     try:
         await asyncio.gather(*tasks)

@@ -3,19 +3,21 @@
 Stages take one tenant's events with distinct subjects, so set-based writes never see two versions of
 one asset at once. A stage sets an event's outcome to reject it; later stages skip decided events.
 Exceptions other than :class:`LilyError` are transient: the worker rolls back and retries.
+
+Handlers and hooks are plugins (:mod:`lily.plugins`): the pipeline gets them from the registry and
+knows no handler or hook by name. Hooks run batch by batch, ``await hook.phase(ctx, events)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lily.domain.errors import Invalid, LilyError
-from lily.pipeline.apply import Handler
 from lily.pipeline.context import BatchContext
-from lily.pipeline.hooks import Hook
 from lily.pipeline.model import PipelineEvent
 from lily.pipeline.propagate import propagate
+from lily.plugins.protocols import EventHandler, HookPhase, PipelineHook
 
 StageFn = Callable[[BatchContext, list[PipelineEvent]], Awaitable[None]]
 _AFTER_APPLY = frozenset({"propagate", "post_hooks"})
@@ -23,11 +25,13 @@ _AFTER_APPLY = frozenset({"propagate", "post_hooks"})
 
 @dataclass(slots=True)
 class Pipeline:
-    handlers: dict[str, Handler]
-    hooks: Sequence[Hook]
+    handlers: Mapping[str, EventHandler]
+    hooks: Sequence[PipelineHook]
     _stages: list[tuple[str, StageFn]] = field(init=False, repr=False)
+    _post: list[HookPhase] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._post = self._phase("post")
         self._stages = self.stages()
 
     def stages(self) -> list[tuple[str, StageFn]]:
@@ -55,19 +59,25 @@ class Pipeline:
             else:
                 handler.validate(event)
 
+    def _phase(self, phase: str) -> list[HookPhase]:
+        return [method for hook in self.hooks if (method := getattr(hook, phase, None)) is not None]
+
     def _hook_phase(self, phase: str) -> StageFn:
+        methods = self._phase(phase)
+
         async def run(ctx: BatchContext, events: list[PipelineEvent]) -> None:
-            for hook in self.hooks:
-                method = getattr(hook, phase, None)
-                if method is None:
-                    continue
-                for event in events:
-                    if not event.pending:
-                        continue
-                    try:
-                        method(event)
-                    except LilyError as err:
-                        event.reject(err)
+            for method in methods:
+                # Each hook sees what the hooks before it left undecided.
+                pending = [e for e in events if e.pending]
+                if not pending:
+                    return
+                try:
+                    await method(ctx, pending)
+                except LilyError as err:
+                    # A hook refusing the batch as a whole: every event it was shown is rejected.
+                    for event in pending:
+                        if event.pending:
+                            event.reject(err)
 
         return run
 
@@ -79,9 +89,7 @@ class Pipeline:
             await self.handlers[kind].apply(ctx, group)
 
     async def _post_hooks(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
-        applied = [e for e in events if e.outcome == "applied"]
-        for hook in self.hooks:
-            post = getattr(hook, "post", None)
-            if post is not None:
-                for event in applied:
-                    post(event)
+        # Post-hooks see every event of the batch as decided (applied or rejected); a LilyError here
+        # cannot un-apply anything, so it is not caught: the batch rolls back and is retried.
+        for method in self._post:
+            await method(ctx, events)

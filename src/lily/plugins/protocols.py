@@ -21,7 +21,7 @@ layer may import this module without a cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from lily.config import Settings
     from lily.pipeline.context import BatchContext
     from lily.pipeline.model import PipelineEvent
+    from lily.pipeline.writer import Writer
     from lily.store.db import Database
 
 Kind = Literal["handler", "hook", "connector", "channel", "classifier", "quality_check", "job"]
@@ -89,21 +90,57 @@ class PipelineHook(Protocol):
 HOOK_PHASES = ("pre", "enrich", "post")
 
 
+class HookPhase(Protocol):
+    """The shape of each of a hook's ``pre``, ``enrich`` and ``post`` methods (checked at load)."""
+
+    async def __call__(self, ctx: BatchContext, events: list[PipelineEvent]) -> None: ...
+
+
 # -- inbound -----------------------------------------------------------------------------------------
+
+
+class Caller(Protocol):
+    """The authenticated caller of a request, as a connector's route sees it."""
+
+    @property
+    def tenant_id(self) -> str: ...
+
+    @property
+    def actor(self) -> str:
+        """Who to record as the author of what the request writes (``user:<name>``, ``key:<id>``)."""
+
+
+class AppRuntime(Protocol):
+    """The process's shared services, as a connector's route sees them."""
+
+    settings: Settings
+    db: Database
+    writer: Writer
 
 
 class WebContext(Protocol):
     """What a connector's HTTP routes may use from the API layer, handed to :meth:`Connector.router`,
-    so connectors never import ``lily.api``. Each attribute is a FastAPI dependency or helper."""
+    so connectors never import ``lily.api``.
 
-    viewer: Any  # Annotated[Principal, Depends(...)]: an authenticated caller with at least viewer
-    editor: Any
-    steward: Any
-    admin: Any
-    runtime: Any  # Annotated[Runtime, Depends(...)]
-    request_id: Any  # Annotated[str, Depends(...)]
-    json_response: type[Any]  # the API's JSON response class
-    problem_responses: Callable[..., dict[int | str, dict[str, Any]]]  # OpenAPI ``responses=`` for errors
+    The dependencies are FastAPI ``Depends`` markers, used inside ``Annotated`` so routes stay typed::
+
+        async def record(caller: Annotated[Caller, web.editor], runtime: Annotated[AppRuntime, web.runtime])
+
+    (a module defining such routes inside a function must not use ``from __future__ import annotations``:
+    FastAPI evaluates the annotations, and ``web`` is a local name).
+    """
+
+    viewer: Any  # Depends(...) → Caller: an authenticated caller with at least the viewer role
+    editor: Any  # … at least editor
+    steward: Any  # … at least steward
+    admin: Any  # … admin
+    runtime: Any  # Depends(...) → AppRuntime
+    request_id: Any  # Depends(...) → str: the client's X-Request-ID, else a new one
+    json_response: type[Any]  # the API's JSON response class (orjson)
+
+    def problem_responses(self, *statuses: int) -> dict[int | str, dict[str, Any]]:
+        """A route's OpenAPI ``responses=`` for these error statuses (and the ones every authenticated
+        route may answer: 401, 403, 422, 429, 503), as RFC 9457 problems."""
 
 
 @dataclass(slots=True)
@@ -120,6 +157,10 @@ class Connector(Protocol):
     A connector may serve HTTP routes (a webhook receiver, a foreign API such as OpenLineage's), bring
     event handlers for the event kinds it appends, and — for crawlers and pollers — run on a schedule
     with a per-instance ``Config`` (the connector registry of a tenant stores those instances).
+
+    Optional: ``large_bodies: tuple[str, ...]``, path prefixes of its routes whose request bodies may be
+    as large as a bulk load (``LILY_MAX_BULK_BODY_BYTES``) instead of a single write's; and ``run``
+    (see :class:`PollingConnector`), checked when present.
     """
 
     name: str

@@ -1,16 +1,18 @@
 """``/api/v1/lineage``: Marquez's OpenLineage endpoints, so every OpenLineage producer can feed Lily.
 
 Mounted at ``/api/v1`` (not under ``/lily/v1``) because producers are configured with a base URL and
-append Marquez's path themselves. Authentication is a Lily API key (or JWT) as bearer token: what the
-``openlineage-python`` client's ``auth: api_key`` sends.
+append Marquez's path themselves. The routes are built by :func:`build_router` from the API's
+:class:`~lily.plugins.protocols.WebContext` (authentication, runtime, request id), so this connector
+imports nothing from ``lily.api``; that is also why this module does not use postponed annotations:
+FastAPI evaluates the routes' ``Annotated[..., web.editor]`` while ``web`` is in scope.
+Authentication is a Lily API key (or JWT) as bearer token: what the ``openlineage-python`` client's
+``auth: api_key`` sends.
 
 A write answers ``201`` with an empty body once the Lily events are durably in the log, as Marquez
 answers once it has stored the event; the pipeline applies them right after (poll ``/lily/v1/system/health``
 or an asset to read your write). All Lily events of one request — one OpenLineage event, or a whole batch —
 are appended in one transaction: a request is recorded whole or not at all.
 """
-
-from __future__ import annotations
 
 import zlib
 from typing import Annotated, Any
@@ -19,18 +21,15 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 
-from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
-from lily.api.responses import FastJSON
 from lily.connectors.openlineage.events import parse_batch, parse_event
 from lily.connectors.openlineage.graph import Link, candidate_names, identity, marquez_graph
 from lily.connectors.openlineage.translate import JOB, translate
 from lily.domain.errors import Invalid, LilyError, NotFound, PayloadTooLarge
 from lily.domain.lineage import DEFAULT_NODE_LIMIT
+from lily.plugins.protocols import AppRuntime, Caller, WebContext
 from lily.store import assets as store_assets
 from lily.store import lineage as store_lineage
 from lily.store import openlineage as store_ol
-
-router = APIRouter(prefix="/api/v1", tags=["openlineage"])
 
 MARQUEZ_DEFAULT_DEPTH = 20  # Marquez's default; Lily clamps it to its own cap (domain.lineage.MAX_DEPTH)
 # The size of one event, plain or once inflated (a bound that also stops zip bombs). A batch may be as
@@ -102,44 +101,6 @@ async def _json_body(request: Request, limit: int) -> Any:
         raise MalformedBody(f"the body is not valid JSON: {exc}") from None
 
 
-@router.post(
-    "/lineage",
-    status_code=201,
-    response_class=Response,
-    responses={201: {"description": "Recorded (empty body, as Marquez answers)"}},
-    openapi_extra=_EVENT_BODY,
-)
-async def record_event(request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId) -> Response:
-    """Take one OpenLineage event (RunEvent, DatasetEvent or JobEvent), plain or gzip-compressed."""
-    event = parse_event(await _json_body(request, MAX_INFLATED_BYTES))
-    await runtime.writer.append_many(
-        principal.tenant_id, translate(event, principal.tenant_id, principal.actor, request_id)
-    )
-    return Response(status_code=201)
-
-
-@router.post(
-    "/lineage/batch",
-    status_code=201,
-    response_class=Response,
-    responses={201: {"description": "All recorded (empty body)"}},
-    openapi_extra=_BATCH_BODY,
-)
-async def record_batch(request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId) -> Response:
-    """Take a JSON array of OpenLineage events: every one is validated first, and all are recorded
-    in one transaction, or none (the error names the index of each bad one)."""
-    events = parse_batch(await _json_body(request, runtime.settings.max_bulk_body_bytes))
-    lily_events = []
-    for i, event in enumerate(events):
-        try:
-            lily_events += translate(event, principal.tenant_id, principal.actor, request_id)
-        except Invalid as err:
-            errors = [{**e, "field": f"[{i}].{e['field']}"} for e in err.extra.get("errors", [])]
-            raise Invalid(f"event [{i}]: {err.detail}; nothing was applied", errors=errors, indexes=[i]) from None
-    await runtime.writer.append_many(principal.tenant_id, lily_events)
-    return Response(status_code=201)
-
-
 def _pick(rest: str, names: list[str], found: dict[str, dict[str, Any]], want_job: bool) -> dict[str, Any] | None:
     """The live asset a node id names: of the right kind, and the one whose OpenLineage identity
     spells the id exactly when several splits of ``ns:name`` exist."""
@@ -155,45 +116,100 @@ def _pick(rest: str, names: list[str], found: dict[str, dict[str, Any]], want_jo
     return matches[0] if matches else None
 
 
-@router.get("/lineage")
-async def marquez_lineage(
-    principal: Viewer,
-    runtime: RuntimeDep,
-    node_id: Annotated[
-        str,
-        Query(
-            alias="nodeId",
-            min_length=1,
-            max_length=2100,
-            description="dataset:{namespace}:{name} or job:{namespace}:{name}",
-        ),
-    ],
-    depth: Annotated[int, Query(ge=0, description="hops; capped at Lily's lineage depth cap")] = MARQUEZ_DEFAULT_DEPTH,
-) -> Response:
-    """The lineage around a dataset or job in Marquez's shape: ``{"graph": [{id, type, data, inEdges,
-    outEdges}]}``, both directions, depth and node count capped as for ``/lily/v1/metadata/lineage``."""
-    kind, _, rest = node_id.partition(":")
-    if kind not in ("dataset", "job") or ":" not in rest:
-        raise Invalid("nodeId must be dataset:{namespace}:{name} or job:{namespace}:{name}", field="nodeId")
-    tenant_id = principal.tenant_id
-    async with runtime.db.tenant(tenant_id) as conn:
-        names = candidate_names(rest)
-        root = _pick(rest, names, await store_assets.current_by_names(conn, tenant_id, names), kind == "job")
-        if root is None:
-            raise NotFound(f"node {node_id} not found")
-        root_id: UUID = root["asset_id"]
-        links: set[Link] = set()
-        ids: set[UUID] = {root_id}
-        starts = [root_id]
-        if kind == "job":
-            # A job is a process on edges, not an endpoint: walk from the datasets it reads and writes.
-            carried = await store_ol.process_edges(conn, tenant_id, root_id, DEFAULT_NODE_LIMIT)
-            links.update((up, down, root_id) for up, down in carried)
-            starts = list(dict.fromkeys(a for pair in carried for a in pair))[:MAX_JOB_STARTS]
-        for start in starts:
-            walked = await store_lineage.traverse(conn, tenant_id, start, "both", depth, DEFAULT_NODE_LIMIT)
-            ids.update(n.asset_id for n in walked.nodes)
-            ids.update(e.process_id for e in walked.edges if e.process_id is not None)
-            links.update((e.upstream_id, e.downstream_id, e.process_id) for e in walked.edges)
-        rows = await store_ol.assets_by_ids(conn, tenant_id, list(ids))
-    return FastJSON(marquez_graph(rows, links))
+def build_router(web: WebContext) -> APIRouter:
+    """Marquez's lineage endpoints, authenticated and documented as Lily's own routes are."""
+    router = APIRouter(prefix="/api/v1", tags=["openlineage"])
+    ViewerDep = Annotated[Caller, web.viewer]
+    EditorDep = Annotated[Caller, web.editor]
+    RuntimeDep = Annotated[AppRuntime, web.runtime]
+    RequestIdDep = Annotated[str, web.request_id]
+
+    @router.post(
+        "/lineage",
+        status_code=201,
+        response_class=Response,
+        responses={
+            201: {"description": "Recorded (empty body, as Marquez answers)"},
+            **web.problem_responses(400, 413, 415),
+        },
+        openapi_extra=_EVENT_BODY,
+    )
+    async def record_event(
+        request: Request, principal: EditorDep, runtime: RuntimeDep, request_id: RequestIdDep
+    ) -> Response:
+        """Take one OpenLineage event (RunEvent, DatasetEvent or JobEvent), plain or gzip-compressed."""
+        event = parse_event(await _json_body(request, MAX_INFLATED_BYTES))
+        await runtime.writer.append_many(
+            principal.tenant_id, translate(event, principal.tenant_id, principal.actor, request_id)
+        )
+        return Response(status_code=201)
+
+    @router.post(
+        "/lineage/batch",
+        status_code=201,
+        response_class=Response,
+        responses={201: {"description": "All recorded (empty body)"}, **web.problem_responses(400, 413, 415)},
+        openapi_extra=_BATCH_BODY,
+    )
+    async def record_batch(
+        request: Request, principal: EditorDep, runtime: RuntimeDep, request_id: RequestIdDep
+    ) -> Response:
+        """Take a JSON array of OpenLineage events: every one is validated first, and all are recorded
+        in one transaction, or none (the error names the index of each bad one)."""
+        events = parse_batch(await _json_body(request, runtime.settings.max_bulk_body_bytes))
+        lily_events = []
+        for i, event in enumerate(events):
+            try:
+                lily_events += translate(event, principal.tenant_id, principal.actor, request_id)
+            except Invalid as err:
+                errors = [{**e, "field": f"[{i}].{e['field']}"} for e in err.extra.get("errors", [])]
+                raise Invalid(f"event [{i}]: {err.detail}; nothing was applied", errors=errors, indexes=[i]) from None
+        await runtime.writer.append_many(principal.tenant_id, lily_events)
+        return Response(status_code=201)
+
+    @router.get("/lineage", responses=web.problem_responses(404))
+    async def marquez_lineage(
+        principal: ViewerDep,
+        runtime: RuntimeDep,
+        node_id: Annotated[
+            str,
+            Query(
+                alias="nodeId",
+                min_length=1,
+                max_length=2100,
+                description="dataset:{namespace}:{name} or job:{namespace}:{name}",
+            ),
+        ],
+        depth: Annotated[
+            int, Query(ge=0, description="hops; capped at Lily's lineage depth cap")
+        ] = MARQUEZ_DEFAULT_DEPTH,
+    ) -> Response:
+        """The lineage around a dataset or job in Marquez's shape: ``{"graph": [{id, type, data, inEdges,
+        outEdges}]}``, both directions, depth and node count capped as for ``/lily/v1/metadata/lineage``."""
+        kind, _, rest = node_id.partition(":")
+        if kind not in ("dataset", "job") or ":" not in rest:
+            raise Invalid("nodeId must be dataset:{namespace}:{name} or job:{namespace}:{name}", field="nodeId")
+        tenant_id = principal.tenant_id
+        async with runtime.db.tenant(tenant_id) as conn:
+            names = candidate_names(rest)
+            root = _pick(rest, names, await store_assets.current_by_names(conn, tenant_id, names), kind == "job")
+            if root is None:
+                raise NotFound(f"node {node_id} not found")
+            root_id: UUID = root["asset_id"]
+            links: set[Link] = set()
+            ids: set[UUID] = {root_id}
+            starts = [root_id]
+            if kind == "job":
+                # A job is a process on edges, not an endpoint: walk from the datasets it reads and writes.
+                carried = await store_ol.process_edges(conn, tenant_id, root_id, DEFAULT_NODE_LIMIT)
+                links.update((up, down, root_id) for up, down in carried)
+                starts = list(dict.fromkeys(a for pair in carried for a in pair))[:MAX_JOB_STARTS]
+            for start in starts:
+                walked = await store_lineage.traverse(conn, tenant_id, start, "both", depth, DEFAULT_NODE_LIMIT)
+                ids.update(n.asset_id for n in walked.nodes)
+                ids.update(e.process_id for e in walked.edges if e.process_id is not None)
+                links.update((e.upstream_id, e.downstream_id, e.process_id) for e in walked.edges)
+            rows = await store_ol.assets_by_ids(conn, tenant_id, list(ids))
+        return web.json_response(marquez_graph(rows, links))
+
+    return router

@@ -3,6 +3,7 @@
 The rules (latest ``eventTime`` wins, re-sends change nothing, bounded history) are pure and live in
 :mod:`lily.connectors.openlineage.runs`; this module reads the job, applies them and writes the result
 like any other asset change (version, history, audit). A change that alters nothing writes nothing.
+The connector brings it (:meth:`OpenLineageConnector.handlers`): the pipeline core never imports it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ JOB_TYPE = "job"
 
 
 class RunHandler:
+    name = "openlineage.run"
     kinds: tuple[str, ...] = (OPENLINEAGE_RUN,)
 
     def validate(self, event: PipelineEvent) -> None:

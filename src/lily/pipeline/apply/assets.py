@@ -18,6 +18,7 @@ VALIDATED_AT_ACCEPT = frozenset({"api", "bulk"})
 
 
 class AssetHandler:
+    name = "assets"
     kinds: tuple[str, ...] = (ASSET_UPSERT, ASSET_REPLACE, ASSET_DELETE)
 
     def validate(self, event: PipelineEvent) -> None:

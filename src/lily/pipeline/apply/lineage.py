@@ -56,6 +56,7 @@ def to_request(payload: dict[str, Any]) -> graph.LineageIn:
 
 
 class LineageHandler:
+    name = "lineage"
     kinds: tuple[str, ...] = (LINEAGE_UPSERT, LINEAGE_DELETE)
 
     def validate(self, event: PipelineEvent) -> None:

@@ -14,6 +14,7 @@ ATTRIBUTE = "lily.upstream_changed"
 
 
 class UpstreamChangedHandler:
+    name = "upstream_changed"
     kinds: tuple[str, ...] = (UPSTREAM_CHANGED,)
 
     def validate(self, event: PipelineEvent) -> None:
