@@ -19,6 +19,7 @@ from starlette.routing import Match
 
 from lily.api.responses import FastJSON
 from lily.domain.errors import LilyError
+from lily.domain.storable import Unstorable
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,20 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
+def _located(error: Any) -> str:
+    """The field of a pydantic error, down to the member of free JSON that cannot be stored."""
+    field = _field(error["loc"])
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, Unstorable) and cause.path:
+        return f"{field}{cause.path}" if cause.path.startswith("[") else f"{field}.{cause.path}"
+    return field
+
+
+def _message(error: Any) -> str:
+    cause = (error.get("ctx") or {}).get("error")
+    return cause.message if isinstance(cause, Unstorable) else str(error["msg"])
+
+
 def install(app: FastAPI) -> None:
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
@@ -166,7 +181,7 @@ def install(app: FastAPI) -> None:
             detail = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {}).get("error", "")
             return problem(400, "malformed-json", "Malformed JSON", f"the body is not valid JSON: {detail}")
         fields = [
-            {"field": _field(e["loc"]), "message": e["msg"], "in": e["loc"][0] if e["loc"] else None} for e in errors
+            {"field": _located(e), "message": _message(e), "in": e["loc"][0] if e["loc"] else None} for e in errors
         ]
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
         return problem(422, "validation", "Invalid request", summary, errors=fields)
