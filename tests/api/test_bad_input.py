@@ -86,11 +86,11 @@ async def test_wrong_types_and_missing_fields_are_422_naming_the_field(client, a
         (rb'{"qualified_name": "pg://x/y", "type": "table", "description": "a\u0000b"}', {"description"}),
         (rb'{"qualified_name": "pg://x/y", "type": "table", "tags": ["a\u0000b"]}', {"tags[0]"}),
         (rb'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"k\u0000": 1}}', {"attributes"}),
-        (rb'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"k": ["\u0000"]}}', {"attributes"}),
-        (b'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"n": NaN}}', {"attributes"}),
-        (b'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"n": -Infinity}}', {"attributes"}),
-        (b'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"n": 1e999}}', {"attributes"}),
-        (deep, {"attributes"}),
+        (rb'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"k": ["\u0000"]}}', {"attributes.k[0]"}),
+        (b'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"n": NaN}}', {"attributes.n"}),
+        (b'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"n": -Infinity}}', {"attributes.n"}),
+        (b'{"qualified_name": "pg://x/y", "type": "table", "attributes": {"n": 1e999}}', {"attributes.n"}),
+        (deep, {"attributes." + ".".join(["a"] * 32)}),
     ]:
         problem = assert_problem(await client.post("/metadata", content=raw, headers={**h, **JSON}), 422)
         assert fields_of(problem) == fields, (raw, problem)
