@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import orjson
-
-from lily.bulk.items import validate
+from lily.bulk.items import Unstorable, to_json, validate
 from lily.bulk.parse import json_array_items, ndjson_lines
 from lily.config import Settings
 from lily.domain.errors import Conflict, PayloadTooLarge
@@ -57,7 +55,11 @@ async def receive(
             digest.update(chunk)
             yield chunk
 
-    items: AsyncIterator[tuple[int, Any]] = ndjson_lines(hashed()) if ndjson else json_array_items(hashed())
+    # An item is bounded like the single endpoint's body (LILY_MAX_ASSET_BODY_BYTES), while it streams in.
+    limit = settings.max_asset_body_bytes
+    items: AsyncIterator[tuple[int, Any]] = (
+        ndjson_lines(hashed(), max_item_bytes=limit) if ndjson else json_array_items(hashed(), max_item_bytes=limit)
+    )
     job_id = uuid7()
     counts: Counter[int] = Counter()
     errors: list[dict[str, Any]] = []
@@ -72,13 +74,16 @@ async def receive(
                         f"a bulk job holds at most {settings.max_bulk_items} items", limit=settings.max_bulk_items
                     )
                 payload = validate(raw)
+                if not isinstance(payload, str):
+                    try:
+                        payload_json = to_json(payload)
+                    except Unstorable as exc:
+                        payload = str(exc)
                 if isinstance(payload, str):
                     rejected += 1
                     if len(errors) < store.MAX_KEPT_ERRORS:
                         errors.append({"index": index, "error": payload})
                     continue
-                # (AssetIn refuses NUL characters, which COPY text and jsonb could not hold.)
-                payload_json = orjson.dumps(payload).decode()
                 subject = payload["qualified_name"]
                 part = partition_of(tenant_id, subject, settings.partitions)
                 if stage.add(event_id(), part, counts[part], subject, payload_json, index):

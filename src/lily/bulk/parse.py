@@ -1,80 +1,250 @@
-"""Incremental parsers for bulk bodies: NDJSON line by line, JSON arrays with ijson's C backend.
+"""Incremental, bounded splitters for bulk bodies: NDJSON line by line, JSON arrays item by item.
 
-Both yield ``(index, raw)`` pairs as the chunks arrive, so a 64 MiB body is never held whole.
-An NDJSON line that is not JSON fails alone (it is handed on as bytes and rejected by validation
-with its index). A JSON array has no line boundaries to resynchronise on, so a syntax error there
-ends the whole request (``MalformedBody``): we cannot know where the next item starts.
+Both yield ``(index, raw)`` pairs as the chunks arrive, where ``raw`` is the bytes of one item (parsed
+later by ``bulk.items``, exactly as ``POST /metadata`` parses its body) or a :class:`Refused` reason for
+an item that broke a bound. Bounds are checked while the bytes stream in, never after: an item longer
+than ``max_item_bytes`` (the single-asset body limit) or nesting deeper than ``max_depth`` is refused
+alone and its bytes are dropped as they arrive, so no item ever costs more than its bound in memory.
+
+A JSON array is split by its structure (strings, brackets, top-level commas), not parsed: one regex
+search per structural byte, C-speed counting across runs of brackets in items already refused. An item
+the splitter can delimit but that is not valid JSON is refused alone, like a bad NDJSON line. A body
+whose structure is broken (not an array, unbalanced, truncated, an empty item) ends the whole request
+(``MalformedBody``): we cannot know where the next item starts.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
-from typing import Any
-
-import ijson
+from dataclasses import dataclass
 
 from lily.domain.errors import LilyError
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
+
+# Brackets an item may open: the item itself, ``attributes``, and the attribute nesting the asset
+# rules allow (``domain.assets.MAX_ATTRIBUTE_DEPTH``), with room to spare; deeper is refused unread.
+MAX_ITEM_DEPTH = 64
 
 
 class MalformedBody(LilyError):
     status, type_slug, title = 400, "malformed-json", "Malformed JSON"
 
 
+class NotAnArray(MalformedBody):
+    """The body is not a JSON array at all (its first byte is not '[')."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An item refused before parsing (too long, too deep); ``reason`` is what its job reports."""
+
+    reason: str
+
+
 def is_ndjson(content_type: str | None) -> bool:
     return (content_type or "").split(";", 1)[0].strip().lower() in NDJSON_TYPES
 
 
-async def ndjson_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes]]:
+_NONSPACE = re.compile(rb"[^ \t\r\n]")
+
+
+def _too_long(limit: int) -> Refused:
+    return Refused(f"the item exceeds {limit} bytes (the limit of one asset's body)")
+
+
+async def ndjson_lines(
+    chunks: AsyncIterator[bytes], *, max_item_bytes: int
+) -> AsyncIterator[tuple[int, bytes | Refused]]:
     """Each non-blank line with its item index (blank lines are not items)."""
     index = 0
-    rest = b""
+    pieces: list[bytes] = []  # the current line so far (joined once, at its end: no quadratic copying)
+    size = 0
+    refused = False
+    content = False  # the current line has a non-blank byte
     async for chunk in chunks:
-        if not chunk:
-            continue
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            if line.strip():
-                yield index, line
+        start = 0
+        while start < len(chunk):
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            content = content or _NONSPACE.search(piece) is not None
+            if not refused:
+                size += len(piece)
+                if size > max_item_bytes and content:
+                    refused = True
+                    pieces.clear()
+                elif size > max_item_bytes:  # a long run of blanks: nothing to keep
+                    pieces.clear()
+                    size = 0
+                else:
+                    pieces.append(piece)
+            if end < 0:
+                break
+            if content:
+                yield index, _too_long(max_item_bytes) if refused else b"".join(pieces)
                 index += 1
-    if rest.strip():
-        yield index, rest
+            pieces.clear()
+            size, refused, content = 0, False, False
+            start = end + 1
+    if content:
+        yield index, _too_long(max_item_bytes) if refused else b"".join(pieces)
 
 
-async def json_array_items(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, Any]]:
-    """The elements of a top-level JSON array, each parsed to Python objects, with their index."""
-    parsed: list[Any] = ijson.sendable_list()
-    # use_float: plain floats rather than Decimal, as the single-asset endpoint would produce.
-    coro = ijson.items_coro(parsed, "item", use_float=True)
-    index = 0
-    started = False
-    try:
-        async for chunk in chunks:
-            if not chunk:
-                continue
-            if not started:
-                head = chunk.lstrip()
-                if not head:
+# Outside strings: the bytes that change the structure. Commas matter only between items (depth 1).
+_TOP = re.compile(rb'["\[\]{},]')
+_INNER = re.compile(rb'["\[\]{}]')
+# Inside a string: everything up to its closing quote (escapes skipped); stops short at the buffer's end.
+_STRING_REST = re.compile(rb'[^"\\]*(?:\\[\s\S][^"\\]*)*')
+_OPEN, _CLOSE, _QUOTE, _COMMA = frozenset(b"[{"), frozenset(b"]}"), ord('"'), ord(",")
+
+
+class ArraySplitter:
+    """Feeds on the chunks of a JSON array; returns the items (bytes or :class:`Refused`) each completes.
+
+    Depth counts brackets: 1 inside the top-level array, 2 inside an item's object. Positions are
+    offsets in ``buf``, which holds only the current item (or nothing, once it is refused).
+    """
+
+    def __init__(self, *, max_item_bytes: int, max_depth: int = MAX_ITEM_DEPTH) -> None:
+        self.max_item_bytes = max_item_bytes
+        self.max_depth = max_depth
+        self.buf = bytearray()
+        self.pos = 0  # next byte to scan
+        self.span = 0  # where the current item's bytes start (just after the '[' or ',' before it)
+        self.depth = 0
+        self.in_string = False
+        self.refused: Refused | None = None
+        self.ended = False
+        self.index = 0
+        self.commas = 0
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes | Refused]]:
+        out: list[tuple[int, bytes | Refused]] = []
+        if self.ended:
+            if _NONSPACE.search(chunk):
+                raise MalformedBody("the body goes on after the array's closing bracket", item_index=self.index)
+            return out
+        self.buf += chunk
+        buf = self.buf
+        if self.depth == 0:
+            first = _NONSPACE.search(buf, self.pos)
+            if first is None:
+                self.pos = len(buf)
+                self._compact()
+                return out
+            if buf[first.start()] != ord("["):
+                raise NotAnArray(
+                    "a bulk body is a JSON array of assets, or NDJSON with Content-Type: application/x-ndjson"
+                )
+            self.depth, self.pos = 1, first.end()
+            self.span = self.pos
+        while self.pos < len(buf) and not self.ended:
+            if self.in_string:
+                end = _STRING_REST.match(buf, self.pos).end()  # type: ignore[union-attr]  # always matches
+                if end < len(buf) and buf[end] == _QUOTE:
+                    self.in_string, self.pos = False, end + 1
                     continue
-                if not head.startswith(b"["):
-                    raise MalformedBody(
-                        "a bulk body is a JSON array of assets, or NDJSON with Content-Type: application/x-ndjson"
-                    )
-                started = True
-            coro.send(chunk)
-            for item in parsed:
-                yield index, item
-                index += 1
-            del parsed[:]
-        if not started:
+                self.pos = end  # the string goes on in the next chunk (or a lone '\' waits for its pair)
+                break
+            if self.refused is not None and self._skip_brackets():
+                continue
+            m = (_TOP if self.depth == 1 else _INNER).search(buf, self.pos)
+            if m is None:
+                self.pos = len(buf)
+                break
+            at = m.start()
+            c = buf[at]
+            self.pos = at + 1
+            if c == _QUOTE:
+                self.in_string = True
+            elif c in _OPEN:
+                self.depth += 1
+                if self.depth > self.max_depth + 1 and self.refused is None:
+                    self.refused = Refused(f"the item nests deeper than {self.max_depth} levels")
+            elif c in _CLOSE:
+                self.depth -= 1
+                if self.depth == 0:
+                    if c != ord("]"):
+                        raise MalformedBody("the array is closed with '}'", item_index=self.index)
+                    self._finish(at, out, last=True)
+                    self.ended = True
+            else:  # a comma between items
+                self._finish(at, out, last=False)
+        if self.ended and _NONSPACE.search(buf, self.pos):
+            raise MalformedBody("the body goes on after the array's closing bracket", item_index=self.index)
+        self._check_size()
+        self._compact()
+        return out
+
+    def close(self) -> None:
+        if self.depth == 0 and not self.ended:
             raise MalformedBody("the body is empty; send a JSON array (possibly []) or NDJSON")
-        coro.close()
-        for item in parsed:
-            yield index, item
-            index += 1
-    except ijson.JSONError as exc:
-        raise MalformedBody(
-            f"the body is not a valid JSON array (after item {index}): {exc}", item_index=index
-        ) from exc
+        if not self.ended:
+            raise MalformedBody(
+                f"the body ends before the array is closed (in item {self.index})", item_index=self.index
+            )
+
+    def _finish(self, at: int, out: list[tuple[int, bytes | Refused]], *, last: bool) -> None:
+        """The item between ``span`` and the separator at ``at`` is complete."""
+        if self.refused is None and at - self.span > self.max_item_bytes:
+            self._refuse_if_content(at)
+        if self.refused is not None:
+            out.append((self.index, self.refused))
+            self.index += 1
+        else:
+            item = bytes(self.buf[self.span : at]).strip()
+            if item:
+                out.append((self.index, item))
+                self.index += 1
+            elif not last or self.commas:  # [1,,2], [,1] and [1,] are not JSON; [] and [ ] are
+                raise MalformedBody(f"item {self.index} of the array is empty", item_index=self.index)
+        if not last:
+            self.commas += 1
+        self.refused = None
+        self.span = at + 1
+
+    def _check_size(self) -> None:
+        if self.refused is None and self.pos - self.span > self.max_item_bytes:
+            self._refuse_if_content(self.pos)
+
+    def _refuse_if_content(self, upto: int) -> None:
+        if _NONSPACE.search(self.buf, self.span, upto):
+            self.refused = _too_long(self.max_item_bytes)
+        else:  # only blanks so far: drop them, the item has not begun
+            self.span = upto
+
+    def _compact(self) -> None:
+        """Drop what is no longer needed: everything before the item, or all of a refused item."""
+        keep = self.pos if self.refused is not None or self.ended else self.span
+        if keep:
+            del self.buf[:keep]
+            self.pos -= keep
+            self.span = max(0, self.span - keep)
+
+    def _skip_brackets(self) -> bool:
+        """In a refused item, jump over a string-free run of brackets by counting (C speed), up to where
+        the item might end; True if it moved. Deep nesting is thus refused at memchr speed."""
+        buf = self.buf
+        quote = buf.find(b'"', self.pos)
+        end = len(buf) if quote < 0 else quote
+        while end - self.pos >= 256:
+            closes = buf.count(b"]", self.pos, end) + buf.count(b"}", self.pos, end)
+            if self.depth - closes > 1:  # the item cannot end inside [pos, end)
+                self.depth += buf.count(b"[", self.pos, end) + buf.count(b"{", self.pos, end) - closes
+                self.pos = end
+                return True
+            end = self.pos + (end - self.pos) // 2  # it might: try the first half
+        return False
+
+
+async def json_array_items(
+    chunks: AsyncIterator[bytes], *, max_item_bytes: int, max_depth: int = MAX_ITEM_DEPTH
+) -> AsyncIterator[tuple[int, bytes | Refused]]:
+    """The elements of a top-level JSON array, each as its bytes (or refused), with their index."""
+    splitter = ArraySplitter(max_item_bytes=max_item_bytes, max_depth=max_depth)
+    async for chunk in chunks:
+        if chunk:
+            for item in splitter.feed(chunk):
+                yield item
+    splitter.close()

@@ -21,9 +21,11 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 
+from lily.bulk.inflate import read_json  # bounded, incremental gunzip + JSON (area 6)
 from lily.connectors.openlineage.events import parse_batch, parse_event
 from lily.connectors.openlineage.graph import Link, candidate_names, identity, marquez_graph
 from lily.connectors.openlineage.translate import JOB, translate
+from lily.domain.assets import Asset, to_document
 from lily.domain.errors import Invalid, LilyError, NotFound, PayloadTooLarge
 from lily.domain.lineage import DEFAULT_NODE_LIMIT
 from lily.plugins.protocols import AppRuntime, Caller, WebContext
@@ -101,18 +103,14 @@ async def _json_body(request: Request, limit: int) -> Any:
         raise MalformedBody(f"the body is not valid JSON: {exc}") from None
 
 
-def _pick(rest: str, names: list[str], found: dict[str, dict[str, Any]], want_job: bool) -> dict[str, Any] | None:
+def _pick(rest: str, names: list[str], found: dict[str, Asset], want_job: bool) -> Asset | None:
     """The live asset a node id names: of the right kind, and the one whose OpenLineage identity
     spells the id exactly when several splits of ``ns:name`` exist."""
-    matches = [
-        found[n]
-        for n in names
-        if n in found and found[n]["deleted_at"] is None and (found[n]["type"] == JOB) == want_job
-    ]
-    for row in matches:
-        namespace, name = identity(row)
+    matches = [found[n] for n in names if n in found and found[n].live and (found[n].type == JOB) == want_job]
+    for asset in matches:
+        namespace, name = identity(to_document(asset))
         if f"{namespace}:{name}" == rest:
-            return row
+            return asset
     return matches[0] if matches else None
 
 
@@ -138,7 +136,7 @@ def build_router(web: WebContext) -> APIRouter:
         request: Request, principal: EditorDep, runtime: RuntimeDep, request_id: RequestIdDep
     ) -> Response:
         """Take one OpenLineage event (RunEvent, DatasetEvent or JobEvent), plain or gzip-compressed."""
-        event = parse_event(await _json_body(request, MAX_INFLATED_BYTES))
+        event = parse_event(await read_json(request, max_bytes=MAX_INFLATED_BYTES, max_item_bytes=MAX_INFLATED_BYTES))
         await runtime.writer.append_many(
             principal.tenant_id, translate(event, principal.tenant_id, principal.actor, request_id)
         )
@@ -156,7 +154,14 @@ def build_router(web: WebContext) -> APIRouter:
     ) -> Response:
         """Take a JSON array of OpenLineage events: every one is validated first, and all are recorded
         in one transaction, or none (the error names the index of each bad one)."""
-        events = parse_batch(await _json_body(request, runtime.settings.max_bulk_body_bytes))
+        events = parse_batch(
+            await read_json(
+                request,
+                max_bytes=runtime.settings.max_bulk_body_bytes,
+                max_item_bytes=MAX_INFLATED_BYTES,
+                array=True,
+            )
+        )
         lily_events = []
         for i, event in enumerate(events):
             try:
@@ -195,7 +200,7 @@ def build_router(web: WebContext) -> APIRouter:
             root = _pick(rest, names, await store_assets.current_by_names(conn, tenant_id, names), kind == "job")
             if root is None:
                 raise NotFound(f"node {node_id} not found")
-            root_id: UUID = root["asset_id"]
+            root_id: UUID = root.asset_id
             links: set[Link] = set()
             ids: set[UUID] = {root_id}
             starts = [root_id]
