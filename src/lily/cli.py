@@ -127,6 +127,20 @@ def migrate() -> None:
     click.echo(f"schema at version {version}")
 
 
+@main.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per plugin instead of a table.")
+def plugins_command(as_json: bool) -> None:
+    """List the loaded plugins by kind: name, entry point, distribution and version."""
+    from lily.plugins import PluginError, load_plugins
+    from lily.plugins.listing import render_json, render_table
+
+    try:
+        loaded = load_plugins(_settings())
+    except PluginError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(render_json(loaded) if as_json else render_table(loaded))
+
+
 @main.group()
 def admin() -> None:
     """Tenants, users and API keys."""

@@ -103,13 +103,17 @@ def _instantiate(kind: str, ep: EntryPoint) -> Any:
         ) from exc
 
 
-def _checked(kind: str, ep: EntryPoint, plugin: Any, *, via: str = "") -> None:
+def _checked(kind: str, ep: EntryPoint, plugin: Any, *, brought_by_connector: bool = False) -> None:
     found = problems(kind, plugin)
     name = getattr(plugin, "name", None)
-    if not via and isinstance(name, str) and name != ep.name:
-        found.append(f"its name {name!r} differs from the entry point's name {ep.name!r}")
+    if brought_by_connector:
+        what = f"{describe('connector', ep)}: the handler it brings ({type(plugin).__qualname__})"
+    else:
+        what = describe(kind, ep)
+        if isinstance(name, str) and name != ep.name:
+            found.append(f"its name {name!r} differs from the entry point's name {ep.name!r}")
     if found:
-        raise PluginError(f"{describe(kind, ep)}{via} is not a valid {kind}: " + "; ".join(found))
+        raise PluginError(f"{what} is not a valid {kind}: " + "; ".join(found))
 
 
 def _disabled(settings: Settings) -> set[tuple[str, str]]:
@@ -142,8 +146,10 @@ class _Builder:
     listing: list[PluginInfo] = field(default_factory=list)
 
     def add(self, kind: str, ep: EntryPoint, plugin: Any, *, provided_by: str | None = None) -> None:
-        via = f" (brought by {provided_by})" if provided_by else ""
-        what = describe(kind, ep) + via
+        if provided_by:
+            what = f"{describe('connector', ep)}: the {kind} {plugin.name!r} it brings"
+        else:
+            what = describe(kind, ep)
         name: str = plugin.name
         if name in self.by_kind[kind]:
             raise PluginError(f"{what}: another {kind} is already named {name!r} ({self.origin[(kind, name)]})")
@@ -217,7 +223,7 @@ def _add_connector_handlers(built: _Builder, ep: EntryPoint, connector: Any, dis
     except Exception as exc:
         raise PluginError(f"{describe('connector', ep)}: handlers() failed: {type(exc).__name__}: {exc}") from exc
     for handler in handlers:
-        _checked("handler", ep, handler, via=f" (a handler it brings, {type(handler).__qualname__})")
+        _checked("handler", ep, handler, brought_by_connector=True)
         if ("handler", handler.name) in disabled:
             continue
         built.add("handler", ep, handler, provided_by=provided_by)

@@ -1,0 +1,97 @@
+"""The test distribution's plugins at work inside a running app: the connector's route is mounted and
+appends a custom event kind, the pipeline applies it through the test handler, and the test hook sees
+the batch with the worker's transaction."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from lily.config import Settings
+from lily.domain.events import NewEvent
+from tests.pipeline.support import settled, until
+
+
+@pytest.fixture
+def settings(settings: Settings, every_kind: ModuleType) -> Settings:
+    return settings  # the distribution must be on the path before the app loads its plugins
+
+
+async def post_note(client: Any, headers: dict[str, str], subject: str, text: str) -> Any:
+    # The connector's routes live at the paths it chose, outside /lily/v1.
+    return await client.post(
+        "http://lily.test/test-inbox/notes", json={"subject": subject, "text": text}, headers=headers
+    )
+
+
+async def test_a_custom_event_kind_goes_through_the_log_and_its_handler(
+    client: Any, tenant: Any, every_kind: ModuleType
+) -> None:
+    r = await post_note(client, tenant.headers("editor"), "note://one", "hello")
+    assert r.status_code == 202, r.text
+    event_id = r.json()["event_id"]
+    state = await settled(client, tenant.headers("viewer"), event_id)
+    assert state["state"] == "applied", state
+    assert state["result"]["text"] == "HELLO"
+    # It ran in the tenant's transaction: the RLS setting was the event's tenant.
+    assert state["result"]["tenant_setting"] == tenant.tenant_id
+
+
+async def test_the_hook_sees_the_batch_and_the_transaction_before_and_after_apply(
+    client: Any, tenant: Any, every_kind: ModuleType
+) -> None:
+    r = await post_note(client, tenant.headers("editor"), "note://two", "batch")
+    event_id = r.json()["event_id"]
+    state = await settled(client, tenant.headers("viewer"), event_id)
+
+    async def both_phases() -> list[dict[str, Any]] | None:
+        mine = [s for s in every_kind.SEEN if event_id in s["event_ids"]]
+        return mine if {s["phase"] for s in mine} == {"pre", "post"} else None
+
+    seen = await until(both_phases, what="the probe hook's pre and post calls")
+    pre = next(s for s in seen if s["phase"] == "pre")
+    post = next(s for s in seen if s["phase"] == "post")
+    assert pre["outcomes"] == [None] and post["outcomes"] == ["applied"]
+    assert pre["tenant_id"] == post["tenant_id"] == pre["tenant_setting"] == tenant.tenant_id
+    # One transaction from pre-hook to post-hook, the very one the handler applied the event in.
+    assert pre["txid"] == post["txid"] == state["result"]["txid"]
+
+
+async def test_the_route_refuses_a_bad_body_as_a_problem(client: Any, tenant: Any) -> None:
+    r = await post_note(client, tenant.headers("editor"), "note://bad", "")
+    assert r.status_code == 422
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["errors"][0]["field"] == "text"
+
+
+async def test_the_handler_rejects_what_it_cannot_apply(app: Any, client: Any, tenant: Any) -> None:
+    # Appended straight to the log (as a replay or another producer could): the handler's validate()
+    # is the pipeline's own check, and its refusal names the field.
+    event = NewEvent(tenant.tenant_id, "note://raw", "test.note", {"text": 42}, "key:test")
+    (accepted,) = await app.state.runtime.writer.append_many(tenant.tenant_id, [event])
+    state = await settled(client, tenant.headers("viewer"), str(accepted.event_id))
+    assert state["state"] == "failed", state
+    assert "text" in state["error"]
+
+
+async def test_the_connector_route_authenticates_and_authorizes(client: Any, tenant: Any) -> None:
+    assert (await post_note(client, {}, "note://x", "no token")).status_code == 401
+    assert (await post_note(client, tenant.headers("viewer"), "note://x", "viewer")).status_code == 403
+    bad = {"Authorization": "Bearer lily_nobody.key.secret"}
+    assert (await post_note(client, bad, "note://x", "forged")).status_code == 401
+
+
+async def test_another_tenant_never_sees_the_connectors_events(client: Any, tenant: Any, other_tenant: Any) -> None:
+    r = await post_note(client, tenant.headers("editor"), "note://private", "mine")
+    event_id = r.json()["event_id"]
+    assert (await settled(client, tenant.headers("viewer"), event_id))["state"] == "applied"
+    assert (await client.get(f"/events/{event_id}", headers=other_tenant.headers("admin"))).status_code == 404
+
+
+async def test_the_connector_route_is_in_the_openapi_document(client: Any) -> None:
+    doc = (await client.get("http://lily.test/openapi.json")).json()
+    operation = doc["paths"]["/test-inbox/notes"]["post"]
+    assert {"202", "401", "403", "422"} <= set(operation["responses"])
+    assert "/api/v1/lineage" in doc["paths"]  # OpenLineage, mounted the same way
