@@ -120,6 +120,16 @@ def worker(concurrency: int) -> None:
 
 
 @main.command()
+def scheduler() -> None:
+    """Run timed jobs. Start any number: one leads, another takes over within seconds if it dies."""
+    from lily.scheduler import run_standalone
+
+    settings = _settings()
+    url = _migrated_url(settings)
+    asyncio.run(run_standalone(url, settings))
+
+
+@main.command()
 def migrate() -> None:
     """Apply pending schema migrations."""
     settings = _settings()

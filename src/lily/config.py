@@ -52,6 +52,14 @@ class Settings(BaseSettings):
         default="", description="Comma-separated kind:name of plugins not to load (channel:slack, job:retention)."
     )
 
+    # Scheduler (`lily scheduler`, and inside `lily serve`).
+    scheduler_in_serve: bool = Field(default=True, description="Run a scheduler inside `lily serve`.")
+    scheduler_poll_seconds: float = Field(
+        default=1.0, ge=0.05, le=10, description="How often followers try to lead and the leader looks for due jobs."
+    )
+    idempotency_key_ttl_seconds: int = Field(default=86_400, ge=3600, description="Age at which keys are pruned.")
+    job_runs_retention_days: int = Field(default=30, ge=1, description="Finished job runs older than this are pruned.")
+
     def resolved_home(self) -> Path:
         return self.home.expanduser()
 
