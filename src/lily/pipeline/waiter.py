@@ -2,7 +2,10 @@
 
 One LISTEN connection per process hears every committed offset (``lily_applied``: "partition:seq")
 and wakes the requests waiting on that partition. Works the same whether the worker runs in this
-process (``lily serve``) or elsewhere (``lily worker``).
+process (``lily serve``) or elsewhere (``lily worker``). An offset may pass an event without deciding
+it (its subject is parked for a retry, or its tenant's lane holds it): the worker says so ("p:seq?")
+before the offset moves, and says "p:seq!" when it decides it later; such an event is waited for until
+then.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class AppliedWaiter:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._offsets: dict[int, int] = {}
+        self._held: dict[int, set[int]] = {}
         self._waiting: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -37,15 +41,17 @@ class AppliedWaiter:
 
     async def wait(self, partition: int, seq: int, timeout: float) -> bool:
         """True once ``seq`` of ``partition`` is applied (or failed), False after ``timeout`` seconds."""
-        if self._offsets.get(partition, 0) >= seq:
+        if self._decided(partition, seq):
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(partition, []).append((seq, fut))
         try:
-            # The event may have been applied before we registered: ask once.
-            async with self.db.connection() as conn:  # one autocommit read: no transaction needed
-                offsets = await store_log.applied_offsets(conn, [partition])
-            self._advance(partition, offsets.get(partition, 0))
+            # The event may have been applied (or held) before we registered: ask once.
+            async with self.db.connection() as conn:  # one round trip, outside any transaction
+                offset, held = await store_log.applied_state(conn, partition, seq)
+            if held:
+                self._held.setdefault(partition, set()).add(seq)
+            self._advance(partition, offset)
             await asyncio.wait_for(asyncio.shield(fut), timeout)
             return True
         except TimeoutError:
@@ -55,12 +61,26 @@ class AppliedWaiter:
             if (seq, fut) in waiting:
                 waiting.remove((seq, fut))
 
+    def _decided(self, partition: int, seq: int) -> bool:
+        return self._offsets.get(partition, 0) >= seq and seq not in self._held.get(partition, ())
+
+    def _note(self, partition: int, seq: int, mark: str) -> None:
+        if mark == "?":
+            self._held.setdefault(partition, set()).add(seq)
+        elif mark == "!":
+            held = self._held.get(partition)
+            if held is not None:
+                held.discard(seq)
+            self._advance(partition, 0)
+        else:
+            self._advance(partition, seq)
+
     def _advance(self, partition: int, seq: int) -> None:
         if seq > self._offsets.get(partition, 0):
             self._offsets[partition] = seq
         keep = []
         for want, fut in self._waiting.get(partition, []):
-            if want <= seq:
+            if self._decided(partition, want):
                 if not fut.done():
                     fut.set_result(None)
             else:
@@ -73,8 +93,8 @@ class AppliedWaiter:
                 async with await psycopg.AsyncConnection.connect(self.db.url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {store_log.APPLIED_CHANNEL}")
                     async for note in conn.notifies():
-                        for partition, seq in store_log.parse_applied(note.payload):
-                            self._advance(partition, seq)
+                        for partition, seq, mark in store_log.parse_applied(note.payload):
+                            self._note(partition, seq, mark)
             except psycopg.OperationalError as exc:
                 log.warning("applied-listener lost its connection, reconnecting: %s", exc)
                 await asyncio.sleep(1)

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import random
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from lily.config import Settings
+from lily.domain.errors import ServiceUnavailable
 from lily.domain.events import NewEvent
 from lily.pipeline import metrics
 from lily.pipeline.context import BatchContext
+from lily.pipeline.failures import is_permanent
 from lily.pipeline.model import PipelineEvent
 from lily.pipeline.stages import Pipeline
 from lily.store import log as store_log
@@ -52,7 +56,7 @@ class Worker:
         while not stop.is_set():
             try:
                 await self._consume(stop)
-            except (psycopg.OperationalError, psycopg.errors.DeadlockDetected) as exc:
+            except (psycopg.OperationalError, psycopg.errors.DeadlockDetected, ServiceUnavailable) as exc:
                 log.warning("%s: database error, backing off: %s", self.name, exc)
                 await _pause(stop, 0.5)
             except Exception:
@@ -70,17 +74,22 @@ class Worker:
                         pass
 
     async def drain_once(self, stop: asyncio.Event | None = None) -> int:
-        """One pass over the partitions with a backlog; the number of events processed."""
+        """One pass over the partitions with work; the number of events it moved past."""
         async with self.db.system() as conn:
-            parts = await store_log.partitions_with_backlog(conn)
-        random.shuffle(parts)  # workers that start together spread over the partitions
+            work = await store_log.partitions_with_backlog(conn)
+        # Partitions with side work (a parked subject due, a lane) are done alone; the rest in groups.
+        alone = [p for p, side in work.items() if side]
+        parts = [p for p, side in work.items() if not side]
+        random.shuffle(alone)  # workers that start together spread over the partitions
+        random.shuffle(parts)
         total = 0
         # At least four groups, so that several workers always find partitions the others left them.
         group = max(1, min(self.settings.worker_partitions_per_transaction, self.settings.partitions // 4))
-        for i in range(0, len(parts), group):
+        batches = [[p] for p in alone] + [parts[i : i + group] for i in range(0, len(parts), group)]
+        for batch in batches:
             if stop is not None and stop.is_set():
                 break  # shut down between transactions: nothing is left half-done
-            total += await self.process_partitions(parts[i : i + group])
+            total += await self.process_partitions(batch)
         return total
 
     async def process_partitions(self, partitions: list[int]) -> int:
@@ -89,91 +98,281 @@ class Worker:
         Under a spread load each partition holds only an event or two; one transaction per partition
         would pay a commit and a dozen round trips per event. Claiming several at once amortises that.
         Order is kept: each partition's events stay in order, and a subject lives in one partition.
-        If the combined batch fails, each partition is retried alone, which isolates the failing event.
+        Only clean partitions (nothing held, no tenant taking more than its share) go together; the
+        others, and all of them if the combined batch fails, are done alone right after.
         """
         if len(partitions) == 1:
             return await self.process_partition(partitions[0])
         outcome = _Outcome()
-        retry_alone: list[int] = []
+        alone: list[int] = []
         async with self.db.connection() as conn, conn.transaction():
-            offsets = await store_log.try_claim_many(conn, partitions)
-            if not offsets:
-                return 0
-            await as_pipeline_relaxed(conn)
-            per_partition = max(1, self.settings.worker_batch_size // len(offsets))
-            rows = await store_log.read_batches(conn, offsets, per_partition)
-            if not rows:
-                return 0
-            events = sorted((PipelineEvent.from_row(r) for r in rows), key=lambda e: (e.partition, e.seq))
-            try:
-                async with conn.transaction():
-                    await self._apply(conn, events)
-                outcome.applied = events
-            except Exception as exc:
-                log.info(
-                    "%s: batch over %s partitions failed (%s), retrying each alone",
-                    self.name,
-                    len(offsets),
-                    _describe(exc),
-                )
-                retry_alone = sorted({e.partition for e in events})
+            claimed = await store_log.try_claim_many(conn, partitions)
+            alone = sorted(p for p, c in claimed.items() if not c.clean)
+            offsets = {p: c.applied_seq for p, c in claimed.items() if c.clean}
+            if offsets:
+                await as_pipeline_relaxed(conn)
+                per_partition = max(1, self.settings.worker_batch_size // len(offsets))
+                rows = await store_log.read_batches(conn, offsets, per_partition)
+                flooded = await self._flooded(conn, rows, per_partition)
+                if flooded:
+                    alone.extend(flooded)
+                    rows = [r for r in rows if r["partition"] not in flooded]
+                events = sorted((PipelineEvent.from_row(r) for r in rows), key=lambda e: (e.partition, e.seq))
+                if events:
+                    try:
+                        async with conn.transaction():
+                            await self._apply(conn, events)
+                            await store_log.advance_many(conn, {e.partition: e.seq for e in events})
+                        outcome.applied = events
+                    except Exception as exc:
+                        log.info(
+                            "%s: batch over %s partitions failed (%s), retrying each alone",
+                            self.name,
+                            len(offsets),
+                            _describe(exc),
+                        )
+                        alone.extend(sorted({e.partition for e in events}))
         outcome.observe()
         done = len(outcome.applied)
-        for partition in retry_alone:
+        for partition in alone:
             done += await self.process_partition(partition)
         return done
 
     async def process_partition(self, partition: int) -> int:
-        """Claim ``partition`` and apply its next batch; how many events it moved past (0 if not ours)."""
+        """Claim ``partition`` and process it: parked subjects whose retry time has come, a share of
+        each tenant lane, then its next batch. How many events it moved past (0 if not ours)."""
         outcome = _Outcome()
         async with self.db.connection() as conn, conn.transaction():
-            applied_seq = await store_log.try_claim(conn, partition)
-            if applied_seq is None:
+            claimed = await store_log.try_claim(conn, partition)
+            if claimed is None:
                 return 0
             await as_pipeline_relaxed(conn)
-            rows = await store_log.read_batch(conn, partition, applied_seq, self.settings.worker_batch_size)
-            if not rows:
-                return 0
-            events = [PipelineEvent.from_row(r) for r in rows]
+            offset = claimed.applied_seq
+            parked: set[tuple[str, str]] = set()
+            lanes: dict[str, int] = {}
+            if claimed.retry_at is not None:
+                await self._retry_parked(conn, partition, offset, outcome)
+                parked = await store_log.parked_in(conn, partition)
+            if claimed.lanes:
+                lanes = await store_log.lanes_in(conn, partition)
+                await self._drain_lanes(conn, partition, offset, lanes, parked, outcome)
+            limit = self.settings.worker_batch_size
+            if lanes:
+                rows, top = await store_log.read_past_lanes(conn, partition, offset, list(lanes), limit)
+                outcome.held.extend(await store_log.lane_seqs(conn, partition, offset, top, list(lanes)))
+            else:
+                rows = await store_log.read_batch(conn, partition, offset, limit)
+                top = int(rows[-1]["seq"]) if rows else offset
+            flood = (await self._flooded(conn, rows, limit)).get(partition)
+            if flood is not None:
+                rows = await self._open_lane(conn, partition, rows, flood, limit, outcome)
+            await self._apply_all(conn, [PipelineEvent.from_row(r) for r in rows], outcome, parked, from_held=False)
+            if top > offset or outcome.changed:
+                await as_pipeline(conn)
+                await store_log.finish_partition(
+                    conn,
+                    partition,
+                    top,
+                    held=outcome.held,
+                    released=outcome.released,
+                    side_changed=outcome.side_changed,
+                )
+        # Only what committed is counted.
+        outcome.observe()
+        return outcome.moved
+
+    async def _retry_parked(self, conn: Conn, partition: int, offset: int, outcome: _Outcome) -> None:
+        """Apply, in order, the queues of the parked subjects whose retry time has come; unpark those
+        that emptied. A queue head that fails again is parked anew (or dead-lettered at its last try)."""
+        budget = self.settings.worker_batch_size
+        await as_pipeline(conn)
+        for subject in await store_log.due_parked(conn, partition, budget):
+            if budget <= 0:
+                break
+            key = (subject["tenant_id"], subject["subject"])
+            rows = await store_log.parked_queue(conn, *key, offset, budget)
+            emptied = len(rows) < budget
+            budget -= len(rows)
+            again: set[tuple[str, str]] = set()
+            await self._apply_all(conn, [PipelineEvent.from_row(r) for r in rows], outcome, again, from_held=True)
+            await as_pipeline(conn)
+            if key in again:
+                pass  # parked anew, with its next retry time
+            elif emptied:
+                await store_log.unpark(conn, *key)  # the queue is empty: later events go straight through
+            else:
+                await store_log.park(conn, partition, *key, datetime.now(UTC))  # more queued: next pass
+            outcome.side_changed = True
+
+    async def _drain_lanes(
+        self,
+        conn: Conn,
+        partition: int,
+        offset: int,
+        lanes: dict[str, int],
+        parked: set[tuple[str, str]],
+        outcome: _Outcome,
+    ) -> None:
+        """Apply each lane's share of its held events, in order; close the lanes that emptied."""
+        share = max(1, self.settings.worker_batch_size // (2 * len(lanes)))
+        for tenant_id, next_seq in list(lanes.items()):
+            await as_pipeline(conn)
+            rows = await store_log.lane_events(conn, partition, tenant_id, next_seq, offset, share)
+            # Events of a parked subject stay held: they belong to the subject's queue.
+            await self._apply_all(conn, [PipelineEvent.from_row(r) for r in rows], outcome, parked, from_held=True)
+            await as_pipeline(conn)
+            if len(rows) < share:
+                await store_log.move_lane(conn, partition, tenant_id, None)
+                del lanes[tenant_id]
+            else:
+                await store_log.move_lane(conn, partition, tenant_id, int(rows[-1]["seq"]) + 1)
+            outcome.side_changed = True
+
+    async def _flooded(self, conn: Conn, rows: list[dict[str, Any]], limit: int) -> dict[int, str]:
+        """Partitions whose batch is full and mostly one tenant's while another tenant's events wait
+        behind it: partition → the flooding tenant. A tenant alone in a partition is not throttled."""
+        if len(rows) < limit:
+            return {}  # not one partition's batch can be full (the common case: nothing to look at)
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_partition.setdefault(row["partition"], []).append(row)
+        candidates: dict[int, tuple[str, int]] = {}
+        for partition, part_rows in by_partition.items():
+            if len(part_rows) < limit:
+                continue
+            (tenant_id, n), *_ = Counter(r["tenant_id"] for r in part_rows).most_common(1)
+            if n > limit // 2:
+                candidates[partition] = (tenant_id, int(part_rows[-1]["seq"]))
+        if not candidates:
+            return {}
+        await as_pipeline(conn)
+        waiting = await store_log.others_waiting(conn, candidates)
+        return {p: candidates[p][0] for p in waiting}
+
+    async def _open_lane(
+        self,
+        conn: Conn,
+        partition: int,
+        rows: list[dict[str, Any]],
+        tenant_id: str,
+        limit: int,
+        outcome: _Outcome,
+    ) -> list[dict[str, Any]]:
+        """Give ``tenant_id`` a lane from its first event past its share of this batch; the rows left
+        to apply now (its events in the lane are held)."""
+        share = limit // 2
+        keep: list[dict[str, Any]] = []
+        taken = 0
+        lane_from: int | None = None
+        for row in rows:
+            if row["tenant_id"] == tenant_id:
+                if lane_from is None and taken >= share:
+                    lane_from = int(row["seq"])
+                if lane_from is not None:
+                    outcome.held.append(int(row["seq"]))
+                    continue
+                taken += 1
+            keep.append(row)
+        assert lane_from is not None
+        log.info("%s: tenant %s takes a lane in partition %s from seq %s", self.name, tenant_id, partition, lane_from)
+        await as_pipeline(conn)
+        await store_log.open_lane(conn, partition, tenant_id, lane_from)
+        outcome.side_changed = True
+        return keep
+
+    async def _apply_all(
+        self,
+        conn: Conn,
+        events: list[PipelineEvent],
+        outcome: _Outcome,
+        parked: set[tuple[str, str]],
+        *,
+        from_held: bool,
+    ) -> None:
+        """Apply ``events`` (one partition's, in order) as one batch if it succeeds, else isolate the
+        failing ones. Events of subjects in ``parked`` are held, and a subject parked on the way joins
+        it, so its later events are held too. ``from_held``: the events were held before (a parked
+        subject's queue, a lane), so deciding one releases it and holding one changes nothing."""
+        ready: list[PipelineEvent] = []
+        for event in events:
+            if (event.tenant_id, event.subject) in parked:
+                if not from_held:
+                    outcome.held.append(event.seq)
+            else:
+                ready.append(event)
+        if not ready:
+            return
+        try:
+            async with conn.transaction():
+                await self._apply(conn, ready)
+        except Exception as exc:
+            log.info("%s: batch of %s on partition %s failed, isolating", self.name, len(ready), ready[0].partition)
+            await as_pipeline(conn)
+            fresh = await store_log.read_events(conn, [e.event_id for e in ready])
+            await self._isolate(conn, fresh, exc, outcome, parked, from_held=from_held)
+            return
+        outcome.done(ready, from_held=from_held)
+
+    async def _isolate(
+        self,
+        conn: Conn,
+        rows: list[dict[str, Any]],
+        failure: BaseException | None,
+        outcome: _Outcome,
+        parked: set[tuple[str, str]],
+        *,
+        from_held: bool,
+    ) -> None:
+        """Bisect ``rows`` (``failure``: what applying all of them raised, if known) until each failing
+        event is alone, applying the rest in order. k poison events among n cost about k·log n tries."""
+        ready = []
+        for row in rows:
+            if (row["tenant_id"], row["subject"]) in parked:
+                if not from_held:
+                    outcome.held.append(int(row["seq"]))
+                failure = None  # the set changed: what failed before says nothing about this one
+            else:
+                ready.append(row)
+        if not ready:
+            return
+        if failure is None:
+            # A failed attempt may have changed the events in hand (hooks may edit payloads): each
+            # attempt works on its own copies of the rows read from the log.
+            events = [PipelineEvent.from_row(copy.deepcopy(row)) for row in ready]
             try:
                 async with conn.transaction():
                     await self._apply(conn, events)
-                outcome.applied = events
             except Exception as exc:
-                error = _describe(exc)
-                if len(rows) > 1:
-                    log.info("%s: batch on partition %s failed, isolating", self.name, partition)
-                    outcome.applied, error = await self._apply_one_by_one(conn, partition, rows)
-                done = len(outcome.applied)
-                if done < len(rows):
-                    outcome.failure = await self._record_failure(conn, PipelineEvent.from_row(rows[done]), error)
-        # Only what committed is counted.
-        outcome.observe()
-        return len(outcome.applied) + (outcome.failure == "dead_lettered")
+                await as_pipeline(conn)
+                failure = exc
+            else:
+                outcome.done(events, from_held=from_held)
+                return
+        if len(ready) == 1:
+            await self._record_failure(conn, PipelineEvent.from_row(ready[0]), failure, outcome, parked, from_held)
+            return
+        mid = len(ready) // 2
+        await self._isolate(conn, ready[:mid], None, outcome, parked, from_held=from_held)
+        await self._isolate(conn, ready[mid:], None, outcome, parked, from_held=from_held)
 
-    async def _apply_one_by_one(
-        self, conn: Conn, partition: int, rows: list[dict[str, Any]]
-    ) -> tuple[list[PipelineEvent], str]:
-        """Apply events singly until one fails: those that succeeded (effects kept), and the error."""
-        await as_pipeline(conn)
-        fresh = await store_log.read_batch(conn, partition, rows[0]["seq"] - 1, len(rows))
-        applied: list[PipelineEvent] = []
-        for row in fresh:
-            event = PipelineEvent.from_row(row)
-            try:
-                async with conn.transaction():
-                    await self._apply(conn, [event])
-            except Exception as exc:
-                return applied, _describe(exc)
-            applied.append(event)
-        return applied, ""
-
-    async def _record_failure(self, conn: Conn, event: PipelineEvent, error: str) -> str:
-        """Schedule a retry of ``event`` or, at the last attempt, dead-letter it; which one it was."""
+    async def _record_failure(
+        self,
+        conn: Conn,
+        event: PipelineEvent,
+        exc: BaseException,
+        outcome: _Outcome,
+        parked: set[tuple[str, str]],
+        from_held: bool,
+    ) -> None:
+        """Dead-letter ``event`` at once if the failure is permanent or this was its last attempt;
+        else park its subject until the retry time, holding the event and its subject's later ones."""
         attempt = event.attempts + 1
+        error = _describe(exc)
+        permanent = is_permanent(exc)
         await as_pipeline(conn)
-        if attempt >= self.settings.max_attempts:
-            log.error("%s: event %s dead-lettered after %s attempts: %s", self.name, event.event_id, attempt, error)
+        if permanent or attempt >= self.settings.max_attempts:
+            why = "a permanent failure" if permanent else f"{attempt} attempts"
+            log.error("%s: event %s dead-lettered after %s: %s", self.name, event.event_id, why, error)
             await store_log.dead_letter(
                 conn,
                 event_id=event.event_id,
@@ -185,18 +384,32 @@ class Worker:
                 attempts=attempt,
                 error=error,
             )
-            return "dead_lettered"
+            outcome.dead_lettered += 1
+            if from_held:
+                outcome.released.append(event.seq)
+            return
         delay = backoff(attempt, self.settings)
         log.warning(
-            "%s: event %s failed (attempt %s), retry in %.2fs: %s", self.name, event.event_id, attempt, delay, error
+            "%s: event %s failed (attempt %s), its subject waits %.2fs: %s",
+            self.name,
+            event.event_id,
+            attempt,
+            delay,
+            error,
         )
-        await store_log.record_retry(
-            conn, event.event_id, event.partition, error, datetime.now(UTC) + timedelta(seconds=delay)
+        await store_log.record_retry(conn, event.event_id, error)
+        await store_log.park(
+            conn, event.partition, event.tenant_id, event.subject, datetime.now(UTC) + timedelta(seconds=delay)
         )
-        return "retry"
+        parked.add((event.tenant_id, event.subject))
+        outcome.retried += 1
+        outcome.side_changed = True
+        if not from_held:
+            outcome.held.append(event.seq)
 
     async def _apply(self, conn: Conn, events: list[PipelineEvent]) -> None:
-        """Run the stages over a partition's batch and commit outcomes and offset with the effects."""
+        """Run the stages over a batch and record its outcomes and follow-ups, in the caller's
+        transaction (the caller moves the offsets)."""
         now = datetime.now(UTC)
         follow_ups: list[NewEvent] = []
         for round_ in _rounds(events):
@@ -215,23 +428,39 @@ class Worker:
             [e.result for e in events],
             [e.error for e in events],
         )
-        await store_log.advance_many(conn, {e.partition: e.seq for e in events})  # the last seq of each
 
 
 class _Outcome:
-    """What one partition transaction did, reported to metrics after it committed."""
+    """What one transaction did, reported to metrics after it committed."""
 
     def __init__(self) -> None:
         self.applied: list[PipelineEvent] = []
-        self.failure: str | None = None  # "retry" or "dead_lettered"
+        self.retried = 0
+        self.dead_lettered = 0
+        self.held: list[int] = []  # seqs moved past undecided (parked subject or lane)
+        self.released: list[int] = []  # seqs held before, decided now
+        self.side_changed = False  # parked subjects or lanes changed
+
+    def done(self, events: list[PipelineEvent], *, from_held: bool) -> None:
+        self.applied.extend(events)
+        if from_held:
+            self.released.extend(e.seq for e in events)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied or self.dead_lettered or self.held or self.released or self.side_changed)
+
+    @property
+    def moved(self) -> int:
+        return len(self.applied) + self.dead_lettered + len(self.held)
 
     def observe(self) -> None:
         if self.applied:
             metrics.observe_batch(self.applied)
-        if self.failure == "retry":
-            metrics.RETRIED.inc()
-        elif self.failure == "dead_lettered":
-            metrics.DEAD_LETTERED.inc()
+        if self.retried:
+            metrics.RETRIED.inc(self.retried)
+        if self.dead_lettered:
+            metrics.DEAD_LETTERED.inc(self.dead_lettered)
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from lily.domain.events import Accepted, NewEvent, partition_of
@@ -118,16 +120,41 @@ async def _insert_events(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
 # -- consumer side -------------------------------------------------------------------------------
 
 
-async def partitions_with_backlog(conn: Conn) -> list[int]:
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A claimed partition's offset and side state (see migration 0004)."""
+
+    applied_seq: int
+    retry_at: datetime | None  # the earliest retry of a parked subject; None if none is parked
+    lanes: int  # open tenant lanes
+
+    @property
+    def clean(self) -> bool:
+        """Nothing held: the batch needs no look at parked subjects or lanes (the common case)."""
+        return self.retry_at is None and self.lanes == 0
+
+
+async def partitions_with_backlog(conn: Conn) -> dict[int, bool]:
+    """Partitions with work: each mapped to whether it has side work due (a parked subject's retry
+    time has come, or a lane to drain), which a worker does for that partition alone."""
     cur = await conn.execute(
-        "SELECT h.partition FROM log_heads h JOIN log_offsets o USING (partition)"
-        " WHERE h.next_seq - 1 > o.applied_seq AND (o.retry_at IS NULL OR o.retry_at <= now())"
+        "SELECT h.partition, (o.lanes > 0 OR o.retry_at <= now()) AS side"
+        " FROM log_heads h JOIN log_offsets o USING (partition)"
+        " WHERE h.next_seq - 1 > o.applied_seq OR o.lanes > 0 OR o.retry_at <= now()"
     )
-    return [row["partition"] for row in await cur.fetchall()]
+    return {row["partition"]: bool(row["side"]) for row in await cur.fetchall()}
 
 
-async def try_claim(conn: Conn, partition: int) -> int | None:
-    """Lock ``partition`` for this transaction; its applied offset, or None if another worker has it.
+_CLAIMED = "SELECT partition, applied_seq, retry_at, lanes FROM log_offsets"
+
+
+def _claimed(row: dict[str, Any]) -> Claimed:
+    return Claimed(int(row["applied_seq"]), row["retry_at"], int(row["lanes"]))
+
+
+async def try_claim(conn: Conn, partition: int) -> Claimed | None:
+    """Lock ``partition`` for this transaction; its offset and side state, or None if another worker
+    has it.
 
     The offset is read in a second statement, after the lock is held. Read in the same statement it
     would come from that statement's snapshot, taken *before* the lock: a worker that committed and
@@ -137,19 +164,16 @@ async def try_claim(conn: Conn, partition: int) -> int | None:
     row = await cur.fetchone()
     if row is None or not row["locked"]:
         return None
-    cur = await conn.execute(
-        "SELECT applied_seq FROM log_offsets WHERE partition = %s AND (retry_at IS NULL OR retry_at <= now())",
-        [partition],
-    )
+    cur = await conn.execute(f"{_CLAIMED} WHERE partition = %s", [partition])
     row = await cur.fetchone()
-    return None if row is None else int(row["applied_seq"])
+    return None if row is None else _claimed(row)
 
 
 _PARTITION_LOCK = 0x4C4F47  # "LOG": the advisory lock namespace for partitions
 
 
-async def try_claim_many(conn: Conn, partitions: Sequence[int]) -> dict[int, int]:
-    """Lock whichever of ``partitions`` no other worker holds; their applied offsets.
+async def try_claim_many(conn: Conn, partitions: Sequence[int]) -> dict[int, Claimed]:
+    """Lock whichever of ``partitions`` no other worker holds; their offsets and side state.
 
     As in :func:`try_claim`, the offsets are read by a second statement, after the locks are held.
     """
@@ -160,12 +184,8 @@ async def try_claim_many(conn: Conn, partitions: Sequence[int]) -> dict[int, int
     locked = [row["p"] for row in await cur.fetchall()]
     if not locked:
         return {}
-    cur = await conn.execute(
-        "SELECT partition, applied_seq FROM log_offsets"
-        " WHERE partition = ANY(%s) AND (retry_at IS NULL OR retry_at <= now())",
-        [locked],
-    )
-    return {row["partition"]: int(row["applied_seq"]) for row in await cur.fetchall()}
+    cur = await conn.execute(f"{_CLAIMED} WHERE partition = ANY(%s)", [locked])
+    return {row["partition"]: _claimed(row) for row in await cur.fetchall()}
 
 
 async def read_batches(conn: Conn, offsets: dict[int, int], per_partition: int) -> list[dict[str, Any]]:
@@ -180,30 +200,10 @@ async def read_batches(conn: Conn, offsets: dict[int, int], per_partition: int) 
     return await cur.fetchall()
 
 
-async def advance_many(conn: Conn, last_seq: dict[int, int]) -> None:
-    """Move several partitions' offsets at once and tell waiting writers (``lily_applied``)."""
-    await conn.execute(
-        "UPDATE log_offsets o SET applied_seq = v.s, retry_at = NULL"
-        " FROM unnest(%s::int[], %s::bigint[]) AS v(p, s) WHERE o.partition = v.p",
-        [list(last_seq), list(last_seq.values())],
-    )
-    await notify_applied(conn, last_seq)
-
-
-async def notify_applied(conn: Conn, last_seq: dict[int, int]) -> None:
-    # Payload "p:seq,p:seq,…"; NOTIFY payloads stop at 8000 bytes, so long lists go in several.
-    pairs = [f"{p}:{s}" for p, s in last_seq.items()]
-    for i in range(0, len(pairs), 300):
-        await conn.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, ",".join(pairs[i : i + 300])])
-
-
-def parse_applied(payload: str) -> list[tuple[int, int]]:
-    """The (partition, seq) pairs of a ``lily_applied`` notification."""
-    out = []
-    for pair in payload.split(","):
-        partition, _, seq = pair.partition(":")
-        out.append((int(partition), int(seq)))
-    return out
+_SELECT_EVENT = (
+    "SELECT event_id, partition, seq, tenant_id, subject, kind, payload, actor, request_id,"
+    " source, bulk_job_id, item_index, attempts, accepted_at FROM events"
+)
 
 
 async def read_batch(conn: Conn, partition: int, after_seq: int, limit: int) -> list[dict[str, Any]]:
@@ -211,12 +211,63 @@ async def read_batch(conn: Conn, partition: int, after_seq: int, limit: int) -> 
     return await read_batches(conn, {partition: after_seq}, limit)
 
 
+async def read_past_lanes(
+    conn: Conn, partition: int, after_seq: int, lanes: Sequence[str], limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The next events of a partition that are not in a lane of ``lanes``, and how far the read got.
+
+    The rows skipped stay in their tenants' lanes. How far: the last row's seq when ``limit`` rows came
+    back, else the partition's last visible seq, read by the same statement (so from the same snapshot:
+    seqs become visible in order, and nothing at or below it can appear later).
+    """
+    cur = await conn.execute(
+        "SELECT t.top, e.* FROM (SELECT coalesce(max(seq), %(s)s) AS top FROM events WHERE partition = %(p)s) t"
+        " LEFT JOIN LATERAL ("
+        f" {_SELECT_EVENT} WHERE partition = %(p)s AND seq > %(s)s AND seq <= t.top"
+        " AND tenant_id <> ALL(%(lanes)s) ORDER BY seq LIMIT %(n)s) e ON true",
+        {"p": partition, "s": after_seq, "lanes": list(lanes), "n": limit},
+    )
+    rows = await cur.fetchall()
+    top = int(rows[0]["top"]) if rows else after_seq
+    events = [{k: v for k, v in row.items() if k != "top"} for row in rows if row["event_id"] is not None]
+    if len(events) == limit:
+        top = int(events[-1]["seq"])
+    return events, max(top, after_seq)
+
+
+async def lane_seqs(conn: Conn, partition: int, after_seq: int, up_to_seq: int, lanes: Sequence[str]) -> list[int]:
+    """The seqs of the events of ``lanes`` in (after_seq, up_to_seq]: what a read past the lanes held."""
+    if up_to_seq <= after_seq:
+        return []
+    cur = await conn.execute(
+        "SELECT seq FROM events WHERE partition = %s AND seq > %s AND seq <= %s AND tenant_id = ANY(%s) ORDER BY seq",
+        [partition, after_seq, up_to_seq, list(lanes)],
+    )
+    return [int(row["seq"]) for row in await cur.fetchall()]
+
+
+async def others_waiting(conn: Conn, candidates: dict[int, tuple[str, int]]) -> set[int]:
+    """Of ``candidates`` (partition → (tenant, seq)), the partitions where an event of another tenant
+    follows ``seq``: the walk stops at the first one, so it costs at most the tenant's own backlog."""
+    cur = await conn.execute(
+        "SELECT c.p FROM unnest(%s::int[], %s::text[], %s::bigint[]) AS c(p, t, s) WHERE EXISTS ("
+        " SELECT 1 FROM events e WHERE e.partition = c.p AND e.seq > c.s AND e.tenant_id <> c.t)",
+        [list(candidates), [t for t, _ in candidates.values()], [s for _, s in candidates.values()]],
+    )
+    return {int(row["p"]) for row in await cur.fetchall()}
+
+
+async def read_events(conn: Conn, event_ids: Sequence[UUID]) -> list[dict[str, Any]]:
+    """Events by id, fresh from the log, in log order (a failed attempt may have changed the copies
+    in hand). Must run under the pipeline role."""
+    cur = await conn.execute(f"{_SELECT_EVENT} WHERE event_id = ANY(%s) ORDER BY partition, seq", [list(event_ids)])
+    return await cur.fetchall()
+
+
 async def record_outcomes(
     conn: Conn, event_ids: list[UUID], statuses: list[str], results: list[Any], errors: list[str | None]
 ) -> None:
     """Mark a batch's events applied or failed. Must run under the pipeline role."""
-    from psycopg.types.json import Jsonb
-
     await conn.execute(
         "UPDATE events e SET status = r.status, result = r.result, error = r.error,"
         " applied_at = clock_timestamp(), attempts = e.attempts + 1"
@@ -226,17 +277,81 @@ async def record_outcomes(
     )
 
 
-async def advance(conn: Conn, partition: int, seq: int) -> None:
+async def advance_many(conn: Conn, last_seq: dict[int, int]) -> None:
+    """Move several clean partitions' offsets at once and tell waiting writers (``lily_applied``)."""
     await conn.execute(
-        "UPDATE log_offsets SET applied_seq = %s, retry_at = NULL WHERE partition = %s", [seq, partition]
+        "UPDATE log_offsets o SET applied_seq = v.s"
+        " FROM unnest(%s::int[], %s::bigint[]) AS v(p, s) WHERE o.partition = v.p",
+        [list(last_seq), list(last_seq.values())],
     )
-    await notify_applied(conn, {partition: seq})
+    await notify_applied(conn, last_seq)
 
 
-async def record_retry(conn: Conn, event_id: UUID, partition: int, error: str, retry_at: datetime) -> None:
-    """Count a failed attempt and hold the partition until ``retry_at`` (order forbids skipping ahead)."""
+async def finish_partition(
+    conn: Conn,
+    partition: int,
+    seq: int,
+    *,
+    held: Sequence[int] = (),
+    released: Sequence[int] = (),
+    side_changed: bool = False,
+) -> None:
+    """Move a partition's offset to ``seq`` with ``held`` events of it left behind undecided and
+    ``released`` ones (held before) now decided; recount its side state if it changed. Must run under
+    the pipeline role, in the transaction that applied the batch."""
+    side = (
+        ", retry_at = (SELECT min(retry_at) FROM parked_subjects WHERE partition = %(p)s),"
+        " lanes = (SELECT count(*) FROM tenant_lanes WHERE partition = %(p)s)"
+        if side_changed
+        else ""
+    )
+    await conn.execute(
+        f"UPDATE log_offsets SET applied_seq = greatest(applied_seq, %(s)s), held = held + %(d)s{side}"
+        " WHERE partition = %(p)s",
+        {"p": partition, "s": seq, "d": len(held) - len(released)},
+    )
+    await notify_applied(
+        conn, {partition: seq}, held=[(partition, h) for h in held], released=[(partition, r) for r in released]
+    )
+
+
+async def notify_applied(
+    conn: Conn,
+    last_seq: dict[int, int],
+    *,
+    held: Sequence[tuple[int, int]] = (),
+    released: Sequence[tuple[int, int]] = (),
+) -> None:
+    """Payload "p:seq,…" for offsets, "p:seq?" for an event held behind its offset, "p:seq!" for a held
+    event now decided. Held notes go first: a waiter must know an event is held before the offset
+    passes it. NOTIFY payloads stop at 8000 bytes, so long lists go in several."""
+    notes = [f"{p}:{s}?" for p, s in held] + [f"{p}:{s}!" for p, s in released]
+    notes += [f"{p}:{s}" for p, s in last_seq.items()]
+    if len(notes) <= 300:
+        await conn.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, ",".join(notes)])
+        return
+    payloads = [",".join(notes[i : i + 300]) for i in range(0, len(notes), 300)]
+    # One round trip however many: unnest yields (and pg_notify sends) them in order.
+    await conn.execute(
+        "SELECT pg_notify(%s, x) FROM unnest(%s::text[]) AS u(x)",
+        [APPLIED_CHANNEL, payloads],
+    )
+
+
+def parse_applied(payload: str) -> list[tuple[int, int, str]]:
+    """The (partition, seq, mark) notes of a ``lily_applied`` notification; mark "" (offset), "?"
+    (held) or "!" (released)."""
+    out = []
+    for note in payload.split(","):
+        partition, _, seq = note.partition(":")
+        mark = seq[-1] if seq[-1:] in ("?", "!") else ""
+        out.append((int(partition), int(seq[: len(seq) - len(mark)]), mark))
+    return out
+
+
+async def record_retry(conn: Conn, event_id: UUID, error: str) -> None:
+    """Count a failed attempt of a parked subject's head event."""
     await conn.execute("UPDATE events SET attempts = attempts + 1, error = %s WHERE event_id = %s", [error, event_id])
-    await conn.execute("UPDATE log_offsets SET retry_at = %s WHERE partition = %s", [retry_at, partition])
 
 
 async def dead_letter(
@@ -251,7 +366,7 @@ async def dead_letter(
     attempts: int,
     error: str,
 ) -> None:
-    """Give up on an event: mark it, queue it for an admin, and move the partition past it.
+    """Give up on an event: mark it and queue it for an admin (the caller moves the offset on).
 
     ``attempts`` counts this last one. Must run under the pipeline role.
     """
@@ -265,7 +380,84 @@ async def dead_letter(
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         [tenant_id, event_id, partition, seq, subject, kind, error, attempts],
     )
-    await advance(conn, partition, seq)
+
+
+# -- parked subjects and tenant lanes (migration 0004); all under the pipeline role ----------------
+
+
+async def park(conn: Conn, partition: int, tenant_id: str, subject: str, retry_at: datetime) -> None:
+    """Hold ``subject`` (with its queue) until ``retry_at``; a parked one just gets the new time."""
+    await conn.execute(
+        "INSERT INTO parked_subjects (tenant_id, subject, partition, retry_at) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (tenant_id, subject) DO UPDATE SET retry_at = excluded.retry_at",
+        [tenant_id, subject, partition, retry_at],
+    )
+
+
+async def unpark(conn: Conn, tenant_id: str, subject: str) -> None:
+    await conn.execute("DELETE FROM parked_subjects WHERE tenant_id = %s AND subject = %s", [tenant_id, subject])
+
+
+async def parked_in(conn: Conn, partition: int) -> set[tuple[str, str]]:
+    """The (tenant, subject) pairs parked in ``partition``."""
+    cur = await conn.execute("SELECT tenant_id, subject FROM parked_subjects WHERE partition = %s", [partition])
+    return {(row["tenant_id"], row["subject"]) for row in await cur.fetchall()}
+
+
+async def due_parked(conn: Conn, partition: int, limit: int) -> list[dict[str, Any]]:
+    """Parked subjects of ``partition`` whose retry time has come, longest due first."""
+    cur = await conn.execute(
+        "SELECT tenant_id, subject FROM parked_subjects WHERE partition = %s AND retry_at <= now()"
+        " ORDER BY retry_at LIMIT %s",
+        [partition, limit],
+    )
+    return await cur.fetchall()
+
+
+async def parked_queue(conn: Conn, tenant_id: str, subject: str, up_to_seq: int, limit: int) -> list[dict[str, Any]]:
+    """A parked subject's held events, in order: its undecided events at or below the offset."""
+    cur = await conn.execute(
+        f"{_SELECT_EVENT} WHERE tenant_id = %s AND subject = %s AND seq <= %s AND status = 'accepted'"
+        " ORDER BY seq LIMIT %s",
+        [tenant_id, subject, up_to_seq, limit],
+    )
+    return await cur.fetchall()
+
+
+async def open_lane(conn: Conn, partition: int, tenant_id: str, next_seq: int) -> None:
+    await conn.execute(
+        "INSERT INTO tenant_lanes (partition, tenant_id, next_seq) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        [partition, tenant_id, next_seq],
+    )
+
+
+async def lanes_in(conn: Conn, partition: int) -> dict[str, int]:
+    """Open lanes of ``partition``: tenant → the lane's next seq."""
+    cur = await conn.execute("SELECT tenant_id, next_seq FROM tenant_lanes WHERE partition = %s", [partition])
+    return {row["tenant_id"]: int(row["next_seq"]) for row in await cur.fetchall()}
+
+
+async def lane_events(
+    conn: Conn, partition: int, tenant_id: str, from_seq: int, up_to_seq: int, limit: int
+) -> list[dict[str, Any]]:
+    """A lane's next undecided events, in order (events of its parked subjects among them)."""
+    cur = await conn.execute(
+        f"{_SELECT_EVENT} WHERE partition = %s AND seq >= %s AND seq <= %s AND tenant_id = %s"
+        " AND status = 'accepted' ORDER BY seq LIMIT %s",
+        [partition, from_seq, up_to_seq, tenant_id, limit],
+    )
+    return await cur.fetchall()
+
+
+async def move_lane(conn: Conn, partition: int, tenant_id: str, next_seq: int | None) -> None:
+    """Set a lane's next seq, or close it (None)."""
+    if next_seq is None:
+        await conn.execute("DELETE FROM tenant_lanes WHERE partition = %s AND tenant_id = %s", [partition, tenant_id])
+    else:
+        await conn.execute(
+            "UPDATE tenant_lanes SET next_seq = %s WHERE partition = %s AND tenant_id = %s",
+            [next_seq, partition, tenant_id],
+        )
 
 
 async def applied_offsets(conn: Conn, partitions: Sequence[int]) -> dict[int, int]:
@@ -275,10 +467,32 @@ async def applied_offsets(conn: Conn, partitions: Sequence[int]) -> dict[int, in
     return {row["partition"]: int(row["applied_seq"]) for row in await cur.fetchall()}
 
 
-async def lag(conn: Conn) -> list[dict[str, Any]]:
-    """Per partition: events accepted but not yet applied, and whether it waits on a retry."""
+async def applied_state(conn: Conn, partition: int, seq: int) -> tuple[int, bool]:
+    """``partition``'s offset, and whether its event ``seq`` is held (passed but undecided).
+
+    One round trip outside a transaction: the pipeline role is needed to see the event, whatever its
+    tenant, and is set for this transaction only."""
     cur = await conn.execute(
-        "SELECT h.partition, h.next_seq - 1 - o.applied_seq AS lag, o.retry_at"
+        sql.SQL(
+            "BEGIN; SET LOCAL ROLE lily_pipeline;"
+            " SELECT o.applied_seq, (o.held > 0 AND o.applied_seq >= {s} AND EXISTS ("
+            "  SELECT 1 FROM events e WHERE e.partition = {p} AND e.seq = {s} AND e.status = 'accepted')) AS held"
+            " FROM log_offsets o WHERE o.partition = {p}; COMMIT"
+        ).format(p=sql.Literal(partition), s=sql.Literal(seq))
+    )
+    # Results of a multi-statement query: BEGIN, SET, the SELECT, COMMIT.
+    while cur.description is None or "held" not in [c.name for c in cur.description]:
+        if not cur.nextset():
+            return 0, False
+    row = await cur.fetchone()
+    return (int(row["applied_seq"]), bool(row["held"])) if row else (0, False)
+
+
+async def lag(conn: Conn) -> list[dict[str, Any]]:
+    """Per partition: events accepted but not yet decided (held ones included), and the earliest
+    retry of a parked subject (None if none waits)."""
+    cur = await conn.execute(
+        "SELECT h.partition, h.next_seq - 1 - o.applied_seq + o.held AS lag, o.retry_at"
         " FROM log_heads h JOIN log_offsets o USING (partition) ORDER BY h.partition"
     )
     return await cur.fetchall()
