@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
 
 import orjson
+from fastapi import Query
 
 from lily.domain.errors import Invalid
+
+# Cursors this API issues are short; a longer one is not ours (and is not decoded at all).
+Cursor = Annotated[
+    str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]*$", description="next_cursor of the previous page")
+]
 
 
 def encode(position: Any) -> str:
@@ -35,15 +44,37 @@ def positive_int(position: Any) -> bool:
     return type(position) is int and 0 < position < 2**63
 
 
+def _uuid(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) != 36:
+        return False
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 def rank_and_id(position: Any) -> bool:
     """A search position: ``[rank, asset id]``."""
     return (
         isinstance(position, list)
         and len(position) == 2
         and type(position[0]) in (int, float)
-        and isinstance(position[1], str)
-        and len(position[1]) <= 64
+        and math.isfinite(position[0])
+        and abs(position[0]) < 2**63
+        and _uuid(position[1])
     )
+
+
+def time_and_id(position: Any) -> bool:
+    """A position in time order: ``[ISO timestamp, event id]``."""
+    if not (isinstance(position, list) and len(position) == 2 and isinstance(position[0], str)):
+        return False
+    try:
+        datetime.fromisoformat(position[0])
+    except ValueError:
+        return False
+    return _uuid(position[1])
 
 
 def page(items: list[Any], limit: int, position_of: Any) -> dict[str, Any]:

@@ -10,13 +10,16 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from lily.api import pagination
 from lily.api.deps import Admin, RequestId, RuntimeDep
+from lily.api.errors import problem_responses
+from lily.api.models import DeadLetter, DeadLetterPage, Replayed, ReplayReport
 from lily.api.responses import FastJSON
 from lily.api.writes import STATUS_PATH
-from lily.domain.errors import Invalid, NotFound
+from lily.domain.errors import NotFound
+from lily.domain.storable import NO_NUL, check_text
 from lily.pipeline import replay as policy
 from lily.store import dead_letters as store
 
@@ -25,11 +28,18 @@ router = APIRouter(prefix="/admin/dead-letters", tags=["dead letters"])
 State = Literal["open", "replayed", "discarded", "all"]
 
 
+# Filters are compared with stored text: what text cannot hold matches nothing, and is refused (422).
+FilterText = Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL), AfterValidator(check_text)]
+
+
 class ReplayFilter(BaseModel):
     """Which open letters to replay; every field given must match. An empty filter means all of them."""
 
-    kind: str | None = None
-    subject: str | None = Field(default=None, description="The asset's qualified name")
+    # A misspelt member must not widen the filter to "replay everything".
+    model_config = ConfigDict(extra="forbid")
+
+    kind: FilterText | None = None
+    subject: FilterText | None = Field(default=None, description="The asset's qualified name")
     since: datetime | None = Field(default=None, description="Dead-lettered at or after")
     until: datetime | None = Field(default=None, description="Dead-lettered before")
     limit: int = Field(default=500, ge=1, le=1000, description="At most this many per call")
@@ -65,35 +75,30 @@ def _replayed(r: policy.Replayed) -> dict[str, Any]:
     }
 
 
-@router.get("")
+@router.get("", response_model=DeadLetterPage, responses=problem_responses())
 async def list_dead_letters(
     principal: Admin,
     runtime: RuntimeDep,
     state: State = "open",
-    kind: str | None = None,
-    subject: Annotated[str | None, Query(max_length=1024)] = None,
+    kind: Annotated[str | None, Query(max_length=1024, pattern=NO_NUL)] = None,
+    subject: Annotated[str | None, Query(max_length=1024, pattern=NO_NUL)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> dict[str, Any]:
+    cursor: pagination.Cursor = None,
+) -> Response:
     """This tenant's dead letters, oldest first; open ones unless ``state`` says otherwise."""
-    position = pagination.decode(cursor)
-    after = None
-    if position is not None:
-        try:
-            after = (datetime.fromisoformat(position[0]), UUID(position[1]))
-        except (TypeError, ValueError, IndexError) as exc:
-            raise Invalid("cursor is not one this API issued", field="cursor") from exc
+    position = pagination.decode(cursor, valid=pagination.time_and_id)
+    after = (datetime.fromisoformat(position[0]), UUID(position[1])) if position is not None else None
     f = store.Filter(state=None if state == "all" else state, kind=kind, subject=subject, since=since, until=until)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         rows = await store.list_letters(conn, principal.tenant_id, f, after=after, limit=limit + 1)
     page = pagination.page(rows, limit, lambda r: [r["dead_lettered_at"].isoformat(), str(r["event_id"])])
     page["items"] = [_document(r) for r in page["items"]]
-    return page
+    return FastJSON(page)
 
 
-@router.get("/{event_id}")
+@router.get("/{event_id}", response_model=DeadLetter, responses=problem_responses(404))
 async def get_dead_letter(event_id: UUID, principal: Admin, runtime: RuntimeDep) -> dict[str, Any]:
     async with runtime.db.tenant(principal.tenant_id) as conn:
         row = await store.get_letter(conn, principal.tenant_id, event_id)
@@ -102,7 +107,7 @@ async def get_dead_letter(event_id: UUID, principal: Admin, runtime: RuntimeDep)
     return _document(row)
 
 
-@router.post("/replay")
+@router.post("/replay", response_model=ReplayReport, responses=problem_responses())
 async def replay_matching(
     body: ReplayFilter,
     principal: Admin,
@@ -127,7 +132,7 @@ async def replay_matching(
     return {"replayed": [_replayed(r) for r in replayed], "skipped": skipped}
 
 
-@router.post("/{event_id}/replay", status_code=202)
+@router.post("/{event_id}/replay", status_code=202, response_model=Replayed, responses=problem_responses(404, 409))
 async def replay_one(
     event_id: UUID,
     principal: Admin,
@@ -150,7 +155,7 @@ async def replay_one(
     return FastJSON(body, status_code=202, headers={"Location": body["status_url"]})
 
 
-@router.delete("/{event_id}", status_code=204)
+@router.delete("/{event_id}", status_code=204, response_class=Response, responses=problem_responses(404, 409))
 async def discard(event_id: UUID, principal: Admin, runtime: RuntimeDep, request_id: RequestId) -> Response:
     """Drop this letter from the queue without replaying it (the event stays in the log)."""
     async with runtime.db.tenant(principal.tenant_id) as conn:

@@ -8,6 +8,8 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from lily.api.deps import RuntimeDep, Viewer
+from lily.api.errors import problem_responses
+from lily.api.models import EventStatus
 from lily.domain.errors import NotFound
 from lily.store import dead_letters as store_dead_letters
 from lily.store import log as store_log
@@ -15,7 +17,7 @@ from lily.store import log as store_log
 router = APIRouter(prefix="/events", tags=["events"])
 
 
-@router.get("/{event_id}")
+@router.get("/{event_id}", response_model=EventStatus, responses=problem_responses(404))
 async def event_status(event_id: UUID, principal: Viewer, runtime: RuntimeDep) -> dict[str, Any]:
     async with runtime.db.tenant(principal.tenant_id) as conn:
         row = await store_log.get_event(conn, principal.tenant_id, event_id)

@@ -11,7 +11,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from lily.api.deps import Admin, Principal, RequestId, RuntimeDep, Viewer
-from lily.domain.errors import NotFound
+from lily.api.errors import problem_responses
+from lily.api.models import TenantConfigDocument, TenantSources
+from lily.domain.errors import Invalid, NotFound
+from lily.domain.round_trip import TENANT_READ_ONLY, TenantConfigDocumentIn, changed_read_only
 from lily.domain.tenants import TenantConfig
 from lily.store import audit, identity
 
@@ -23,7 +26,7 @@ def _own(principal: Principal, tenant_id: str) -> None:
         raise NotFound(f"tenant {tenant_id} does not exist")
 
 
-@router.get("/{tenant_id}/config")
+@router.get("/{tenant_id}/config", response_model=TenantConfigDocument, responses=problem_responses(404))
 async def config(tenant_id: str, principal: Viewer, runtime: RuntimeDep) -> dict[str, Any]:
     _own(principal, tenant_id)
     async with runtime.db.tenant(tenant_id) as conn:
@@ -42,17 +45,22 @@ def _config_document(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.put("/{tenant_id}/config")
+@router.put("/{tenant_id}/config", response_model=TenantConfigDocument, responses=problem_responses(404))
 async def replace_config(
-    tenant_id: str, body: TenantConfig, principal: Admin, runtime: RuntimeDep, request_id: RequestId
+    tenant_id: str, body: TenantConfigDocumentIn, principal: Admin, runtime: RuntimeDep, request_id: RequestId
 ) -> dict[str, Any]:
-    """Replace the tenant's configuration (admin). Fields left out return to their defaults."""
+    """Replace the tenant's configuration (admin). Fields left out return to their defaults. The body
+    is the configuration, or the document ``GET`` returned (read-only members unchanged, else 422)."""
     _own(principal, tenant_id)
+    config = body.effective()
     async with runtime.db.tenant(tenant_id) as conn:
         before = await identity.get_tenant(conn, tenant_id)
         if before is None:
             raise NotFound(f"tenant {tenant_id} does not exist")
-        row = await identity.set_tenant_config(conn, tenant_id, body.model_dump())
+        changed = changed_read_only(body, before, TENANT_READ_ONLY)
+        if changed:
+            raise Invalid("; ".join(e["message"] for e in changed), errors=changed)
+        row = await identity.set_tenant_config(conn, tenant_id, config.model_dump())
         await audit.write_audit(
             conn,
             tenant_id,
@@ -62,14 +70,14 @@ async def replace_config(
                     "actor": principal.actor,
                     "request_id": request_id,
                     "at": datetime.now(UTC),
-                    "detail": {"from": TenantConfig.of(before["config"]).model_dump(), "to": body.model_dump()},
+                    "detail": {"from": TenantConfig.of(before["config"]).model_dump(), "to": config.model_dump()},
                 }
             ],
         )
     return _config_document(row)
 
 
-@router.get("/{tenant_id}/sources")
+@router.get("/{tenant_id}/sources", response_model=TenantSources, responses=problem_responses(404))
 async def sources(tenant_id: str, principal: Viewer, runtime: RuntimeDep) -> dict[str, Any]:
     _own(principal, tenant_id)
     async with runtime.db.tenant(tenant_id) as conn:
