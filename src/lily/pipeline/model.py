@@ -8,9 +8,19 @@ from typing import Any
 from uuid import UUID
 
 from lily.domain.errors import LilyError
+from lily.domain.versions import NextVersion
 
-# Stages before apply may put attributes here; apply merges them into the asset's attributes.
-ATTRIBUTES_PATCH = "attributes_patch"
+
+@dataclass(slots=True)
+class EventNotes:
+    """What the stages learn about one event and hand on to the later ones (typed, not string keys)."""
+
+    # Enrich hooks → apply: attributes merged over the asset's own when an asset write is applied.
+    attributes_patch: dict[str, Any] = field(default_factory=dict)
+    # Validate → apply: the handler's parsed payload (e.g. the lineage request), parsed once.
+    request: Any = None
+    # Apply → propagate, post hooks: the asset version this event wrote, if it wrote one.
+    change: NextVersion | None = None
 
 
 @dataclass(slots=True)
@@ -32,7 +42,7 @@ class PipelineEvent:
     outcome: str | None = None  # "applied" or "failed" once decided
     result: dict[str, Any] | None = None
     error: str | None = None
-    notes: dict[str, Any] = field(default_factory=dict)  # scratch space shared between stages
+    notes: EventNotes = field(default_factory=EventNotes)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> PipelineEvent:

@@ -1,41 +1,70 @@
-"""Assets, their versions and their audit trail in SQL."""
+"""Assets, their versions and their audit trail in SQL.
+
+The column lists, the ``jsonb_to_recordset`` record and the upsert are derived from the fields of
+:class:`lily.domain.assets.Asset`: a new asset field needs the schema and the model, nothing here.
+"""
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, Union, get_args, get_origin, get_type_hints
 from uuid import UUID
 
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from lily.domain.assets import ASSET_FIELDS, Asset
 from lily.store.audit import write_audit
 from lily.store.db import Conn, insert_rows
 
+_SQL_TYPES: dict[Any, str] = {
+    UUID: "uuid",
+    str: "text",
+    bool: "boolean",
+    int: "integer",
+    datetime: "timestamptz",
+    dict: "jsonb",
+    list: "text[]",  # Asset's lists are lists of text (owners, tags)
+}
+
+
+def _sql_type(hint: Any) -> str:
+    if get_origin(hint) in (Union, types.UnionType):
+        (hint,) = [a for a in get_args(hint) if a is not type(None)]
+    return _SQL_TYPES[get_origin(hint) or hint]
+
+
+ASSET_COLUMNS = ", ".join(ASSET_FIELDS)
 # The shape of one asset in the JSON document ``write`` sends (``jsonb_to_recordset`` column list).
-_ASSET_RECORD = (
-    "asset_id uuid, qualified_name text, type text, name text, description text, owners text[], tags text[],"
-    " attributes jsonb, placeholder boolean, version integer, created_at timestamptz, updated_at timestamptz,"
-    " deleted_at timestamptz"
+_ASSET_RECORD = ", ".join(f"{name} {_sql_type(hint)}" for name, hint in get_type_hints(Asset).items())
+# What a later version may change: everything but the identity and the creation time.
+_UPDATED = ", ".join(
+    f"{c} = EXCLUDED.{c}" for c in ASSET_FIELDS if c not in ("asset_id", "qualified_name", "created_at")
 )
-_ASSET_FIELDS = tuple(part.split()[0] for part in _ASSET_RECORD.split(","))
-
-ASSET_COLUMNS = (
-    "asset_id, qualified_name, type, name, description, owners, tags, attributes, placeholder, version,"
-    " created_at, updated_at, deleted_at"
+_UPSERT = (
+    f"INSERT INTO assets (tenant_id, {ASSET_COLUMNS})"
+    f" SELECT %s, {', '.join('r.' + c for c in ASSET_FIELDS)}"
+    f" FROM jsonb_to_recordset(%s::jsonb) AS r({_ASSET_RECORD})"
+    f" ON CONFLICT (tenant_id, qualified_name) DO UPDATE SET {_UPDATED}"
 )
+_AS_ASSET = class_row(Asset)
 
 
-async def current_by_names(conn: Conn, tenant_id: str, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+async def current_by_names(conn: Conn, tenant_id: str, names: Sequence[str]) -> dict[str, Asset]:
     """Current rows (deleted ones too) for these qualified names, keyed by name."""
-    cur = await conn.execute(
+    cur = conn.cursor(row_factory=_AS_ASSET)
+    await cur.execute(
         f"SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = %s AND qualified_name = ANY(%s)",
         [tenant_id, list(names)],
     )
-    return {row["qualified_name"]: row for row in await cur.fetchall()}
+    return {asset.qualified_name: asset for asset in await cur.fetchall()}
 
 
-async def get(conn: Conn, tenant_id: str, asset_id: UUID, *, include_deleted: bool = False) -> dict[str, Any] | None:
-    cur = await conn.execute(
+async def get(conn: Conn, tenant_id: str, asset_id: UUID, *, include_deleted: bool = False) -> Asset | None:
+    cur = conn.cursor(row_factory=_AS_ASSET)
+    await cur.execute(
         f"SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = %s AND asset_id = %s"
         + ("" if include_deleted else " AND deleted_at IS NULL"),
         [tenant_id, asset_id],
@@ -46,7 +75,7 @@ async def get(conn: Conn, tenant_id: str, asset_id: UUID, *, include_deleted: bo
 async def write(
     conn: Conn,
     tenant_id: str,
-    assets: list[dict[str, Any]],
+    assets: list[Asset],
     versions: list[dict[str, Any]],
     audits: list[dict[str, Any]],
 ) -> None:
@@ -61,20 +90,8 @@ async def write(
     # pipeline mode sends them back to back (errors still surface, at the end of the block).
     async with conn.pipeline():
         if assets:
-            await conn.execute(
-                "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, description, owners,"
-                " tags, attributes, placeholder, version, created_at, updated_at, deleted_at)"
-                " SELECT %s, r.asset_id, r.qualified_name, r.type, r.name, r.description,"
-                " coalesce(r.owners, '{}'), coalesce(r.tags, '{}'), coalesce(r.attributes, '{}'), r.placeholder,"
-                " r.version, r.created_at, r.updated_at, r.deleted_at"
-                f" FROM jsonb_to_recordset(%s::jsonb) AS r({_ASSET_RECORD})"
-                " ON CONFLICT (tenant_id, qualified_name) DO UPDATE SET type = EXCLUDED.type,"
-                " name = EXCLUDED.name, description = EXCLUDED.description, owners = EXCLUDED.owners,"
-                " tags = EXCLUDED.tags, attributes = EXCLUDED.attributes,"
-                " placeholder = EXCLUDED.placeholder, version = EXCLUDED.version,"
-                " updated_at = EXCLUDED.updated_at, deleted_at = EXCLUDED.deleted_at",
-                [tenant_id, Jsonb([{c: a[c] for c in _ASSET_FIELDS} for a in assets])],
-            )
+            # orjson (the store's JSON dumper) serialises the slots dataclasses as they are.
+            await conn.execute(_UPSERT, [tenant_id, Jsonb(assets)])
         await insert_rows(
             conn,
             "asset_versions",
@@ -150,8 +167,9 @@ async def search(
     tags: Sequence[str],
     after: tuple[float, str] | None,
     limit: int,
-) -> list[dict[str, Any]]:
-    """Live assets matching every filter given. With ``q``, ranked by relevance; else by asset id.
+) -> list[tuple[Asset, float]]:
+    """Live assets matching every filter given, each with its rank. With ``q``, ranked by relevance;
+    else by asset id.
 
     The cursor is (rank, asset_id) of the last row seen, so pages are stable under equal ranks.
     """
@@ -180,49 +198,32 @@ async def search(
         f" ORDER BY rank DESC, asset_id::text DESC LIMIT %(limit)s",
         params,
     )
-    return await cur.fetchall()
+    return [(Asset(**{c: row[c] for c in ASSET_FIELDS}), row["rank"]) for row in await cur.fetchall()]
 
 
-async def insert_placeholders(conn: Conn, tenant_id: str, placeholders: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def insert_placeholders(conn: Conn, tenant_id: str, placeholders: list[Asset]) -> list[Asset]:
     """Create placeholder assets for names nobody has written yet; returns the ones this call created.
 
     ON CONFLICT DO NOTHING: if the real asset (or another placeholder) got there first, it stays as is.
     """
     if not placeholders:
         return []
-    cur = await conn.execute(
-        "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, placeholder, version,"
-        " created_at, updated_at)"
-        " SELECT %s, * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bool[], %s::int4[],"
-        " %s::timestamptz[], %s::timestamptz[])"
+    cur = conn.cursor(row_factory=_AS_ASSET)
+    await cur.execute(
+        f"INSERT INTO assets (tenant_id, {ASSET_COLUMNS})"
+        f" SELECT %s, {', '.join('r.' + c for c in ASSET_FIELDS)}"
+        f" FROM jsonb_to_recordset(%s::jsonb) AS r({_ASSET_RECORD})"
         f" ON CONFLICT DO NOTHING RETURNING {ASSET_COLUMNS}",
-        [
-            tenant_id,
-            *(
-                [p[c] for p in placeholders]
-                for c in (
-                    "asset_id",
-                    "qualified_name",
-                    "type",
-                    "name",
-                    "placeholder",
-                    "version",
-                    "created_at",
-                    "updated_at",
-                )
-            ),
-        ],
+        [tenant_id, Jsonb(placeholders)],
     )
     return await cur.fetchall()
 
 
-async def passive_assets(
-    conn: Conn, tenant_id: str, asset_ids: Sequence[UUID], source_attribute: str, passive: Sequence[str]
-) -> list[str]:
+async def passive_assets(conn: Conn, tenant_id: str, asset_ids: Sequence[UUID]) -> list[str]:
     """Qualified names of the live assets among ``asset_ids`` with no active source of their own."""
     cur = await conn.execute(
-        "SELECT qualified_name FROM assets WHERE tenant_id = %s AND asset_id = ANY(%s) AND deleted_at IS NULL"
-        " AND (attributes->>%s IS NULL OR attributes->>%s = ANY(%s))",
-        [tenant_id, list(asset_ids), source_attribute, source_attribute, list(passive)],
+        "SELECT qualified_name FROM assets WHERE tenant_id = %s AND asset_id = ANY(%s)"
+        " AND deleted_at IS NULL AND NOT has_active_source",
+        [tenant_id, list(asset_ids)],
     )
     return [row["qualified_name"] for row in await cur.fetchall()]

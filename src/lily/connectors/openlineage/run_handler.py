@@ -8,14 +8,12 @@ The connector brings it (:meth:`OpenLineageConnector.handlers`): the pipeline co
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import ValidationError
 
 from lily.connectors.openlineage.runs import OPENLINEAGE_RUN, RunChange, apply_change
-from lily.domain import assets as rules
 from lily.domain.errors import invalid_from
-from lily.pipeline.apply.changes import ChangeSet
+from lily.domain.versions import Upsert, next_version
+from lily.pipeline.apply.changes import ChangeSet, writer
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.store import assets as store
@@ -29,7 +27,7 @@ class RunHandler:
 
     def validate(self, event: PipelineEvent) -> None:
         try:
-            RunChange.model_validate(event.payload)
+            event.notes.request = RunChange.model_validate(event.payload)
         except ValidationError as exc:
             event.reject(invalid_from(exc))
 
@@ -37,80 +35,35 @@ class RunHandler:
         current = await store.current_by_names(ctx.conn, ctx.tenant_id, [e.subject for e in events])
         batch = ChangeSet(ctx)
         for event in events:
-            change = RunChange.model_validate(event.payload)
+            change: RunChange = event.notes.request
             before = current.get(event.subject)
-            live = before is not None and before["deleted_at"] is None
-            attributes = apply_change(before["attributes"] if before and live else {}, change)
-            if before is not None and live and all(before["attributes"].get(k) == v for k, v in attributes.items()):
-                event.applied(
-                    {
-                        "asset_id": str(before["asset_id"]),
-                        "version": before["version"],
-                        "changed": False,
-                        "created": False,
-                    }
-                )
-                continue
-            after, action = self._next_state(event, change, before, attributes, ctx)
-            changes = rules.diff(before if before and live else None, after)
-            batch.add(
-                event,
-                before,
-                after,
-                action,
-                changes,
-                detail={
-                    "changed": sorted(changes),
-                    "source": event.source,
-                    "run_id": str(change.run_id),
-                    "state": change.state,
-                },
-            )
-            # What later stages (propagation, outbox) read about an asset change, as AssetHandler leaves it.
-            event.notes["change"] = {"action": action, "changes": changes, "asset": after}
-            event.applied(
-                {
-                    "asset_id": str(after["asset_id"]),
-                    "version": after["version"],
-                    "changed": True,
-                    "created": before is None,
-                }
-            )
-        await batch.write()
-
-    @staticmethod
-    def _next_state(
-        event: PipelineEvent,
-        change: RunChange,
-        before: dict[str, Any] | None,
-        attributes: dict[str, Any],
-        ctx: BatchContext,
-    ) -> tuple[dict[str, Any], str]:
-        live = before is not None and before["deleted_at"] is None
-        if before is not None and live:
-            state = rules.merge(before, {"attributes": attributes}, replace=False)
-            action = "asset.updated"
-        else:
+            live = before is not None and before.live
+            attributes = apply_change(before.attributes if before is not None and live else {}, change)
             # Normally the job's own upsert came first (same subject, so earlier in the log); a run
             # event replayed on its own still lands on a job asset rather than failing.
-            state = rules.merge(
-                None,
-                {
-                    "qualified_name": event.subject,
-                    "type": JOB_TYPE,
-                    "name": change.job_name[:512],
-                    "attributes": attributes,
-                },
-                replace=False,
+            fields = (
+                {"attributes": attributes}
+                if live
+                else {"type": JOB_TYPE, "name": change.job_name[:512], "attributes": attributes}
             )
-            action = "asset.restored" if before is not None else "asset.created"
-        return {
-            "asset_id": before["asset_id"] if before else rules.asset_id_for(event.tenant_id, event.subject),
-            "qualified_name": event.subject,
-            "placeholder": False,
-            "version": (before["version"] + 1) if before else 1,
-            "created_at": before["created_at"] if before else ctx.now,
-            "updated_at": ctx.now,
-            "deleted_at": None,
-            **state,
-        }, action
+            version = next_version(before, event.subject, Upsert(fields), writer(ctx, event))
+            if version is None:  # a re-sent event: nothing changes
+                assert before is not None
+                event.applied(
+                    {"asset_id": str(before.asset_id), "version": before.version, "changed": False, "created": False}
+                )
+                continue
+            detail = {
+                "changed": sorted(version.changes),
+                "source": event.source,
+                "run_id": str(change.run_id),
+                "state": change.state,
+            }
+            batch.add(event, version, detail=detail)
+            # What later stages (propagation, outbox) read about an asset change, as AssetHandler leaves it.
+            event.notes.change = version
+            after = version.asset
+            event.applied(
+                {"asset_id": str(after.asset_id), "version": after.version, "changed": True, "created": version.created}
+            )
+        await batch.write()

@@ -7,40 +7,44 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lily.domain import assets as rules
+from lily.domain.versions import NextVersion, Writer
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.store import assets as store
 
 
+def writer(ctx: BatchContext, event: PipelineEvent) -> Writer:
+    """Who writes the versions ``event`` makes: its tenant and source, at the batch's time."""
+    return Writer(ctx.tenant_id, event.source, ctx.now)
+
+
 @dataclass(slots=True)
 class ChangeSet:
     ctx: BatchContext
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[rules.Asset] = field(default_factory=list)
     versions: list[dict[str, Any]] = field(default_factory=list)
     audits: list[dict[str, Any]] = field(default_factory=list)
 
     def add(
         self,
         event: PipelineEvent,
-        before: dict[str, Any] | None,
-        after: dict[str, Any],
-        action: str,
-        changes: dict[str, Any],
+        version: NextVersion,
         *,
         detail: dict[str, Any],
         origin: dict[str, Any] | None = None,
         write_row: bool = True,
     ) -> None:
-        """Record ``after`` as the asset's next version; ``write_row=False`` when the row is written already."""
+        """Record ``version`` for ``event``; ``write_row=False`` when the asset row is written already."""
+        after = version.asset
         if write_row:
             self.rows.append(after)
         self.versions.append(
             {
-                "asset_id": after["asset_id"],
-                "version": after["version"],
-                "action": action,
+                "asset_id": after.asset_id,
+                "version": after.version,
+                "action": version.action,
                 "snapshot": rules.to_document(after),
-                "changes": changes,
+                "changes": version.changes,
                 "actor": event.actor,
                 "event_id": event.event_id,
                 "request_id": event.request_id,
@@ -50,11 +54,11 @@ class ChangeSet:
         )
         self.audits.append(
             {
-                "asset_id": after["asset_id"],
-                "action": action,
+                "asset_id": after.asset_id,
+                "action": version.action,
                 "actor": event.actor,
-                "version_before": before["version"] if before else None,
-                "version_after": after["version"],
+                "version_before": version.before.version if version.before else None,
+                "version_after": after.version,
                 "request_id": event.request_id,
                 "event_id": event.event_id,
                 "detail": detail,

@@ -16,11 +16,12 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from lily.domain import assets as rules
 from lily.domain import lineage as graph
-from lily.domain.errors import Conflict, Invalid, LilyError, NotFound, invalid_from
+from lily.domain.errors import Invalid, LilyError, NotFound, invalid_from
 from lily.domain.events import LINEAGE_DELETE, LINEAGE_UPSERT
-from lily.pipeline.apply.changes import ChangeSet
+from lily.domain.rules import check_lineage_direction, refuse_deleted_links, require_asset
+from lily.domain.versions import LineageRemoved, Placeholder, next_version
+from lily.pipeline.apply.changes import ChangeSet, writer
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.store import assets as store_assets
@@ -62,15 +63,18 @@ class LineageHandler:
     def validate(self, event: PipelineEvent) -> None:
         if event.kind == LINEAGE_UPSERT:
             try:
-                event.notes["lineage_request"] = to_request(event.payload)
+                event.notes.request = to_request(event.payload)
             except (ValidationError, KeyError, TypeError) as exc:
                 event.reject(
                     invalid_from(exc)
                     if isinstance(exc, ValidationError)
                     else Invalid(f"malformed lineage payload: {exc}", field="payload")
                 )
-        elif event.payload.get("direction") not in ("upstream", "downstream", "both"):
-            event.reject(Invalid("direction must be upstream, downstream or both", field="direction"))
+        else:
+            try:
+                check_lineage_direction(event.payload.get("direction"))
+            except Invalid as err:
+                event.reject(err)
 
     async def apply(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         for event in events:
@@ -85,9 +89,9 @@ class LineageHandler:
                 event.reject(err)
 
     async def _upsert(self, ctx: BatchContext, event: PipelineEvent) -> dict[str, Any]:
-        request: graph.LineageIn = event.notes["lineage_request"]
+        request: graph.LineageIn = event.notes.request
         names = [r.qualified_name for r in request.refs() if r.qualified_name]
-        ids = await self._resolve(ctx, event, names)
+        ids, placeholders = await self._resolve(ctx, event, names)
         try:
             plan = graph.plan(request, lambda r: ids[r.qualified_name or ""])
         except KeyError as exc:
@@ -141,12 +145,15 @@ class LineageHandler:
                 }
                 for e in stored
             ],
-            "placeholders": event.notes.get("placeholders", []),
+            "placeholders": placeholders,
             "columns": {"written": columns.written, "removed": columns.removed},
         }
 
-    async def _resolve(self, ctx: BatchContext, event: PipelineEvent, names: list[str]) -> dict[str, UUID]:
-        """Asset id per name; names nobody wrote yet become placeholders (a later real write fills them).
+    async def _resolve(
+        self, ctx: BatchContext, event: PipelineEvent, names: list[str]
+    ) -> tuple[dict[str, UUID], list[str]]:
+        """Asset id per name, and the placeholders created: names nobody wrote yet become placeholders
+        (a later real write fills them).
 
         A write from Lily's API that names a soft-deleted asset is refused (409, as the API answers
         before appending: see ``api.routers.lineage._names``). A connector's lineage is not: an
@@ -155,70 +162,51 @@ class LineageHandler:
         """
         current = await store_assets.current_by_names(ctx.conn, ctx.tenant_id, names)
         if event.source == API_SOURCE:
-            deleted = sorted(n for n, row in current.items() if row["deleted_at"] is not None)
-            if deleted:
-                raise Conflict(
-                    f"asset {deleted[0]} is deleted; write it again to restore it before recording lineage to it",
-                    asset_id=str(current[deleted[0]]["asset_id"]),
-                )
-        ids = {name: row["asset_id"] for name, row in current.items()}
+            refuse_deleted_links(sorted(current.items()))
+        ids = {name: asset.asset_id for name, asset in current.items()}
+        placeholders: list[str] = []
         missing = [n for n in names if n not in ids]
         if missing:
             types = event.payload.get("types") or {}
-            rows = [
-                {
-                    "asset_id": rules.asset_id_for(ctx.tenant_id, n),
-                    "qualified_name": n,
-                    "type": types.get(n, PLACEHOLDER_TYPE),
-                    "name": rules.default_name(n),
-                    "placeholder": True,
-                    "version": 1,
-                    "created_at": ctx.now,
-                    "updated_at": ctx.now,
-                }
+            who = writer(ctx, event)
+            versions = [
+                v
                 for n in missing
+                if (v := next_version(None, n, Placeholder(types.get(n, PLACEHOLDER_TYPE)), who)) is not None
             ]
-            created = await store_assets.insert_placeholders(ctx.conn, ctx.tenant_id, rows)
+            created = await store_assets.insert_placeholders(ctx.conn, ctx.tenant_id, [v.asset for v in versions])
+            # Inserted already (only those nobody got there first): a version and an audit entry each.
+            made = {a.qualified_name for a in created}
             batch = ChangeSet(ctx)
-            for row in created:  # inserted already (only if nobody got there first): version and audit only
-                batch.add(
-                    event,
-                    None,
-                    row,
-                    "asset.placeholder_created",
-                    {},
-                    detail={"referenced_by": "lineage"},
-                    write_row=False,
-                )
+            for version in versions:
+                if version.asset.qualified_name in made:
+                    batch.add(event, version, detail={"referenced_by": "lineage"}, write_row=False)
             await batch.write()
-            event.notes["placeholders"] = [r["qualified_name"] for r in created]
-            ids.update({n: rules.asset_id_for(ctx.tenant_id, n) for n in missing})
-        return ids
+            placeholders = [a.qualified_name for a in created]
+            ids.update({v.asset.qualified_name: v.asset.asset_id for v in versions})
+        return ids, placeholders
 
     async def _delete(self, ctx: BatchContext, event: PipelineEvent) -> dict[str, Any]:
         asset_id = UUID(event.payload["asset_id"])
-        row = await store_assets.get(ctx.conn, ctx.tenant_id, asset_id, include_deleted=True)
-        if row is None:
-            raise NotFound(f"asset {asset_id} does not exist")
+        row = require_asset(
+            await store_assets.get(ctx.conn, ctx.tenant_id, asset_id, include_deleted=True),
+            asset_id,
+            include_deleted=True,
+        )
         removed = await store_lineage.delete_edges(ctx.conn, ctx.tenant_id, asset_id, event.payload["direction"])
-        result = {"asset_id": str(asset_id), "removed": len(removed), "version": row["version"]}
+        result = {"asset_id": str(asset_id), "removed": len(removed), "version": row.version}
         if not removed:
             return result
-        after = {**row, "version": row["version"] + 1, "updated_at": ctx.now}
-        changes = {
-            "lineage": {
-                "removed": [
-                    {
-                        "edge_id": str(e.edge_id),
-                        "upstream_id": str(e.upstream_id),
-                        "downstream_id": str(e.downstream_id),
-                    }
-                    for e in removed
-                ],
-                "direction": event.payload["direction"],
-            }
+        what = {
+            "removed": [
+                {"edge_id": str(e.edge_id), "upstream_id": str(e.upstream_id), "downstream_id": str(e.downstream_id)}
+                for e in removed
+            ],
+            "direction": event.payload["direction"],
         }
+        version = next_version(row, row.qualified_name, LineageRemoved(what), writer(ctx, event))
+        assert version is not None  # an existing asset always gets the version
         batch = ChangeSet(ctx)
-        batch.add(event, row, after, "lineage.removed", changes, detail={"removed": len(removed)})
+        batch.add(event, version, detail={"removed": len(removed)})
         await batch.write()
-        return {**result, "version": after["version"]}
+        return {**result, "version": version.asset.version}

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from lily.domain.errors import Invalid
 from lily.domain.events import UPSTREAM_CHANGED
-from lily.pipeline.apply.changes import ChangeSet
+from lily.domain.versions import UPSTREAM_ATTRIBUTE, UpstreamChanged, next_version
+from lily.pipeline.apply.changes import ChangeSet, writer
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.store import assets as store
 
-ATTRIBUTE = "lily.upstream_changed"
+ATTRIBUTE = UPSTREAM_ATTRIBUTE
 
 
 class UpstreamChangedHandler:
@@ -26,26 +27,15 @@ class UpstreamChangedHandler:
         current = await store.current_by_names(ctx.conn, ctx.tenant_id, [e.subject for e in events])
         batch = ChangeSet(ctx)
         for event in events:
-            before = current.get(event.subject)
-            if before is None or before["deleted_at"] is not None:
+            origin = event.payload["origin"]
+            version = next_version(
+                current.get(event.subject), event.subject, UpstreamChanged(origin), writer(ctx, event)
+            )
+            if version is None:
                 event.applied({"skipped": "asset no longer exists"})
                 continue
-            origin = event.payload["origin"]
-            note = {"from": origin["qualified_name"], "change": origin.get("change"), "at": ctx.now.isoformat()}
-            after = {
-                **before,
-                "attributes": {**before["attributes"], ATTRIBUTE: note},
-                "version": before["version"] + 1,
-                "updated_at": ctx.now,
-            }
-            batch.add(
-                event,
-                before,
-                after,
-                "asset.upstream_changed",
-                {"upstream": origin},
-                detail={"origin": origin},
-                origin=origin,
-            )
-            event.applied({"asset_id": str(after["asset_id"]), "version": after["version"], "changed": True})
+            batch.add(event, version, detail={"origin": origin}, origin=origin)
+            event.notes.change = version
+            after = version.asset
+            event.applied({"asset_id": str(after.asset_id), "version": after.version, "changed": True})
         await batch.write()

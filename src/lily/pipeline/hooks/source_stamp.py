@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lily.domain.events import ASSET_REPLACE, ASSET_UPSERT
 from lily.pipeline.context import BatchContext
-from lily.pipeline.model import ATTRIBUTES_PATCH, PipelineEvent
+from lily.pipeline.model import PipelineEvent
 
 ATTRIBUTE = "lily.source"
 
@@ -20,4 +20,4 @@ class SourceStampHook:
     async def enrich(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         for event in events:
             if event.kind in (ASSET_UPSERT, ASSET_REPLACE):
-                event.notes.setdefault(ATTRIBUTES_PATCH, {})[ATTRIBUTE] = event.source
+                event.notes.attributes_patch[ATTRIBUTE] = event.source
