@@ -85,7 +85,16 @@ def _serve(host: str | None, port: int | None, run_workers: bool) -> None:
     # that kills the process before atexit handlers run, leaving the embedded PostgreSQL running; exiting
     # normally instead lets it stop. (SIGINT already ends in KeyboardInterrupt, which unwinds.)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level=level, access_log=False)
+    # Lily reads X-Forwarded-For itself, and only from LILY_TRUSTED_PROXIES (lily.auth.clients);
+    # uvicorn's own handling would believe any header sent from 127.0.0.1.
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=level,
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -181,14 +190,12 @@ def create_tenant(tenant_id: str, name: str | None) -> None:
 @click.argument("username")
 @click.option("--role", required=True, type=click.Choice(["admin", "steward", "editor", "viewer"]))
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-def create_user(tenant_id: str, username: str, role: str, password_stdin: bool) -> None:
+@click.option("--group", "groups", multiple=True, help="A group the user belongs to (repeat it).")
+def create_user(tenant_id: str, username: str, role: str, password_stdin: bool, groups: tuple[str, ...]) -> None:
     from lily import admin as ops
 
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
-    _admin_call(lambda db: ops.create_user(db, tenant_id, username, password, role))
+    password = _read_password(password_stdin)
+    _admin_call(lambda db: ops.create_user(db, tenant_id, username, password, role, list(groups)))
     click.echo(f"user {username} created in {tenant_id} with role {role}")
 
 
@@ -202,6 +209,113 @@ def create_api_key(tenant_id: str, name: str, role: str) -> None:
 
     key = _admin_call(lambda db: ops.create_api_key(db, tenant_id, name, role))
     click.echo(key)
+
+
+ROLES = click.Choice(["admin", "steward", "editor", "viewer"])
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+def _show(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    import orjson
+
+    if as_json:
+        click.echo(orjson.dumps([{c: row[c] for c in columns} for row in rows], default=str).decode())
+        return
+    for row in rows:
+        click.echo("\t".join(",".join(v) if isinstance(v := row[c], list) else str(v) for c in columns))
+
+
+@admin.command("delete-tenant")
+@click.argument("tenant_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete_tenant(tenant_id: str, yes: bool) -> None:
+    """Delete a tenant: none of its tokens or keys authenticates again. Its data is kept."""
+    from lily import admin as ops
+
+    if not yes:
+        click.confirm(f"delete tenant {tenant_id}?", abort=True)
+    _admin_call(lambda db: ops.delete_tenant(db, tenant_id))
+    click.echo(f"tenant {tenant_id} deleted")
+
+
+@admin.command("list-users")
+@click.argument("tenant_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of tab-separated lines.")
+def list_users(tenant_id: str, as_json: bool) -> None:
+    """List a tenant's users: name, role, groups, disabled."""
+    from lily import admin as ops
+
+    rows = _admin_call(lambda db: ops.list_users(db, tenant_id))
+    _show(rows, ["username", "role", "groups", "disabled"], as_json)
+
+
+@admin.command("update-user")
+@click.argument("tenant_id")
+@click.argument("username")
+@click.option("--role", type=ROLES, default=None)
+@click.option("--group", "groups", multiple=True, help="A group (repeat it); replaces the user's groups.")
+@click.option("--no-groups", is_flag=True, help="Remove the user from every group.")
+@click.option("--disable/--enable", "disabled", default=None, help="Disabling ends the user's sessions.")
+@click.option("--password-stdin", is_flag=True, help="Read a new password from standard input.")
+def update_user(
+    tenant_id: str,
+    username: str,
+    role: str | None,
+    groups: tuple[str, ...],
+    no_groups: bool,
+    disabled: bool | None,
+    password_stdin: bool,
+) -> None:
+    """Change a user's role, groups, disabled state or password. Takes effect on the next request."""
+    from lily import admin as ops
+
+    password = _read_password(True) if password_stdin else None
+    new_groups = [] if no_groups else (list(groups) if groups else None)
+    row = _admin_call(
+        lambda db: ops.update_user(
+            db, tenant_id, username, role=role, groups=new_groups, disabled=disabled, password=password
+        )
+    )
+    _show([row], ["username", "role", "groups", "disabled"], False)
+
+
+@admin.command("delete-user")
+@click.argument("tenant_id")
+@click.argument("username")
+def delete_user(tenant_id: str, username: str) -> None:
+    """Delete a user; its tokens stop working on the next request."""
+    from lily import admin as ops
+
+    _admin_call(lambda db: ops.delete_user(db, tenant_id, username))
+    click.echo(f"user {username} deleted from {tenant_id}")
+
+
+@admin.command("list-api-keys")
+@click.argument("tenant_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of tab-separated lines.")
+def list_api_keys(tenant_id: str, as_json: bool) -> None:
+    """List a tenant's live API keys: id, name, role, created (never the keys themselves)."""
+    from lily import admin as ops
+
+    rows = _admin_call(lambda db: ops.list_api_keys(db, tenant_id))
+    _show(rows, ["key_id", "name", "role", "created_at"], as_json)
+
+
+@admin.command("revoke-api-key")
+@click.argument("tenant_id")
+@click.argument("key_id")
+def revoke_api_key(tenant_id: str, key_id: str) -> None:
+    """Revoke an API key; it stops working on the next request."""
+    from lily import admin as ops
+
+    _admin_call(lambda db: ops.revoke_api_key(db, tenant_id, key_id))
+    click.echo(f"API key {key_id} revoked")
 
 
 @main.command()

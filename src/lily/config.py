@@ -31,6 +31,20 @@ class Settings(BaseSettings):
     jwt_issuer: str = "lily"
     jwt_audience: str = "lily-api"
     jwt_ttl_seconds: int = 3600
+    # Login limits (see lily.auth.login) and request rate limits, counted in PostgreSQL so they hold for
+    # the whole deployment. A rate of 0 turns that limit off.
+    trusted_proxies: str = Field(
+        default="", description="Comma-separated addresses or networks whose X-Forwarded-For is believed."
+    )
+    login_attempts_per_account: int = Field(default=5, ge=1)
+    login_attempts_per_address: int = Field(default=50, ge=1)
+    login_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    login_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    login_window_seconds: float = Field(default=900.0, gt=0)
+    password_hash_threads: int = Field(default=0, ge=0, description="argon2 threads; 0 means half the CPUs.")
+    rate_limit_per_tenant: float = Field(default=1000.0, ge=0, description="Requests per second per tenant.")
+    rate_limit_per_key: float = Field(default=500.0, ge=0, description="Requests per second per key or user.")
+    rate_limit_burst_seconds: float = Field(default=2.0, gt=0, description="Bucket size, in seconds of rate.")
 
     # Request limits.
     max_asset_body_bytes: int = 1 * 1024 * 1024

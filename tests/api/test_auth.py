@@ -62,7 +62,7 @@ async def test_login_issues_a_pinned_jwt_with_every_claim(client, app, alice):
     token = body["access_token"]
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     claims = jwt.decode(token, cfg.secret, algorithms=["HS256"], audience=cfg.audience, issuer=cfg.issuer)
-    assert set(claims) == {"sub", "tenant_id", "roles", "iat", "exp", "iss", "aud", "jti"}
+    assert set(claims) == {"sub", "tenant_id", "roles", "sid", "iat", "exp", "iss", "aud", "jti"}
     assert claims["sub"] == "user:alice" and claims["tenant_id"] == "acme" and claims["roles"] == ["editor"]
     assert before - 1 <= claims["iat"] <= time.time() + 1
     assert claims["exp"] - claims["iat"] == cfg.ttl_seconds
@@ -92,7 +92,13 @@ async def test_bad_logins_are_401_with_one_message(client, app, alice, make_tena
         bodies.append(body)
     assert all(b == bodies[0] for b in bodies), bodies
     await check_login_validates_its_body(client)
-    assert await fingerprint(app.state.runtime.db, "acme") == before
+    after = await fingerprint(app.state.runtime.db, "acme")
+    # Nothing changed but the audit log, which has each failure in a tenant that exists (acme's three:
+    # a wrong password, an unknown user, another tenant's user; initech's none).
+    new_audit = after.pop("audit")[len(before["audit"]) :]
+    assert [a["action"] for a in new_audit] == ["auth.login_failed"] * 3
+    before.pop("audit")
+    assert after == before
 
 
 async def check_login_validates_its_body(client: Any) -> None:
@@ -185,6 +191,7 @@ def forge(app: Any, case: str, claims: dict[str, Any]) -> str:
             subject="user:alice",
             tenant_id="acme",
             roles=["editor"],
+            sid=claims["sid"],
         )
     elif case == "wrong-aud":
         token = jwt.encode({**claims, "aud": "someone-else"}, cfg.secret, algorithm="HS256")
@@ -198,7 +205,7 @@ def forge(app: Any, case: str, claims: dict[str, Any]) -> str:
 
 
 async def test_bad_tokens_are_401(client, app, alice):
-    claims = claims_for(app)
+    claims = claims_for(app, sid=jwt.decode(await login(client, alice), options={"verify_signature": False})["sid"])
     # Each forged token is otherwise perfect: the same claims signed properly are accepted.
     good = jwt.encode(claims, app.state.runtime.tokens.secret, algorithm="HS256")
     assert (await client.get("/auth/validate", headers=bearer(good))).status_code == 200

@@ -14,7 +14,7 @@ CONFIG = tokens.TokenConfig("s" * 40, "lily", "lily-api", 600)
 
 
 def test_issue_and_verify_round_trip() -> None:
-    token, claims = tokens.issue(CONFIG, subject="user:alice", tenant_id="acme", roles=["viewer"])
+    token, claims = tokens.issue(CONFIG, subject="user:alice", tenant_id="acme", roles=["viewer"], sid="s1")
     assert tokens.verify(CONFIG, token) == claims
     assert claims["exp"] - claims["iat"] == 600
     assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
@@ -35,13 +35,13 @@ def test_verify_refuses_tokens_of_another_configuration(change: dict[str, str]) 
         change.get("audience", CONFIG.audience),
         600,
     )
-    token, _ = tokens.issue(other, subject="user:a", tenant_id="acme", roles=["admin"])
+    token, _ = tokens.issue(other, subject="user:a", tenant_id="acme", roles=["admin"], sid="s1")
     with pytest.raises(Unauthorized, match="invalid token"):
         tokens.verify(CONFIG, token)
 
 
 def test_verify_pins_the_algorithm() -> None:
-    _, claims = tokens.issue(CONFIG, subject="user:a", tenant_id="acme", roles=["admin"])
+    _, claims = tokens.issue(CONFIG, subject="user:a", tenant_id="acme", roles=["admin"], sid="s1")
     for alg in ("HS384", "HS512"):
         with pytest.raises(Unauthorized):
             tokens.verify(CONFIG, jwt.encode(claims, CONFIG.secret, algorithm=alg))
@@ -51,7 +51,11 @@ def test_verify_pins_the_algorithm() -> None:
 
 def test_expired_and_incomplete_tokens() -> None:
     token, _ = tokens.issue(
-        tokens.TokenConfig(CONFIG.secret, "lily", "lily-api", -1), subject="user:a", tenant_id="acme", roles=["admin"]
+        tokens.TokenConfig(CONFIG.secret, "lily", "lily-api", -1),
+        subject="user:a",
+        tenant_id="acme",
+        roles=["admin"],
+        sid="s1",
     )
     with pytest.raises(Unauthorized, match="expired"):
         tokens.verify(CONFIG, token)
@@ -60,6 +64,7 @@ def test_expired_and_incomplete_tokens() -> None:
         "sub": "user:a",
         "tenant_id": "acme",
         "roles": ["admin"],
+        "sid": "s1",
         "iat": now,
         "exp": now + 60,
         "iss": "lily",

@@ -208,15 +208,18 @@ def check_writes_cannot_cross_tenants(database_url: str, mine: str, theirs: str)
 
 async def test_auth_lookups_leave_no_tenant_behind_on_the_connection(app: Any, tenant: Any, other_tenant: Any) -> None:
     """The one-round-trip auth functions set the tenant for their own statement only."""
+    from lily.auth.tokens import hash_secret
     from lily.store import identity
 
-    key_id = tenant.keys["viewer"].split(".")[1]
+    _, key_id, secret = tenant.keys["viewer"].split(".")
+    limits = app.state.runtime.rate_limits
+    lookup = {"kind": "key", "name": key_id, "jti": None, "sid": None, "secret_hash": hash_secret(secret)}
     async with app.state.runtime.db.connection() as conn:
-        found = await identity.authenticate_api_key(conn, tenant.tenant_id, key_id)
-        assert found is not None and found["role"] == "viewer"
+        found = await identity.authenticate(conn, tenant.tenant_id, **lookup, limits=limits)
+        assert found["status"] == "ok" and found["role"] == "viewer"
         row = await (await conn.execute("SELECT current_setting('lily.tenant_id', true) AS t")).fetchone()
         assert row is not None and row["t"] in ("", None)
         assert (await (await conn.execute("SELECT count(*) AS n FROM api_keys")).fetchone())["n"] == 0
         # A key id looked up under another tenant is not found: RLS and the explicit filter both apply.
-        assert await identity.authenticate_api_key(conn, other_tenant.tenant_id, key_id) is None
-        assert await identity.token_revoked(conn, tenant.tenant_id, "no-such-jti") is False
+        elsewhere = await identity.authenticate(conn, other_tenant.tenant_id, **lookup, limits=limits)
+        assert elsewhere["status"] == "unknown"

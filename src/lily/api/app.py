@@ -13,7 +13,7 @@ from lily import __version__
 from lily.api import errors
 from lily.api.limits import BodyLimitMiddleware
 from lily.api.responses import FastJSON
-from lily.api.routers import auth, bulk, dead_letters, events, lineage, metadata, system, tenants
+from lily.api.routers import api_keys, auth, bulk, dead_letters, events, lineage, metadata, system, tenants, users
 from lily.api.runtime import Runtime
 from lily.api.web import web_context
 from lily.auth.tokens import TokenConfig
@@ -32,6 +32,8 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     auth.router,
     system.router,
     tenants.router,
+    users.router,
+    api_keys.router,
     events.router,
     dead_letters.router,
     metadata.router,

@@ -6,6 +6,7 @@ the editor role, in the tenant its credentials belong to".
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,8 +17,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lily.api.runtime import Runtime
 from lily.auth import tokens
-from lily.domain.errors import Forbidden, Invalid, Unauthorized
-from lily.domain.roles import Role, highest
+from lily.domain.errors import Forbidden, Invalid, TooManyRequests, Unauthorized
+from lily.domain.roles import Role
+from lily.domain.tenants import is_tenant_id
 from lily.store import identity
 
 
@@ -31,47 +33,87 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """The caller, as its rows say now (role and groups are looked up on every request, never trusted
+    from the token)."""
+
     tenant_id: str
     subject: str  # "user:<name>" or "key:<id>"
     role: Role
     claims: dict[str, Any]
+    groups: tuple[str, ...] = ()
+    key_name: str | None = None
 
     @property
     def actor(self) -> str:
         return self.subject
 
+    @property
+    def names(self) -> frozenset[str]:
+        """The names access policies match: everyone, role:R, and user:U with group:G, or apikey:NAME."""
+        own = [f"user:{self.subject.removeprefix('user:')}"] if self.subject.startswith("user:") else []
+        if self.key_name is not None:
+            own.append(f"apikey:{self.key_name}")
+        return frozenset(["everyone", f"role:{self.role.value}", *own, *(f"group:{g}" for g in self.groups)])
+
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT from /auth/login, or a Lily API key")
+
+# What a refused credential is told. Deliberately vague where more would help a guesser.
+_REFUSED = {
+    "unknown": "invalid credentials",
+    "revoked": "token revoked",
+    "disabled": "user disabled",
+}
+
+
+def _storable(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable()
 
 
 async def authenticate(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """Verify the bearer token, then check it against the database and the rate limits in one round trip:
+    a role change, deletion, disabling, key revocation or tenant deletion applies to the next request."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized("missing bearer token")
     token = credentials.credentials
     api_key = tokens.parse_api_key(token)
+    claims: dict[str, Any]
     if api_key is not None:
-        return await _from_api_key(runtime, *api_key)
-    claims = tokens.verify(runtime.tokens, token)
-    role = highest(list(claims.get("roles") or []))
-    if role is None:
-        raise Unauthorized("token carries no known role")
+        tenant_id, name, secret = api_key
+        kind, jti, sid, secret_hash = "key", None, None, tokens.hash_secret(secret)
+        subject = f"key:{name}"
+    else:
+        claims = tokens.verify(runtime.tokens, token)
+        tenant_id, subject = claims["tenant_id"], claims["sub"]
+        if not isinstance(subject, str) or not subject.startswith("user:"):
+            raise Unauthorized("invalid token")
+        kind, name, jti, sid, secret_hash = "user", subject.removeprefix("user:"), claims["jti"], claims["sid"], None
+    if not (isinstance(tenant_id, str) and is_tenant_id(tenant_id) and _storable(name)):
+        raise Unauthorized(_REFUSED["unknown"])
+    if kind == "user" and not (_storable(jti) and _storable(sid)):
+        raise Unauthorized("invalid token")
     async with runtime.db.connection() as conn:
-        if await identity.token_revoked(conn, claims["tenant_id"], claims["jti"]):
-            raise Unauthorized("token revoked")
-    return Principal(claims["tenant_id"], claims["sub"], role, claims)
-
-
-async def _from_api_key(runtime: Runtime, tenant_id: str, key_id: str, secret: str) -> Principal:
-    async with runtime.db.connection() as conn:
-        row = await identity.authenticate_api_key(conn, tenant_id, key_id)
-    if row is None or not tokens.secret_matches(secret, row["key_hash"]):
-        raise Unauthorized("invalid API key")
+        row = await identity.authenticate(
+            conn, tenant_id, kind=kind, name=name, jti=jti, sid=sid, secret_hash=secret_hash, limits=runtime.rate_limits
+        )
+    status = row["status"]
+    if status == "limited":
+        raise TooManyRequests(
+            "rate limit exceeded; slow down", retry_after_seconds=max(1, math.ceil(row["retry_after"]))
+        )
+    if status != "ok":
+        raise Unauthorized(_REFUSED.get(status, _REFUSED["unknown"]))
     role = Role(row["role"])
-    claims = {"sub": f"key:{key_id}", "tenant_id": tenant_id, "roles": [role.value], "key_name": row["name"]}
-    return Principal(tenant_id, f"key:{key_id}", role, claims)
+    groups = tuple(row["groups"] or ())
+    if kind == "key":
+        claims = {"sub": subject, "tenant_id": tenant_id, "roles": [role.value], "key_name": row["key_name"]}
+    else:
+        # The token's claims, but the role and groups of now.
+        claims = {**claims, "roles": [role.value], "groups": list(groups)}
+    return Principal(tenant_id, subject, role, claims, groups, row["key_name"])
 
 
 def require(role: Role) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from lily.auth.limits import LoginLimits, RateLimits
+from lily.auth.passwords import Hasher
 from lily.auth.tokens import TokenConfig
 from lily.config import Settings
 from lily.pipeline.writer import Writer
@@ -21,6 +23,12 @@ class Runtime:
     # A bulk upload holds a pooled connection and a transaction until its body ends: cap how many run
     # at once, so slow uploads can never take every connection from the rest of the API.
     bulk_slots: asyncio.Semaphore = field(init=False)
+    hasher: Hasher = field(init=False)
+    login_limits: LoginLimits = field(init=False)
+    rate_limits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.bulk_slots = asyncio.Semaphore(self.settings.max_concurrent_bulk)
+        self.hasher = Hasher(self.settings.password_hash_threads)
+        self.login_limits = LoginLimits.of(self.settings)
+        self.rate_limits = RateLimits.of(self.settings)

@@ -26,12 +26,20 @@ class TokenConfig:
     ttl_seconds: int
 
 
-def issue(config: TokenConfig, *, subject: str, tenant_id: str, roles: list[str]) -> tuple[str, dict[str, Any]]:
+# sid: the user's sessions id when the token was issued; a token whose sid is no longer the user's is
+# refused (see migration 0005), which is how a password change or disabling ends every session at once.
+REQUIRED_CLAIMS = ["sub", "tenant_id", "roles", "sid", "iat", "exp", "iss", "aud", "jti"]
+
+
+def issue(
+    config: TokenConfig, *, subject: str, tenant_id: str, roles: list[str], sid: str
+) -> tuple[str, dict[str, Any]]:
     now = int(time.time())
     claims = {
         "sub": subject,
         "tenant_id": tenant_id,
         "roles": roles,
+        "sid": sid,
         "iat": now,
         "exp": now + config.ttl_seconds,
         "iss": config.issuer,
@@ -49,7 +57,7 @@ def verify(config: TokenConfig, token: str) -> dict[str, Any]:
             algorithms=[ALGORITHM],
             audience=config.audience,
             issuer=config.issuer,
-            options={"require": ["sub", "tenant_id", "roles", "iat", "exp", "iss", "aud", "jti"]},
+            options={"require": REQUIRED_CLAIMS},
         )
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("token expired") from exc
