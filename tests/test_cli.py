@@ -181,10 +181,14 @@ def test_serve_really_serves(env: dict[str, str]) -> None:
     assert lily(env, "admin", "create-tenant", "acme").returncode == 0
     key = lily(env, "admin", "create-api-key", "acme", "ci", "--role", "editor").stdout.strip()
     assert key.startswith("lily_acme.")
-    proc, base = start_serve(env)
+    operator = "operator-" + "o" * 32
+    proc, base = start_serve({**env, "LILY_OPERATOR_TOKEN": operator})
     try:
-        health = wait_until_healthy(base, proc)
-        assert health["status"] == "ok" and health["schema_version"] == max(n for n, _, _ in available())
+        assert wait_until_healthy(base, proc) == {"status": "ok"}  # the public probe says no more
+        details = httpx.get(
+            f"{base}/system/health/details", headers={"Authorization": f"Bearer {operator}"}, timeout=10
+        ).json()
+        assert details["status"] == "ok" and details["schema_version"] == max(n for n, _, _ in available())
         with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {key}"}) as http:
             r = http.post(f"{base}/metadata", json={"qualified_name": "pg://db/s.t", "type": "table"})
             assert r.status_code == 201, r.text

