@@ -78,7 +78,7 @@ def _serve(host: str | None, port: int | None, run_workers: bool) -> None:
 
     settings = _settings()
     url = _migrated_url(settings)
-    app = create_app(settings, url, run_workers=run_workers)
+    app = create_app(settings, url, run_workers=run_workers, run_scheduler=run_workers and settings.scheduler_in_serve)
     # uvicorn logs at the level `lily --log-level` (LILY_LOG_LEVEL) set for everything else.
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     # After a graceful shutdown uvicorn re-raises the signal it caught. With the default SIGTERM action
@@ -105,7 +105,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1, LILY_HOST).")
 @click.option("--port", default=None, type=int, help="Port (default 8000, LILY_PORT).")
 def serve(host: str | None, port: int | None) -> None:
-    """Run everything in one process: the API and pipeline workers."""
+    """Run everything in one process: the API, pipeline workers and a scheduler."""
     _serve(host, port, run_workers=True)
 
 

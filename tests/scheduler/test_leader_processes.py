@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from psycopg.rows import dict_row
 
@@ -23,12 +25,14 @@ from lily.config import Settings
 from lily.store.db import APP_ROLE, PIPELINE_ROLE
 from tests.pipeline.support import until
 
-from .conftest import JOB_PLUGINS
+from .conftest import JOB_PLUGINS, OPERATOR_TOKEN
 
 TAKEOVER_LIMIT_SECONDS = 10
 
 
-def spawn_scheduler(database_url: str, settings: Settings, home: Path, name: str) -> subprocess.Popen[bytes]:
+def spawn_scheduler(
+    database_url: str, settings: Settings, home: Path, name: str, **extra_env: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "LILY_DATABASE_URL": database_url,
@@ -38,6 +42,7 @@ def spawn_scheduler(database_url: str, settings: Settings, home: Path, name: str
         "LILY_TEST_JOB_EFFECTS": "1",
         "LILY_LOG_LEVEL": "INFO",
         "PYTHONPATH": os.pathsep.join([str(JOB_PLUGINS), os.environ.get("PYTHONPATH", "")]),
+        **extra_env,
     }
     with open(home / f"{name}.log", "wb") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
@@ -155,3 +160,55 @@ async def test_kill_9_the_leader_and_the_other_process_leads_within_seconds(
                 p.kill()
                 p.wait(timeout=10)
         await watch.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_a_standalone_scheduler_serves_its_metrics_to_the_operator(
+    database_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    proc = spawn_scheduler(
+        database_url,
+        settings,
+        tmp_path,
+        "scheduler-metrics",
+        LILY_METRICS_PORT=str(port),
+        LILY_OPERATOR_TOKEN=OPERATOR_TOKEN,
+        LILY_TEST_JOB_EFFECTS="0",
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+
+            async def leading_and_ran() -> str | None:
+                try:
+                    r = await client.get(url, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+                except httpx.TransportError:
+                    return None  # not listening yet
+                text = r.text
+                ran = 'lily_scheduler_runs_total{job="test_beat",outcome="succeeded"}' in text
+                return text if "lily_scheduler_leader 1.0" in text and ran else None
+
+            await until(leading_and_ran, timeout=60, interval=0.1, what="the scheduler's metrics to show it leads")
+            assert (await client.get(url)).status_code == 401
+            assert (await client.get(url, headers={"Authorization": "Bearer wrong"})).status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_a_metrics_port_without_an_operator_token_stops_start_up(
+    database_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    proc = spawn_scheduler(database_url, settings, tmp_path, "scheduler-nometrics", LILY_METRICS_PORT=str(free_port()))
+    assert proc.wait(timeout=60) != 0
+    assert "LILY_OPERATOR_TOKEN" in (tmp_path / "scheduler-nometrics.log").read_text()

@@ -13,7 +13,19 @@ from lily import __version__
 from lily.api import errors
 from lily.api.limits import BodyLimitMiddleware
 from lily.api.responses import FastJSON
-from lily.api.routers import api_keys, auth, bulk, dead_letters, events, lineage, metadata, system, tenants, users
+from lily.api.routers import (
+    api_keys,
+    auth,
+    bulk,
+    dead_letters,
+    events,
+    jobs,
+    lineage,
+    metadata,
+    system,
+    tenants,
+    users,
+)
 from lily.api.runtime import Runtime
 from lily.api.web import web_context
 from lily.auth.tokens import TokenConfig
@@ -36,6 +48,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     api_keys.router,
     events.router,
     dead_letters.router,
+    jobs.router,
     metadata.router,
     lineage.router,
     bulk.router,
@@ -44,9 +57,15 @@ API_ROUTERS: tuple[APIRouter, ...] = (
 
 
 def create_app(
-    settings: Settings, database_url: str, *, run_workers: bool = True, plugins: Plugins | None = None
+    settings: Settings,
+    database_url: str,
+    *,
+    run_workers: bool = True,
+    plugins: Plugins | None = None,
+    run_scheduler: bool = False,
 ) -> FastAPI:
-    """Build the app. ``run_workers`` runs pipeline workers in this process (``lily serve``).
+    """Build the app. ``run_workers`` runs pipeline workers in this process (``lily serve``), and
+    ``run_scheduler`` a scheduler (``lily serve`` unless ``LILY_SCHEDULER_IN_SERVE=false``).
 
     The plugin registry is loaded here, once (unless given): a bad plugin stops the app from being built.
     """
@@ -75,6 +94,10 @@ def create_app(
             runtime.background.extend(
                 start_workers(db, settings, stop, count=settings.workers_in_serve, plugins=plugins)
             )
+        if run_scheduler:
+            from lily.scheduler import start_scheduler
+
+            runtime.background.append(start_scheduler(db, settings, plugins.jobs, stop))
         try:
             yield
         finally:
