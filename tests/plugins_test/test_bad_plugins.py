@@ -30,6 +30,8 @@ CASES = [
     ("connector", "config_not_a_model", "'Config' must be a subclass of pydantic.main.BaseModel"),
     ("connector", "bad_run", "run() must be `async def`"),
     ("connector", "brings_a_bad_handler", ": the handler it brings (SyncApply) is not a valid handler: apply() must"),
+    ("connector", "handlers_fail", "handlers() failed: RuntimeError: no database driver"),
+    ("connector", "large_bodies_relative", "'large_bodies' must hold absolute path prefixes"),
     ("channel", "no_deliver", "has no method deliver()"),
     ("classifier", "async_classify", "classify() must be a plain `def`, not `async def`"),
     ("quality_check", "no_config", "has no attribute 'Config'"),
@@ -82,3 +84,13 @@ def test_the_app_is_not_built_with_a_bad_plugin(monkeypatch: pytest.MonkeyPatch,
     only_broken(monkeypatch, "sync_pre")
     with pytest.raises(PluginError, match="hook plugin 'sync_pre'"):
         create_app(bare_settings, "postgresql:///never-reached")  # refused before any connection
+
+
+def test_a_connector_whose_routes_fail_stops_the_app(monkeypatch: pytest.MonkeyPatch, bare_settings: Settings) -> None:
+    only_broken(monkeypatch, "router_fails")
+    assert "router_fails" in load_plugins(bare_settings).connectors  # it loads: the failure is in router()
+    with pytest.raises(PluginError) as caught:
+        create_app(bare_settings, "postgresql:///never-reached")
+    message = str(caught.value)
+    assert message.startswith("connector plugin 'router_fails' (lily.connectors:router_fails = "), message
+    assert "from lily-broken-plugins 0.2: router() failed: KeyError" in message

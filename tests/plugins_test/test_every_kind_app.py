@@ -11,7 +11,8 @@ import pytest
 
 from lily.config import Settings
 from lily.domain.events import NewEvent
-from tests.pipeline.support import settled, until
+from tests.conftest import TEST_PARTITIONS
+from tests.pipeline.support import settled, subjects_in_partition, until
 
 
 @pytest.fixture
@@ -95,3 +96,34 @@ async def test_the_connector_route_is_in_the_openapi_document(client: Any) -> No
     operation = doc["paths"]["/test-inbox/notes"]["post"]
     assert {"202", "401", "403", "422"} <= set(operation["responses"])
     assert "/api/v1/lineage" in doc["paths"]  # OpenLineage, mounted the same way
+
+
+async def append_notes(app: Any, tenant: Any, texts: list[str]) -> list[str]:
+    """Notes of distinct subjects in one partition, appended in one transaction: one batch for the worker."""
+    subjects = subjects_in_partition(tenant.tenant_id, 3, TEST_PARTITIONS, len(texts), "note://batch-")
+    events = [
+        NewEvent(tenant.tenant_id, s, "test.note", {"text": t}, "key:test")
+        for s, t in zip(subjects, texts, strict=True)
+    ]
+    accepted = await app.state.runtime.writer.append_many(tenant.tenant_id, events)
+    return [str(a.event_id) for a in accepted]
+
+
+async def test_a_hook_rejecting_one_event_leaves_the_others_applied(
+    app: Any, client: Any, tenant: Any, every_kind: ModuleType
+) -> None:
+    refused, fine = await append_notes(app, tenant, [every_kind.REFUSE_ONE, "fine"])
+    state = await settled(client, tenant.headers("viewer"), refused)
+    assert state["state"] == "failed" and "test_probe refuses this note" in state["error"]
+    assert (await settled(client, tenant.headers("viewer"), fine))["state"] == "applied"
+
+
+async def test_a_hook_raising_invalid_rejects_every_event_it_was_shown(
+    app: Any, client: Any, tenant: Any, every_kind: ModuleType
+) -> None:
+    ids = await append_notes(app, tenant, [every_kind.REFUSE_BATCH, "innocent"])
+    states = [await settled(client, tenant.headers("viewer"), event_id) for event_id in ids]
+    shown = next(s["event_ids"] for s in every_kind.SEEN if s["phase"] == "pre" and ids[0] in s["event_ids"])
+    assert sorted(shown) == sorted(ids)  # the worker gave the hook both notes in one batch
+    for state in states:
+        assert state["state"] == "failed" and "test_probe refuses this batch" in state["error"], state

@@ -141,7 +141,9 @@ def mount_connectors(app: FastAPI, plugins: Plugins) -> list[str]:
         try:
             router = connector.router(web)
         except Exception as exc:
-            raise PluginError(f"connector plugin {name!r}: router() failed: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"{plugins.describe('connector', name)}: router() failed: {type(exc).__name__}: {exc}"
+            ) from exc
         if router is not None:
             app.include_router(router)
         large.extend(getattr(connector, "large_bodies", ()))

@@ -75,6 +75,13 @@ class Plugins:
     jobs: Mapping[str, ScheduledJob]
     listing: tuple[PluginInfo, ...]
 
+    def describe(self, kind: str, name: str) -> str:
+        """How errors name a loaded plugin: kind, name, entry point, distribution and version."""
+        for p in self.listing:
+            if (p.kind, p.name) == (kind, name):
+                return f"{kind} plugin {name!r} ({p.entry_point}) from {p.distribution} {p.version}"
+        return f"{kind} plugin {name!r}"
+
 
 def _where(ep: EntryPoint) -> tuple[str, str]:
     dist = ep.dist

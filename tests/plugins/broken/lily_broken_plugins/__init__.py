@@ -133,6 +133,42 @@ class BringsABadHandler:
         return [SyncApply()]
 
 
+class HandlersFail:
+    name = "handlers_fail"
+    Config = BaseModel
+
+    def router(self, web: Any) -> None:
+        return None
+
+    def handlers(self) -> Sequence[Any]:
+        raise RuntimeError("no database driver")
+
+
+class LargeBodiesRelative:
+    name = "large_bodies_relative"
+    Config = BaseModel
+    large_bodies = ("api/v9/upload",)
+
+    def router(self, web: Any) -> None:
+        return None
+
+    def handlers(self) -> Sequence[Any]:
+        return []
+
+
+class RouterFails:
+    """Loads and checks fine; fails only when the app asks for its routes."""
+
+    name = "router_fails"
+    Config = BaseModel
+
+    def router(self, web: Any) -> None:
+        raise KeyError("no_such_dependency")
+
+    def handlers(self) -> Sequence[Any]:
+        return []
+
+
 class NoDeliver:
     name = "no_deliver"
     Config = BaseModel

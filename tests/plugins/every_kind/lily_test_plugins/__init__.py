@@ -6,7 +6,8 @@ installed package's plugins. Each does something a test can observe:
 
 - ``test_notes`` (handler) applies the custom event kind ``test.note``, recording the transaction it ran in;
 - ``test_probe`` (hook) records every batch of ``test.note`` events it sees, before and after apply, with
-  the transaction id and tenant setting read through ``ctx.conn``;
+  the transaction id and tenant setting read through ``ctx.conn``, and refuses the notes that ask for it
+  (:data:`REFUSE_ONE` alone, :data:`REFUSE_BATCH` with its whole batch);
 - ``test_inbox`` (connector) serves ``POST /test-inbox/notes`` (editor), which appends a ``test.note``;
 - ``test_echo`` (channel), ``test_emails`` (classifier, an instance), ``test_min_columns`` (quality check)
   and ``test_tick`` (job) answer from their inputs, with typed ``Config`` models where the kind has one.
@@ -38,6 +39,8 @@ from lily.plugins.protocols import (
 )
 
 NOTE = "test.note"
+REFUSE_ONE = "refuse me"  # ProbeHook rejects this note alone
+REFUSE_BATCH = "refuse the batch"  # ProbeHook raises Invalid: every note of its batch is rejected
 SEEN: list[dict[str, Any]] = []  # what ProbeHook saw, batch by batch (tests clear it)
 DELIVERED: list[tuple[str, dict[str, Any]]] = []
 
@@ -71,6 +74,12 @@ class ProbeHook:
 
     async def pre(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         await self._record("pre", ctx, events)
+        texts = {e.payload.get("text") for e in events if e.kind == NOTE}
+        if REFUSE_BATCH in texts:
+            raise Invalid("test_probe refuses this batch", field="text")
+        for event in events:
+            if event.kind == NOTE and event.payload.get("text") == REFUSE_ONE:
+                event.reject(Invalid("test_probe refuses this note", field="text"))
 
     async def post(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         await self._record("post", ctx, events)
