@@ -36,13 +36,14 @@ def start_workers(
 
 async def run_standalone(database_url: str, settings: Settings, *, concurrency: int) -> None:
     """``lily worker``: consume until SIGTERM/SIGINT, then finish the batch in hand and exit."""
+    plugins = load_plugins(settings)  # a bad plugin stops the worker before it touches the database
     db = Database(database_url, min_size=1, max_size=max(2, concurrency + 1))
     await db.open()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = start_workers(db, settings, stop, count=concurrency, plugins=load_plugins(settings))
+    tasks = start_workers(db, settings, stop, count=concurrency, plugins=plugins)
     log.info("worker %s consuming %s partitions", os.getpid(), settings.partitions)
     try:
         await asyncio.gather(*tasks)
