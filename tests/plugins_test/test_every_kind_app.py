@@ -127,3 +127,14 @@ async def test_a_hook_raising_invalid_rejects_every_event_it_was_shown(
     assert sorted(shown) == sorted(ids)  # the worker gave the hook both notes in one batch
     for state in states:
         assert state["state"] == "failed" and "test_probe refuses this batch" in state["error"], state
+
+
+async def test_connector_paths_get_the_body_limit_they_ask_for(client: Any, tenant: Any, settings: Settings) -> None:
+    body = b"[" + b" " * (settings.max_asset_body_bytes + 1024) + b"]"
+    headers = tenant.headers("editor", **{"Content-Type": "application/json"})
+    # OpenLineage declares large_bodies: past the single-write limit, its own parser answers (an empty batch).
+    r = await client.post("http://lily.test/api/v1/lineage/batch", content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    # The test connector does not: the middleware refuses the same body.
+    r = await client.post("http://lily.test/test-inbox/notes", content=body, headers=headers)
+    assert r.status_code == 413, r.text
