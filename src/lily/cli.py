@@ -71,6 +71,24 @@ def main(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+# SIGTERM ends `lily serve` within this many seconds, always: in-flight requests get GRACE seconds, and
+# a watchdog ends the process at DEADLINE whatever still hangs (the embedded server, if left, is joined
+# by the next start).
+SHUTDOWN_GRACE_SECONDS = 3
+SHUTDOWN_DEADLINE_SECONDS = 8.0
+
+
+def _supervise(settings: Settings) -> Any:
+    """Watch the embedded PostgreSQL and restart it when it dies (nothing to do for an external one)."""
+    if settings.database_url:
+        return None
+    from lily.embedded import Supervisor
+
+    supervisor = Supervisor(settings.resolved_home())
+    supervisor.start()
+    return supervisor
+
+
 def _serve(host: str | None, port: int | None, run_workers: bool) -> None:
     import uvicorn
 
@@ -85,19 +103,55 @@ def _serve(host: str | None, port: int | None, run_workers: bool) -> None:
     # that kills the process before atexit handlers run, leaving the embedded PostgreSQL running; exiting
     # normally instead lets it stop. (SIGINT already ends in KeyboardInterrupt, which unwinds.)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    # Lily reads X-Forwarded-For itself, and only from LILY_TRUSTED_PROXIES (lily.auth.clients);
-    # uvicorn's own handling would believe any header sent from 127.0.0.1.
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host or settings.host,
         port=port or settings.port,
         log_level=level,
         access_log=False,
+        # Lily reads X-Forwarded-For itself, and only from LILY_TRUSTED_PROXIES (lily.auth.clients);
+        # uvicorn's own handling would believe any header sent from 127.0.0.1.
         proxy_headers=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            _arm_watchdog()  # from the first signal on, the deadline runs
+            super().handle_exit(sig, frame)
+
+    supervisor = _supervise(settings)
+    try:
+        Server(config).run()
+    finally:
+        if supervisor is not None:
+            supervisor.stop()  # before atexit stops the embedded server, or it would be started again
+
+
+_watchdog_armed = False
+
+
+def _arm_watchdog() -> None:
+    import os
+    import threading
+
+    global _watchdog_armed
+    if _watchdog_armed:
+        return
+    _watchdog_armed = True
+
+    def expire() -> None:
+        logging.getLogger(__name__).error("shutdown still running after %ss; exiting now", SHUTDOWN_DEADLINE_SECONDS)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(SHUTDOWN_DEADLINE_SECONDS, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    _arm_watchdog()
     sys.exit(0)
 
 
@@ -121,11 +175,31 @@ def api(host: str | None, port: int | None) -> None:
 @click.option("--concurrency", default=1, show_default=True, help="Consumer tasks in this process.")
 def worker(concurrency: int) -> None:
     """Consume the event log. Start as many as you like; they share the partitions."""
+    from lily.pipeline.metrics_listener import MetricsConfigError, check_config, serve_metrics
     from lily.pipeline.runner import run_standalone
 
     settings = _settings()
+    try:
+        check_config(settings)
+    except MetricsConfigError as err:
+        raise click.UsageError(str(err)) from err
     url = _migrated_url(settings)
-    asyncio.run(run_standalone(url, settings, concurrency=concurrency))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        listener = asyncio.create_task(serve_metrics(settings, stop))
+        try:
+            await run_standalone(url, settings, concurrency=concurrency)
+        finally:
+            stop.set()
+            await listener
+
+    supervisor = _supervise(settings)
+    try:
+        asyncio.run(main())
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
 
 
 @main.command()
