@@ -60,7 +60,19 @@ class Settings(BaseSettings):
     max_asset_body_bytes: int = 1 * 1024 * 1024
     max_bulk_body_bytes: int = 64 * 1024 * 1024
     max_bulk_items: int = 100_000
-    max_concurrent_bulk: int = Field(default=4, ge=1, description="Bulk uploads one API process takes at once.")
+    max_concurrent_bulk: int = Field(default=4, ge=1, description="Bulk uploads the whole deployment takes at once.")
+    max_concurrent_bulk_per_tenant: int | None = Field(
+        default=None, ge=1, description="Bulk uploads one tenant may hold at once; unset: half the total (at least 1)."
+    )
+    # A client that stops sending its body is cut off with 408: the longest wait for its next part, and
+    # for all of it (from the request's start).
+    body_read_timeout_seconds: float = Field(default=15.0, gt=0)
+    body_total_timeout_seconds: float = Field(default=300.0, gt=0)
+
+    def bulk_slots_per_tenant(self) -> int:
+        """One tenant's share of the bulk slots: never all of them while there are two or more."""
+        share = self.max_concurrent_bulk_per_tenant or max(1, self.max_concurrent_bulk // 2)
+        return min(share, self.max_concurrent_bulk)
 
     # Event log and pipeline.
     partitions: int = Field(default=32, ge=1, le=1024)

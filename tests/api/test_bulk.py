@@ -196,12 +196,12 @@ async def test_idempotency_key(client: Any, tenant: Any, db: Any) -> None:
     assert_problem(other, 409, "conflict")
 
 
-async def test_concurrent_uploads_beyond_the_cap_are_told_to_retry(client, tenant, app):
-    """A bulk upload holds a connection until its body ends; past the cap, others get 429, not a hang."""
+async def test_concurrent_uploads_beyond_the_cap_are_told_to_retry(client, tenant, db):
+    """A bulk upload holds a connection until its body ends; past its share, a tenant gets 429, not a hang."""
     import asyncio
 
-    runtime = app.state.runtime
-    runtime.bulk_slots = asyncio.Semaphore(1)
+    from lily.store import bulk as store_bulk
+
     release = asyncio.Event()
 
     async def slow_body():
@@ -209,19 +209,29 @@ async def test_concurrent_uploads_beyond_the_cap_are_told_to_retry(client, tenan
         await release.wait()
         yield b'{"qualified_name": "pg://slow/b", "type": "table"}\n'
 
+    async def held() -> int:
+        async with db.tenant(tenant.tenant_id) as conn:
+            return await store_bulk.slots_held(conn)
+
     headers = tenant.headers("editor", **{"Content-Type": "application/x-ndjson"})
     first = asyncio.create_task(client.post("/metadata/bulk", content=slow_body(), headers=headers))
-    for _ in range(500):  # bounded: until the first upload holds the only slot
-        if runtime.bulk_slots.locked():
+    for _ in range(500):  # bounded: until the first upload holds a slot (of the default 4, 2 per tenant)
+        if await held() == 1:
             break
         await asyncio.sleep(0.01)
-    assert runtime.bulk_slots.locked()
-    second = await client.post(
+    assert await held() == 1
+    second = asyncio.create_task(client.post("/metadata/bulk", content=slow_body(), headers=headers))
+    for _ in range(500):
+        if await held() == 2:
+            break
+        await asyncio.sleep(0.01)
+    third = await client.post(
         "/metadata/bulk", content=b'{"qualified_name": "pg://x", "type": "table"}\n', headers=headers
     )
-    body = assert_problem(second, 429)
-    assert second.headers["Retry-After"] == "1" and body["retry_after_seconds"] == 1
+    body = assert_problem(third, 429)
+    assert third.headers["Retry-After"] == "1" and body["retry_after_seconds"] == 1
     release.set()
-    done = await first
-    assert done.status_code == 202, done.text
-    assert done.json()["total"] == 2
+    for done in await asyncio.gather(first, second):
+        assert done.status_code == 202, done.text
+        assert done.json()["total"] == 2
+    assert await held() == 0  # freed with the transactions

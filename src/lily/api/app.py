@@ -127,6 +127,8 @@ def create_app(
             f"{BASE_PATH}/metadata/bulk": settings.max_bulk_body_bytes,
             **dict.fromkeys(large_bodies, settings.max_bulk_body_bytes),
         },
+        idle_timeout=settings.body_read_timeout_seconds,
+        total_timeout=settings.body_total_timeout_seconds,
     )
     return app
 

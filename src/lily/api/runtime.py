@@ -20,15 +20,11 @@ class Runtime:
     writer: Writer
     tokens: TokenConfig
     background: list[asyncio.Task[None]] = field(default_factory=list)
-    # A bulk upload holds a pooled connection and a transaction until its body ends: cap how many run
-    # at once, so slow uploads can never take every connection from the rest of the API.
-    bulk_slots: asyncio.Semaphore = field(init=False)
     hasher: Hasher = field(init=False)
     login_limits: LoginLimits = field(init=False)
     rate_limits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
-        self.bulk_slots = asyncio.Semaphore(self.settings.max_concurrent_bulk)
         self.hasher = Hasher(self.settings.password_hash_threads)
         self.login_limits = LoginLimits.of(self.settings)
         self.rate_limits = RateLimits.of(self.settings)

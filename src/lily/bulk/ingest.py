@@ -15,13 +15,13 @@ from uuid import UUID
 from lily.bulk.items import Unstorable, to_json, validate
 from lily.bulk.parse import json_array_items, ndjson_lines
 from lily.config import Settings
-from lily.domain.errors import Conflict, PayloadTooLarge
+from lily.domain.errors import Conflict, PayloadTooLarge, TooManyRequests
 from lily.domain.events import ASSET_UPSERT, partition_of, uuid7
 from lily.pipeline.waiter import AppliedWaiter
 from lily.store import bulk as store
 from lily.store import idempotency
 from lily.store import log as store_log
-from lily.store.db import Database
+from lily.store.db import Conn, Database
 
 
 @dataclass(slots=True)
@@ -65,6 +65,8 @@ async def receive(
     errors: list[dict[str, Any]] = []
     total = rejected = 0
     async with db.tenant(tenant_id) as conn:
+        # Before reading a byte: a slot is held by this transaction and freed when it ends, however it ends.
+        await _take_slot(conn, settings, tenant_id)
         await store.create_stage(conn)
         async with store.stager(conn) as stage:
             async for index, raw in items:
@@ -102,6 +104,18 @@ async def receive(
         await store.create_job(conn, tenant_id, job_id, actor, total, rejected, errors)
         await store.append_staged(conn, tenant_id, job_id, actor, request_id, ASSET_UPSERT, counts)
     return Receipt(job_id, total, rejected)
+
+
+async def _take_slot(conn: Conn, settings: Settings, tenant_id: str) -> None:
+    total, share = settings.max_concurrent_bulk, settings.bulk_slots_per_tenant()
+    mine, any_slot = await store.take_slot(conn, tenant_id, total, share)
+    if not mine:
+        raise TooManyRequests(
+            f"this tenant already runs {share} bulk uploads, its share of {total}; retry when one ends",
+            retry_after_seconds=1,
+        )
+    if not any_slot:
+        raise TooManyRequests(f"{total} bulk uploads are already running; retry shortly", retry_after_seconds=1)
 
 
 def event_id() -> str:

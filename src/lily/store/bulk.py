@@ -25,6 +25,42 @@ from lily.store.log import LOG_CHANNEL
 MAX_KEPT_ERRORS = 100
 
 
+# Advisory-lock namespaces (first key of the two-int form) of bulk slots, apart from the pipeline's and
+# the scheduler's: the deployment's slots are (_SLOTS, 0..n-1); a tenant's are (_TENANT_SLOTS, hash).
+_SLOTS = 0x424C4B  # "BLK"
+_TENANT_SLOTS = 0x424C54  # "BLT"
+
+
+async def take_slot(conn: Conn, tenant_id: str, total: int, per_tenant: int) -> tuple[bool, bool]:
+    """Take one of the tenant's ``per_tenant`` bulk slots and one of the deployment's ``total`` for the
+    rest of this transaction: (got the tenant's, got the deployment's). Unless both, roll back.
+
+    Slots are transaction-level advisory locks, so every API process sees the same ones, and a slot is
+    freed by commit, rollback, or the connection's death: an upload that dies cannot leak one. A tenant's
+    slot keys are hashes of (tenant, j); two tenants sharing a key would only share that one slot.
+    """
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT FROM generate_series(0, %(per)s - 1) AS j"
+        "  WHERE pg_try_advisory_xact_lock(%(tns)s, hashtext(%(tenant)s || '/' || j))) AS tenant,"
+        " EXISTS (SELECT FROM generate_series(0, %(total)s - 1) AS k WHERE pg_try_advisory_xact_lock(%(ns)s, k))"
+        " AS deployment",
+        {"per": per_tenant, "tns": _TENANT_SLOTS, "tenant": tenant_id, "total": total, "ns": _SLOTS},
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return bool(row["tenant"]), bool(row["deployment"])
+
+
+async def slots_held(conn: Conn) -> int:
+    """How many of the deployment's bulk slots are held right now (for tests and operators)."""
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s::oid",
+        [_SLOTS],
+    )
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
 async def create_stage(conn: Conn) -> None:
     """The staging table for this transaction's items; dropped at commit or rollback."""
     await conn.execute(

@@ -11,7 +11,7 @@ from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
 from lily.api.responses import FastJSON
 from lily.bulk import ingest
 from lily.bulk.parse import is_ndjson
-from lily.domain.errors import NotFound, TooManyRequests
+from lily.domain.errors import NotFound
 
 # Listed before ``metadata.item_router`` so /metadata/bulk is never taken for /metadata/{asset_id}.
 router = APIRouter(prefix="/metadata/bulk", tags=["bulk"])
@@ -36,22 +36,17 @@ async def submit(request: Request, principal: Editor, runtime: RuntimeDep, reque
     The body is read as a stream. Invalid items are refused one by one and reported in the job's
     status; the valid ones go through the event log. A body over the size limit applies nothing (413).
     """
-    if runtime.bulk_slots.locked():
-        raise TooManyRequests(
-            f"{runtime.settings.max_concurrent_bulk} bulk uploads are already running here; retry shortly",
-            retry_after_seconds=1,
-        )
-    async with runtime.bulk_slots:
-        receipt = await ingest.receive(
-            runtime.db,
-            runtime.settings,
-            tenant_id=principal.tenant_id,
-            actor=principal.actor,
-            request_id=request_id,
-            chunks=request.stream(),
-            ndjson=is_ndjson(request.headers.get("content-type")),
-            idempotency_key=request.headers.get("idempotency-key"),
-        )
+    # A bulk slot (deployment-wide, a fair share per tenant) is taken inside; 429 with Retry-After when none.
+    receipt = await ingest.receive(
+        runtime.db,
+        runtime.settings,
+        tenant_id=principal.tenant_id,
+        actor=principal.actor,
+        request_id=request_id,
+        chunks=request.stream(),
+        ndjson=is_ndjson(request.headers.get("content-type")),
+        idempotency_key=request.headers.get("idempotency-key"),
+    )
     url = STATUS_PATH.format(receipt.job_id)
     return FastJSON(
         {
