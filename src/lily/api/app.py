@@ -23,6 +23,7 @@ from lily.api.routers import (
     lineage,
     metadata,
     system,
+    tenant_deletion,
     tenants,
     users,
 )
@@ -44,6 +45,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     auth.router,
     system.router,
     tenants.router,
+    tenant_deletion.router,
     users.router,
     api_keys.router,
     events.router,
