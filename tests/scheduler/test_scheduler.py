@@ -96,7 +96,8 @@ async def test_missed_due_times_run_once_not_as_a_burst(make_scheduler: Any, dat
     job = Recorder("rec", "every 60s")
     scheduler = make_scheduler(job)
     since = await lead(scheduler)
-    later = since + timedelta(seconds=185)  # three due times have passed since the anchor
+    # Three due times have passed since the anchor (rounds land on a due time, so both are in one minute).
+    later = scheduler.schedules["rec"].latest_due(since + timedelta(seconds=185))
     await scheduler.tick(now=later)
     await settle(scheduler)
     await scheduler.tick(now=later + timedelta(seconds=1))
@@ -208,15 +209,16 @@ async def test_run_now_waits_while_the_job_runs_then_runs_once(make_scheduler: A
     job.gate = asyncio.Event()
     scheduler = make_scheduler(job)
     since = await lead(scheduler)
-    await scheduler.tick(now=since + timedelta(seconds=60))
+    due = scheduler.schedules["rec"].latest_due(since + timedelta(seconds=60))  # rounds within one minute
+    await scheduler.tick(now=due)
     async with db.system() as conn:
         await as_pipeline(conn)
         request, _ = await store.request_run(conn, "rec", "operator", None)
-    await scheduler.tick(now=since + timedelta(seconds=61))
+    await scheduler.tick(now=due + timedelta(seconds=1))
     assert len(job.calls) == 1, "one run of a job at a time in a process"
     job.gate.set()
     await settle(scheduler)
-    await scheduler.tick(now=since + timedelta(seconds=62))
+    await scheduler.tick(now=due + timedelta(seconds=2))
     await settle(scheduler)
     assert len(job.calls) == 2 and job.calls[1].run_id == str(request["run_id"])
 
@@ -265,3 +267,55 @@ async def test_the_loop_runs_an_interval_job_every_time_it_falls_due(make_schedu
 def test_a_job_with_a_bad_schedule_is_refused_naming_it(db: Database, settings: Settings) -> None:
     with pytest.raises(ScheduleError, match="job plugin 'odd' has an unusable schedule"):
         Scheduler(db, settings, {"odd": Recorder("odd", "every now and then")})
+
+
+async def test_a_new_leader_closes_a_run_it_could_not_record_itself(make_scheduler: Any, database_url: str) -> None:
+    """A run left 'running' by this very process (its outcome was lost while the database was away) is
+    closed when it leads again, unless it is still running it."""
+    scheduler = make_scheduler(Recorder())
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(f"SET ROLE {PIPELINE_ROLE}")
+        await conn.execute(
+            "INSERT INTO job_runs (run_id, job, trigger, scheduled_for, state, runner, started_at)"
+            " VALUES (gen_random_uuid(), 'rec', 'schedule', now() - interval '1 hour', 'running', %s, now())",
+            [scheduler.node],
+        )
+    await lead(scheduler)
+    [run] = await all_runs(database_url)
+    assert run["state"] == "failed" and run["error"].startswith("abandoned")
+
+
+async def test_an_unreachable_database_means_following_not_failing(make_scheduler: Any) -> None:
+    scheduler = make_scheduler(Recorder())
+    url = scheduler.leadership.database_url
+    scheduler.leadership.database_url = "postgresql://lily@127.0.0.1:1/nowhere?connect_timeout=1"
+    assert await scheduler.tick() == scheduler.poll_seconds
+    assert not scheduler.leadership.leading
+    scheduler.leadership.database_url = url  # the database is back
+    await lead(scheduler)
+
+
+async def test_failing_rounds_do_not_end_the_scheduler(database_url: str, settings: Settings) -> None:
+    """Rounds fail while the pool cannot give connections; the loop keeps going and runs jobs once it can."""
+    db = Database(database_url, min_size=1, max_size=2)  # not opened yet: every round fails
+    job = Recorder("rec", "every 1s")
+    scheduler = Scheduler(db, settings, {"rec": job})
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    try:
+
+        async def leading() -> bool:
+            return scheduler.leadership.leading
+
+        await until(leading, timeout=10, what="the scheduler to lead")
+        assert not task.done() and job.calls == []
+        await db.open()
+
+        async def ran() -> bool:
+            return any(r["state"] == "succeeded" for r in await all_runs(database_url))
+
+        await until(ran, timeout=10, what="a run once the pool works")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+        await db.close()

@@ -22,7 +22,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import psycopg
+
 from lily.config import Settings
+from lily.domain.errors import ServiceUnavailable
 from lily.plugins.protocols import JobContext, ScheduledJob
 from lily.scheduler import metrics
 from lily.scheduler.leader import Leadership, node_name
@@ -61,6 +64,8 @@ class Scheduler:
         self.leadership = Leadership(db.url, self.node, poll_seconds=self.poll_seconds)
         self.shutdown_grace_seconds = SHUTDOWN_GRACE_SECONDS
         self.in_hand: dict[str, asyncio.Task[None]] = {}
+        self.run_ids: dict[str, UUID] = {}  # job → the run in hand
+        self._failing = False
         self._anchors: dict[str, datetime] | None = None  # set once per leadership
         self._claimed: dict[str, datetime] = {}  # the last due time this process tried per job
 
@@ -71,8 +76,17 @@ class Scheduler:
             while not stop.is_set():
                 try:
                     delay = await self.tick()
+                    if self._failing:
+                        log.info("scheduler %s: rounds succeed again", self.node)
+                    self._failing = False
+                except (ServiceUnavailable, psycopg.OperationalError) as exc:
+                    # The database is away: say so once, not every interval, and keep trying.
+                    if not self._failing:
+                        log.warning("scheduler %s: database unavailable, retrying: %s", self.node, exc)
+                    self._failing = True
+                    delay = self.poll_seconds
                 except Exception:
-                    # A failed round (the database away, say) must not end the scheduler: try again.
+                    # Any other failed round must not end the scheduler either.
                     log.exception("scheduler round failed")
                     delay = self.poll_seconds
                 with contextlib.suppress(TimeoutError):
@@ -93,7 +107,7 @@ class Scheduler:
             await as_pipeline(conn)
             if self._anchors is None:
                 self._anchors = await store.register_jobs(conn, [(n, s.text) for n, s in self.schedules.items()])
-                abandoned = await store.abandon_runs(conn, self.node)
+                abandoned = await store.abandon_runs(conn, list(self.run_ids.values()))
                 if abandoned:
                     log.warning("closed %s run(s) left running by a previous leader", abandoned)
             due_runs, tried = await self._claim_due(conn, now)
@@ -129,6 +143,7 @@ class Scheduler:
 
     def _start(self, run: dict[str, Any]) -> None:
         name = run["job"]
+        self.run_ids[name] = run["run_id"]
         self.in_hand[name] = asyncio.create_task(self._execute(self.jobs[name], run), name=f"lily-job-{name}")
 
     async def _execute(self, job: ScheduledJob, run: dict[str, Any]) -> None:
@@ -156,6 +171,7 @@ class Scheduler:
             # Shielded: a run cancelled at shutdown still gets its outcome written.
             await asyncio.shield(self._record(run_id, error, result))
             self.in_hand.pop(job.name, None)
+            self.run_ids.pop(job.name, None)
 
     async def _record(self, run_id: UUID, error: str | None, result: dict[str, Any] | None) -> None:
         for attempt in range(3):

@@ -132,14 +132,15 @@ async def register_jobs(conn: Conn, jobs: Sequence[tuple[str, str]]) -> dict[str
     return {row["job"]: row["first_seen_at"] for row in await cur.fetchall()}
 
 
-async def abandon_runs(conn: Conn, node: str) -> int:
-    """Close the runs left 'running' by other processes: only a leader runs jobs, so a new leader knows
-    their runner died or was deposed. A deposed runner that still finishes overwrites this outcome."""
+async def abandon_runs(conn: Conn, in_hand: Sequence[UUID]) -> int:
+    """Close the runs left 'running' that the new leader is not running itself: only a leader runs jobs,
+    so their runner died or was deposed, or could not record the outcome. A deposed runner that still
+    finishes overwrites this outcome with the real one."""
     cur = await conn.execute(
         "UPDATE job_runs SET state = 'failed', finished_at = clock_timestamp(),"
         " error = 'abandoned: its scheduler process stopped leading before the run finished'"
-        " WHERE state = 'running' AND runner IS DISTINCT FROM %s",
-        [node],
+        " WHERE state = 'running' AND run_id <> ALL(%s::uuid[])",
+        [list(in_hand)],
     )
     return cur.rowcount
 

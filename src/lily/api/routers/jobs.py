@@ -32,7 +32,7 @@ from lily.api.runtime import Runtime
 from lily.domain.errors import Forbidden, Invalid, NotFound
 from lily.domain.roles import Role
 from lily.plugins.protocols import ScheduledJob
-from lily.scheduler.schedule import parse
+from lily.scheduler.schedule import ScheduleError, parse
 from lily.store import jobs as store
 from lily.store.db import Conn, as_pipeline
 
@@ -66,7 +66,7 @@ class JobOut(BaseModel):
     name: str
     schedule: str
     scope: Literal["deployment", "tenant"]
-    next_due_at: datetime
+    next_due_at: datetime | None = Field(description="Null when the schedule cannot be read (see the scheduler's log)")
     last_run: RunOut | None = Field(description="The latest run that started")
     requested_run: RunOut | None = Field(description="A run-now request waiting for the leader")
 
@@ -173,7 +173,7 @@ async def list_jobs(caller: JobsCaller, runtime: RuntimeDep, jobs: Jobs) -> Jobs
             name=name,
             schedule=jobs[name].schedule,
             scope="deployment",
-            next_due_at=parse(jobs[name].schedule).next_due(now),
+            next_due_at=_next_due(jobs[name], now),
             last_run=_run(last[name], caller) if name in last else None,
             requested_run=_run(waiting[name], caller) if name in waiting else None,
         )
@@ -182,6 +182,14 @@ async def list_jobs(caller: JobsCaller, runtime: RuntimeDep, jobs: Jobs) -> Jobs
     if not caller.operator:
         leader["node"] = None
     return JobsOut(items=items, leader=LeaderOut(**leader))
+
+
+def _next_due(job: ScheduledJob, now: datetime) -> datetime | None:
+    # A scheduler refuses to start with a bad schedule; an API process without one still lists the job.
+    try:
+        return parse(job.schedule).next_due(now)
+    except ScheduleError:
+        return None
 
 
 def _position(position: Any) -> bool:
