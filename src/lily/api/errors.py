@@ -7,6 +7,7 @@ error to a problem, and puts the ``Problem`` schema into the OpenAPI document.
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -15,7 +16,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from lily.api.responses import FastJSON
 from lily.domain.errors import LilyError
@@ -105,15 +105,26 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or str(loc[0] if loc else "")
 
 
-def _allowed(request: Request) -> str:
-    """Every method some route takes at this path. Starlette names only the methods of the first
-    route whose path matched, and GET, PUT and DELETE of one path are separate routes here."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)  # PARTIAL: the path matches, the method does not
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= route.methods
-    return ", ".join(sorted(methods))
+def _allowed(request: Request, *, fixed_only: bool = False) -> str:
+    """Every method some operation takes at this path, read from the OpenAPI document (FastAPI nests
+    included routers, so the route list is not flat; and Starlette's own 405 names only the methods of
+    the first route that matched). ``fixed_only``: only paths without parameters."""
+    paths = request.app.openapi()["paths"]
+    matching = [t for t, regex in _path_patterns(request.app) if regex.fullmatch(request.url.path)]
+    fixed = [t for t in matching if "{" not in t]
+    # A fixed path (/metadata/search) is the resource meant, not /metadata/{asset_id}.
+    chosen = fixed if fixed or fixed_only else matching
+    return ", ".join(sorted({m.upper() for t in chosen for m in paths[t]}))
+
+
+def _path_patterns(app: FastAPI) -> list[tuple[str, re.Pattern[str]]]:
+    cached: list[tuple[str, re.Pattern[str]]] | None = getattr(app.state, "path_patterns", None)
+    if cached is None:
+        cached = [
+            (t, re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(t)))) for t in app.openapi().get("paths", {})
+        ]
+        app.state.path_patterns = cached
+    return cached
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -140,6 +151,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             default_422 = responses.get("422", {}).get("content", {}).get("application/json")
             if default_422 is not None:
                 responses["422"] = problem_responses(422, authenticated=False)[422]
+            if "requestBody" in operation:
+                # Any body may be malformed (400) or over the size limit (BodyLimitMiddleware, 413).
+                for status, response in problem_responses(400, 413, authenticated=False).items():
+                    responses.setdefault(str(status), response)
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     app.openapi_schema = doc
@@ -180,6 +195,14 @@ def install(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             detail = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {}).get("error", "")
             return problem(400, "malformed-json", "Malformed JSON", f"the body is not valid JSON: {detail}")
+        if any(e["loc"] and e["loc"][0] == "path" for e in errors):
+            # /metadata/search taken as /metadata/{asset_id} by a method only the latter has: the path
+            # names a fixed resource, so the method is what is wrong (405), not the id.
+            fixed = _allowed(request, fixed_only=True)
+            if fixed:
+                return problem(
+                    405, "method-not-allowed", "Method not allowed", "Method Not Allowed", headers={"Allow": fixed}
+                )
         fields = [
             {"field": _located(e), "message": _message(e), "in": e["loc"][0] if e["loc"] else None} for e in errors
         ]

@@ -46,6 +46,8 @@ class AssetDocument(_Out):
     tags: list[str]
     attributes: dict[str, Any]
     placeholder: bool
+    source: str | None = Field(default=None, description="Which source last wrote it: api, bulk, openlineage …")
+    has_active_source: bool | None = None
     version: int
     created_at: datetime
     updated_at: datetime

@@ -17,7 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lily.domain.assets import AssetReplace
 from lily.domain.tenants import TenantConfig
 
-ASSET_READ_ONLY = ("asset_id", "qualified_name", "placeholder", "version", "created_at", "updated_at", "deleted_at")
+ASSET_READ_ONLY = (
+    "asset_id",
+    "qualified_name",
+    "placeholder",
+    "source",
+    "has_active_source",
+    "version",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+)
 
 
 class AssetReplaceDocument(AssetReplace):
@@ -26,6 +36,8 @@ class AssetReplaceDocument(AssetReplace):
     asset_id: UUID | None = Field(default=None, description="Read-only: must be the asset's id")
     qualified_name: str | None = Field(default=None, description="Read-only: the identity, never changed")
     placeholder: bool | None = Field(default=None, description="Read-only")
+    source: str | None = Field(default=None, description="Read-only: which source last wrote the asset")
+    has_active_source: bool | None = Field(default=None, description="Read-only")
     version: int | None = Field(
         default=None, description="Read-only: must be the current version (then it acts as If-Match)"
     )

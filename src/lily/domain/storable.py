@@ -4,8 +4,9 @@ A value that passes here can be written as ``text`` or ``jsonb`` and indexed; on
 at the API with 422 naming the field, never rewritten and never accepted only to fail in the pipeline:
 
 - no U+0000 (``text`` and ``jsonb`` cannot hold it) and no lone surrogate (not encodable as UTF-8);
-- integers within signed 64 bits (psycopg and orjson cannot dump larger ones, and orjson reads them
-  back as floats, so they could not be given back exactly); floats finite (NaN and infinities are not JSON);
+- integers within signed 64 bits (less 1,024 at each end, see below; psycopg and orjson cannot dump
+  larger ones, and orjson reads them back as floats, so they could not be given back exactly);
+  floats finite (NaN and infinities are not JSON);
 - indexed text at most :data:`MAX_KEY_BYTES` UTF-8 bytes, since a btree row holds about 2,704 bytes.
 
 :func:`storable` checks parsed JSON (attributes, facets); :data:`StorableText` and :func:`key_text` are
@@ -22,7 +23,9 @@ from pydantic import AfterValidator, Field, GetJsonSchemaHandler, StringConstrai
 from pydantic.json_schema import JsonSchemaValue
 from typing_extensions import TypeAliasType
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Signed 64 bits, less 1,024 at each end: 2**63 - 1024 is the largest double below 2**63, so JSON Schema
+# tools (which compare bounds as doubles) and Lily agree on which integers are in range.
+INT64_MIN, INT64_MAX = -(2**63) + 1024, 2**63 - 1024
 # Leaves room for the tenant id and tuple overhead in composite keys (tenant_id, qualified_name, …).
 MAX_KEY_BYTES = 2048
 MAX_JSON_DEPTH = 32

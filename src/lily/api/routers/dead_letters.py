@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from lily.api import pagination
 from lily.api.deps import Admin, RequestId, RuntimeDep
@@ -28,6 +28,15 @@ router = APIRouter(prefix="/admin/dead-letters", tags=["dead letters"])
 State = Literal["open", "replayed", "discarded", "all"]
 
 
+def _iso_only(value: Any) -> Any:
+    # Pydantic also takes Unix times ("0.5") for a datetime; the documented format is ISO 8601 only.
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("give an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
+
 # Filters are compared with stored text: what text cannot hold matches nothing, and is refused (422).
 FilterText = Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL), AfterValidator(check_text)]
 
@@ -40,8 +49,8 @@ class ReplayFilter(BaseModel):
 
     kind: FilterText | None = None
     subject: FilterText | None = Field(default=None, description="The asset's qualified name")
-    since: datetime | None = Field(default=None, description="Dead-lettered at or after")
-    until: datetime | None = Field(default=None, description="Dead-lettered before")
+    since: IsoDatetime | None = Field(default=None, description="Dead-lettered at or after")
+    until: IsoDatetime | None = Field(default=None, description="Dead-lettered before")
     limit: int = Field(default=500, ge=1, le=1000, description="At most this many per call")
 
 
@@ -82,8 +91,8 @@ async def list_dead_letters(
     state: State = "open",
     kind: Annotated[str | None, Query(max_length=1024, pattern=NO_NUL)] = None,
     subject: Annotated[str | None, Query(max_length=1024, pattern=NO_NUL)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDatetime | None = None,
+    until: IsoDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: pagination.Cursor = None,
 ) -> Response:
