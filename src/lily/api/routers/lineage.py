@@ -10,10 +10,13 @@ from fastapi.responses import PlainTextResponse
 
 from lily.api import writes
 from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
+from lily.api.errors import problem_responses
+from lily.api.models import WRITE_RESPONSES, IdempotencyKeyHeader, LineageWritten
 from lily.api.responses import FastJSON
 from lily.domain import lineage as graph
-from lily.domain.errors import Conflict, NotFound
+from lily.domain.assets import Asset
 from lily.domain.events import LINEAGE_DELETE, LINEAGE_UPSERT, NewEvent
+from lily.domain.rules import refuse_deleted_links, require_asset
 from lily.store import assets as store_assets
 from lily.store import lineage as store_lineage
 from lily.store.db import Conn
@@ -36,34 +39,37 @@ async def _names(runtime: Any, tenant_id: str, refs: list[graph.AssetRef]) -> di
     """
     by_id = [r.asset_id for r in refs if r.asset_id is not None]
     by_name = [r.qualified_name for r in refs if r.qualified_name is not None]
-    found: dict[UUID, dict[str, Any]] = {}
-    named: dict[str, dict[str, Any]] = {}
+    found: dict[UUID, Asset] = {}
+    named: dict[str, Asset] = {}
     async with runtime.db.tenant(tenant_id) as conn:
         for asset_id in by_id:
-            row = await store_assets.get(conn, tenant_id, asset_id, include_deleted=True)
-            if row is not None:
-                found[asset_id] = row
+            found[asset_id] = require_asset(
+                await store_assets.get(conn, tenant_id, asset_id, include_deleted=True), asset_id, include_deleted=True
+            )
         if by_name:
             named = await store_assets.current_by_names(conn, tenant_id, by_name)
-    missing = [str(a) for a in by_id if a not in found]
-    if missing:
-        raise NotFound(f"asset {missing[0]} does not exist")
-    for ref in refs:
-        row = found[ref.asset_id] if ref.asset_id is not None else named.get(ref.qualified_name or "")
-        if row is not None and row["deleted_at"] is not None:
-            spelled = row["qualified_name"] if ref.asset_id is None else f"{ref.asset_id} ({row['qualified_name']})"
-            raise Conflict(
-                f"asset {spelled} is deleted; write it again to restore it before recording lineage to it",
-                asset_id=str(row["asset_id"]),
-            )
-    return {
-        r: (found[r.asset_id]["qualified_name"] if r.asset_id is not None else r.qualified_name or "") for r in refs
-    }
+    refuse_deleted_links(
+        (f"{ref.asset_id} ({found[ref.asset_id].qualified_name})", found[ref.asset_id])
+        if ref.asset_id is not None
+        else (ref.qualified_name or "", named.get(ref.qualified_name or ""))
+        for ref in refs
+    )
+    return {r: (found[r.asset_id].qualified_name if r.asset_id is not None else r.qualified_name or "") for r in refs}
 
 
-@router.post("", status_code=201, responses={202: {"description": "Accepted"}})
+@router.post(
+    "",
+    status_code=201,
+    response_model=LineageWritten,
+    responses={**WRITE_RESPONSES, **problem_responses(404, 409, 413)},
+)
 async def record_lineage(
-    body: graph.LineageIn, request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId
+    body: graph.LineageIn,
+    request: Request,
+    principal: Editor,
+    runtime: RuntimeDep,
+    request_id: RequestId,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     names = await _names(runtime, principal.tenant_id, body.refs())
     # Mappings may name an asset by id where the lists give its name (or the reverse): compare names.
@@ -92,7 +98,19 @@ async def record_lineage(
     return await writes.write(runtime, request, principal, event, payload, render)
 
 
-@router.get("/{asset_id}", responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/{asset_id}",
+    response_model=graph.LineageGraph,
+    responses={
+        200: {
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "text/vnd.graphviz": {"schema": {"type": "string"}},
+            }
+        },
+        **problem_responses(404),
+    },
+)
 async def lineage_graph(
     asset_id: UUID,
     principal: Viewer,
@@ -115,7 +133,7 @@ async def lineage_graph(
     return FastJSON(result.model_dump(mode="json"), headers=headers)
 
 
-@router.get("/{asset_id}/impact")
+@router.get("/{asset_id}/impact", response_model=graph.ImpactReport, responses=problem_responses(404))
 async def impact(
     asset_id: UUID,
     principal: Viewer,
@@ -128,22 +146,29 @@ async def impact(
     return FastJSON(report.model_dump(mode="json"))
 
 
-@router.delete("/{asset_id}")
+@router.delete(
+    "/{asset_id}",
+    response_model=LineageWritten,
+    responses={**WRITE_RESPONSES, **problem_responses(404, 409)},
+)
 async def remove_lineage(
     asset_id: UUID,
     request: Request,
     principal: Editor,
     runtime: RuntimeDep,
     request_id: RequestId,
+    idempotency_key: IdempotencyKeyHeader = None,
     direction: graph.Direction = "both",
 ) -> Response:
     async with runtime.db.tenant(principal.tenant_id) as conn:
         # A deleted asset keeps its edges (its graph still shows it, marked deleted), so they can be removed.
-        row = await store_assets.get(conn, principal.tenant_id, asset_id, include_deleted=True)
-    if row is None:
-        raise NotFound(f"asset {asset_id} does not exist")
+        row = require_asset(
+            await store_assets.get(conn, principal.tenant_id, asset_id, include_deleted=True),
+            asset_id,
+            include_deleted=True,
+        )
     payload = {"asset_id": str(asset_id), "direction": direction}
-    event = NewEvent(principal.tenant_id, row["qualified_name"], LINEAGE_DELETE, payload, principal.actor, request_id)
+    event = NewEvent(principal.tenant_id, row.qualified_name, LINEAGE_DELETE, payload, principal.actor, request_id)
 
     async def render(conn: Conn, result: dict[str, Any]) -> Response:
         return FastJSON(result)

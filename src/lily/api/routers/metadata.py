@@ -5,15 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
+import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import StringConstraints
 
 from lily.api import pagination, writes
 from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
+from lily.api.errors import problem_responses
+from lily.api.models import WRITE_RESPONSES, AssetDocument, AssetPage, AssetWithHistory, AuditPage, IdempotencyKeyHeader
 from lily.api.responses import FastJSON
 from lily.domain import assets as rules
-from lily.domain.errors import NotFound, PreconditionFailed
+from lily.domain.errors import Invalid, NotFound
 from lily.domain.events import ASSET_DELETE, ASSET_REPLACE, ASSET_UPSERT, NewEvent
+from lily.domain.round_trip import ASSET_READ_ONLY, AssetReplaceDocument, changed_read_only
+from lily.domain.rules import check_if_match, require_asset
 from lily.store import assets as store
 from lily.store import audit as store_audit
 from lily.store.db import Conn
@@ -47,9 +52,23 @@ def render_version(runtime: Any, tenant_id: str) -> writes.Render:
     return render
 
 
-@router.post("", status_code=201, responses={200: {"description": "Updated"}, 202: {"description": "Accepted"}})
+@router.post(
+    "",
+    status_code=201,
+    response_model=AssetDocument,
+    responses={
+        200: {"description": "Updated", "model": AssetDocument},
+        **WRITE_RESPONSES,
+        **problem_responses(409, 412, 413),
+    },
+)
 async def create_or_update(
-    body: rules.AssetIn, request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId
+    body: rules.AssetIn,
+    request: Request,
+    principal: Editor,
+    runtime: RuntimeDep,
+    request_id: RequestId,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     payload = body.model_dump(mode="json", exclude_unset=True)
     payload["qualified_name"], payload["type"] = body.qualified_name, body.type
@@ -57,7 +76,7 @@ async def create_or_update(
     return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
 
 
-@router.get("/search")
+@router.get("/search", response_model=AssetPage, responses=problem_responses())
 async def search(
     principal: Viewer,
     runtime: RuntimeDep,
@@ -69,8 +88,8 @@ async def search(
     type: Annotated[list[SearchTerm] | None, Query(description="Asset types; repeat for any of several")] = None,
     tag: Annotated[list[SearchTerm] | None, Query(description="Tags; repeat to require all")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> dict[str, Any]:
+    cursor: pagination.Cursor = None,
+) -> Response:
     after = pagination.decode(cursor, valid=pagination.rank_and_id)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         rows = await store.search(
@@ -83,41 +102,44 @@ async def search(
             after=tuple(after) if after else None,
             limit=limit + 1,
         )
-    result = pagination.page(rows, limit, lambda r: [r["rank"], str(r["asset_id"])])
-    result["items"] = [rules.to_document(r) for r in result["items"]]
-    return result
+    result = pagination.page(rows, limit, lambda r: [r[1], str(r[0].asset_id)])
+    result["items"] = [rules.to_document(asset) for asset, _ in result["items"]]
+    return FastJSON(result)
 
 
-@router.get("/audit/{asset_id}")
+@router.get("/audit/{asset_id}", response_model=AuditPage, responses=problem_responses(404))
 async def audit_trail(
     asset_id: UUID,
     principal: Viewer,
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> dict[str, Any]:
+    cursor: pagination.Cursor = None,
+) -> Response:
     after = pagination.decode(cursor, valid=pagination.positive_int)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         if not await store.exists_ever(conn, principal.tenant_id, asset_id):
             raise NotFound(f"asset {asset_id} does not exist")
         rows = await store_audit.audit_trail(conn, principal.tenant_id, asset_id, after_id=after, limit=limit + 1)
-    return pagination.page(rows, limit, lambda r: r["audit_id"])
+    return FastJSON(pagination.page(rows, limit, lambda r: r["audit_id"]))
 
 
-@item_router.get("/{asset_id}")
+# Documented, not re-validated: the route answers an already-serialised FastJSON (see lily.api.models).
+@item_router.get("/{asset_id}", response_model=AssetWithHistory, responses=problem_responses(404))
 async def get_asset(
     asset_id: UUID,
     principal: Viewer,
     runtime: RuntimeDep,
     include_deleted: bool = False,
     history_limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    history_cursor: str | None = None,
+    history_cursor: pagination.Cursor = None,
 ) -> Response:
     before = pagination.decode(history_cursor, field="history_cursor", valid=pagination.positive_int)
     async with runtime.db.tenant(principal.tenant_id) as conn:
-        row = await store.get(conn, principal.tenant_id, asset_id, include_deleted=include_deleted)
-        if row is None:
-            raise NotFound(f"asset {asset_id} does not exist")
+        row = require_asset(
+            await store.get(conn, principal.tenant_id, asset_id, include_deleted=include_deleted),
+            asset_id,
+            include_deleted=include_deleted,
+        )
         versions = await store.history(
             conn, principal.tenant_id, asset_id, before_version=before, limit=history_limit + 1
         )
@@ -125,35 +147,45 @@ async def get_asset(
     return asset_response(rules.to_document(row), history=history)
 
 
-@item_router.put("/{asset_id}")
+@item_router.put(
+    "/{asset_id}",
+    response_model=AssetDocument,
+    responses={**WRITE_RESPONSES, **problem_responses(404, 409, 412, 413)},
+)
 async def replace_asset(
     asset_id: UUID,
-    body: rules.AssetReplace,
+    body: AssetReplaceDocument,
     request: Request,
     principal: Editor,
     runtime: RuntimeDep,
     request_id: RequestId,
-    if_match: Annotated[str | None, Header(description="ETag of the version this replaces")] = None,
+    if_match: Annotated[str | None, Header(max_length=200, description="ETag of the version this replaces")] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
+    """Replace every mutable field. The body may be the document ``GET`` returned: its read-only
+    members (``asset_id``, ``version``, timestamps, ``history`` …) must then be unchanged (else 422
+    naming them), and ``version`` acts as ``If-Match``."""
     subject = await _subject(runtime, principal.tenant_id, asset_id, if_match)
-    fields = body.model_dump(mode="json")
-    payload = {
-        "asset_id": str(asset_id),
-        "fields": fields,
-        "if_version": rules.parse_if_match(if_match, asset_id) if if_match else None,
-    }
+    await _check_read_only(runtime, principal.tenant_id, asset_id, body)
+    if_version = rules.parse_if_match(if_match, asset_id) if if_match else body.version
+    payload = {"asset_id": str(asset_id), "fields": body.mutable(), "if_version": if_version}
     event = NewEvent(principal.tenant_id, subject, ASSET_REPLACE, payload, principal.actor, request_id)
     return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
 
 
-@item_router.delete("/{asset_id}")
+@item_router.delete(
+    "/{asset_id}",
+    response_model=AssetDocument,
+    responses={**WRITE_RESPONSES, **problem_responses(404, 409, 412)},
+)
 async def delete_asset(
     asset_id: UUID,
     request: Request,
     principal: Editor,
     runtime: RuntimeDep,
     request_id: RequestId,
-    if_match: Annotated[str | None, Header()] = None,
+    if_match: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     subject = await _subject(runtime, principal.tenant_id, asset_id, if_match)
     payload = {"asset_id": str(asset_id), "if_version": rules.parse_if_match(if_match, asset_id) if if_match else None}
@@ -167,14 +199,36 @@ async def _subject(runtime: Any, tenant_id: str, asset_id: UUID, if_match: str |
     The pipeline checks the version again when it applies, since another write may land in between.
     """
     async with runtime.db.tenant(tenant_id) as conn:
-        row = await store.get(conn, tenant_id, asset_id)
-    if row is None:
-        raise NotFound(f"asset {asset_id} does not exist")
-    if if_match is not None:
-        wanted = rules.parse_if_match(if_match, asset_id)
-        if wanted != 0 and wanted != row["version"]:
-            raise PreconditionFailed(
-                f"If-Match names version {wanted if wanted > 0 else '?'}; the asset is at {row['version']}",
-                current_version=row["version"],
-            )
-    return str(row["qualified_name"])
+        asset = require_asset(await store.get(conn, tenant_id, asset_id), asset_id)
+    check_if_match(rules.parse_if_match(if_match, asset_id) if if_match is not None else None, asset.version)
+    return asset.qualified_name
+
+
+async def _check_read_only(runtime: Any, tenant_id: str, asset_id: UUID, body: AssetReplaceDocument) -> None:
+    """422 naming each read-only member of ``body`` that differs from the stored asset."""
+    sent = body.model_fields_set & {*ASSET_READ_ONLY, "history"}
+    if not sent:
+        return
+    async with runtime.db.tenant(tenant_id) as conn:
+        asset = require_asset(await store.get(conn, tenant_id, asset_id), asset_id)
+        stored = rules.to_document(asset)
+        errors = changed_read_only(body, stored, ASSET_READ_ONLY)
+        if body.history is not None and not await _same_history(conn, tenant_id, asset_id, body.history):
+            errors.append({"field": "history", "message": "history is read-only; it differs from the stored one"})
+    if errors:
+        raise Invalid("; ".join(e["message"] for e in errors), errors=errors)
+
+
+async def _same_history(conn: Conn, tenant_id: str, asset_id: UUID, given: dict[str, Any]) -> bool:
+    """Whether ``given`` is a page of the asset's history exactly as GET renders it (any page)."""
+    items = given.get("items")
+    if not isinstance(items, list) or set(given) != {"items", "next_cursor"}:
+        return False
+    if not items:  # every asset has at least one version, so GET never shows an empty first page
+        return False
+    newest = items[0].get("version") if isinstance(items[0], dict) else None
+    if type(newest) is not int or not 0 < newest < 2**31:
+        return False
+    versions = await store.history(conn, tenant_id, asset_id, before_version=newest + 1, limit=len(items) + 1)
+    page = pagination.page(versions, len(items), lambda v: v["version"])
+    return bool(orjson.loads(FastJSON(page).body) == given)
