@@ -319,3 +319,44 @@ async def test_failing_rounds_do_not_end_the_scheduler(database_url: str, settin
         stop.set()
         await asyncio.wait_for(task, timeout=10)
         await db.close()
+
+
+async def test_the_leader_session_carries_its_guards(database_url: str) -> None:
+    conn = await store.leader_connection(database_url, idle_timeout_seconds=12, application_name="guards")
+    try:
+        shown = {}
+        for name in ("role", "idle_session_timeout", "tcp_keepalives_idle", "tcp_user_timeout"):
+            row = await (await conn.execute(f"SHOW {name}")).fetchone()
+            assert row is not None
+            shown[name] = row[name]
+    finally:
+        await conn.close()
+    assert shown["role"] == PIPELINE_ROLE and shown["idle_session_timeout"] == "12s"
+    # Over a Unix socket the TCP settings read as 0 (they do not apply); over TCP as set.
+    assert shown["tcp_keepalives_idle"] in ("0", "5") and shown["tcp_user_timeout"] in ("0", "10s")
+
+
+async def test_a_frozen_leader_loses_the_lock_to_the_idle_session_timeout(database_url: str) -> None:
+    """A leader process that is alive but stuck stops heartbeating; the server ends its session."""
+    frozen = await store.leader_connection(database_url, idle_timeout_seconds=1, application_name="frozen")
+    other = await store.leader_connection(database_url, idle_timeout_seconds=30, application_name="other")
+    try:
+        assert await store.try_lead(frozen, "frozen") is not None
+        assert await store.try_lead(other, "other") is None
+
+        async def free() -> bool:
+            return await store.try_lead(other, "other") is not None
+
+        await until(free, timeout=15, interval=0.1, what="the frozen leader's session to be ended")
+        assert frozen.closed or frozen.broken or (await _fails(frozen))
+    finally:
+        await frozen.close()
+        await other.close()
+
+
+async def _fails(conn: Any) -> bool:
+    try:
+        await conn.execute("SELECT 1")
+    except psycopg.Error:
+        return True
+    return False

@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def node_name() -> str:
-    """This process, as recorded on the runs it starts: ``host:pid:random``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    """This process, as recorded on the runs it starts: ``host:pid:random`` (short enough to be whole in
+    the leader session's ``application_name``, which PostgreSQL cuts at 63 bytes)."""
+    host = socket.gethostname().encode("ascii", "replace").decode()[:32]
+    return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Leadership:
