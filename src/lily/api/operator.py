@@ -29,10 +29,11 @@ def is_operator_token(settings: Settings, token: str | None) -> bool:
 def require_operator(
     runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    if runtime.settings.operator_token is None:
-        raise Forbidden("deployment-wide views are closed: no operator token is configured (LILY_OPERATOR_TOKEN)")
+    # No credential at all is 401 whatever the configuration (RFC 9110: 403 is for a known caller).
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized("missing bearer token")
+    if runtime.settings.operator_token is None:
+        raise Forbidden("deployment-wide views are closed: no operator token is configured (LILY_OPERATOR_TOKEN)")
     if not runtime.settings.is_operator_token(credentials.credentials):
         raise Unauthorized("this needs the operator token")
 

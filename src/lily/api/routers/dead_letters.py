@@ -30,7 +30,9 @@ State = Literal["open", "replayed", "discarded", "all"]
 
 def _iso_only(value: Any) -> Any:
     # Pydantic also takes Unix times ("0.5") for a datetime; the documented format is ISO 8601 only.
-    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    ):
         raise ValueError("give an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
     return value
 

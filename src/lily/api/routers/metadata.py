@@ -85,8 +85,8 @@ async def search(
         Query(max_length=512, pattern=rules.NO_NUL, description="Full text: name, qualified name, description"),
     ] = None,
     qualified_name: Annotated[str | None, Query(max_length=1024, pattern=rules.NO_NUL)] = None,
-    type: Annotated[list[SearchTerm] | None, Query(description="Asset types; repeat for any of several")] = None,
-    tag: Annotated[list[SearchTerm] | None, Query(description="Tags; repeat to require all")] = None,
+    type: Annotated[list[SearchTerm], Query(description="Asset types; repeat for any of several")] = [],  # noqa: B006
+    tag: Annotated[list[SearchTerm], Query(description="Tags; repeat to require all")] = [],  # noqa: B006
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: pagination.Cursor = None,
 ) -> Response:
