@@ -113,6 +113,10 @@ def _serve(host: str | None, port: int | None, run_workers: bool) -> None:
         # uvicorn's own handling would believe any header sent from 127.0.0.1.
         proxy_headers=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        # h11 bounds a request's head (16 KiB, then 400 and close); the httptools parser takes headers
+        # without limit (100 MiB of them from one connection were measured held in memory).
+        http="h11",
+        h11_max_incomplete_event_size=16 * 1024,
     )
 
     class Server(uvicorn.Server):

@@ -14,6 +14,7 @@ import contextlib
 import gzip
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -38,7 +39,10 @@ T = TypeVar("T")
 PROBLEM = "application/problem+json"
 IDLE, TOTAL = 1.0, 4.0
 RSS_LIMIT = 500 * 2**20
-BYSTANDER_MAX_SECONDS = 0.5  # tenant B's slowest read while A attacks (typically ~10 ms; CI machines are shared)
+# Tenant B's reads while A attacks: typically ~10 ms. The bounds leave room for a loaded, shared machine
+# (2 CPUs, many test runs) yet fail on a frozen event loop (the issue measured 1.8 s to 48 s of freeze).
+BYSTANDER_MEDIAN_SECONDS = 0.2
+BYSTANDER_MAX_SECONDS = 1.5
 
 
 @dataclass
@@ -192,6 +196,7 @@ def watched(live: Live, attack: Callable[[], T], server: int = 0) -> tuple[T, fl
 
 def assert_unharmed(watch: Watch) -> None:
     assert watch.statuses == {200}, watch.statuses
+    assert statistics.median(watch.latencies) < BYSTANDER_MEDIAN_SECONDS, watch.latencies
     assert max(watch.latencies) < BYSTANDER_MAX_SECONDS, sorted(watch.latencies)[-5:]
     assert watch.peak_rss < RSS_LIMIT, watch.peak_rss
 
@@ -379,3 +384,29 @@ def test_bulk_slots_hold_for_the_deployment_not_per_process(live: Live) -> None:
         assert upload.answer().startswith(b"HTTP/1.1 408")
     _until(lambda: live.slots_held() == 0, 5, "the slots to be freed")
     assert _bulk(live, "third", 1).status_code == 202
+
+
+def test_an_endless_request_head_is_cut_off(live: Live) -> None:
+    """Headers without end (100 MiB offered) are refused after 16 KiB; the server holds none of it."""
+    server = live.servers[0]
+    before = server.rss
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /lily/v1/metadata/search HTTP/1.1\r\nHost: x\r\n")
+        refused = False
+        try:
+            for _ in range(200):
+                s.sendall(b"X-Pad: " + b"a" * (512 * 1024) + b"\r\n")
+        except OSError:  # reset: the server gave up on this connection
+            refused = True
+        if not refused:
+            refused = s.recv(100).startswith(b"HTTP/1.1 4")
+    assert refused
+    assert server.rss - before < 50 * 2**20
+
+
+def test_a_client_that_goes_away_mid_body_leaves_no_error_and_no_slot(live: Live) -> None:
+    upload = Stalled(live, "attacker")
+    _until(lambda: live.slots_held() == 1, 10, "the upload to hold a slot")
+    upload.sock.close()
+    _until(lambda: live.slots_held() == 0, 5, "the slot to be freed")
+    assert _bulk(live, "attacker").status_code == 202
