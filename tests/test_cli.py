@@ -208,7 +208,7 @@ def test_serve_really_serves(env: dict[str, str]) -> None:
 
 
 def embedded_postmasters(home: Path) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout  # -ww: never cut
     return [line for line in ps.splitlines() if "postgres" in line and f"-D {home}/pgdata" in line]
 
 

@@ -115,9 +115,11 @@ class Supervisor:
         with PostgresServer._lock:  # the library's start-or-join lock, shared by every process
             if self._stop.is_set():
                 return
-            if _postmaster(self.pgdata) is None:  # another process may have restarted it meanwhile
+            if _postmaster(self.pgdata) is None:  # else another process restarted it meanwhile
                 _kill_orphans(self._children)
-                server.ensure_postgres_running()
+            # Starts the server, or joins the one another process started: either way this process's
+            # handle then knows the live postmaster, so its exit stops it if it is the last user.
+            server.ensure_postgres_running()
         self._children = []
         self.restarts += 1
         log.warning("embedded PostgreSQL running again after %.1fs", time.monotonic() - began)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 
 from tests.test_cli import lily_command
@@ -94,6 +95,18 @@ class Serve:
                 time.sleep(0.1)  # between polls of the readiness endpoint, not as synchronisation
         raise AssertionError(f"lily serve did not become healthy:\n{self.output()}")
 
+    def spawn(self, *args: str) -> tuple[subprocess.Popen[str], Path]:
+        """Another ``lily`` process on the same ``LILY_HOME`` (it joins the running embedded server); its log."""
+        log = self.home / f"{args[0]}-{time.monotonic_ns()}.log"
+        proc = subprocess.Popen(
+            [*lily_command(), *args],
+            env={**self.env, "LILY_LOG_LEVEL": "INFO"},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        return proc, log
+
     def lily(self, *args: str) -> str:
         r = subprocess.run([*lily_command(), *args], env=self.env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
@@ -121,13 +134,13 @@ class Serve:
 
 
 def postmasters(home: Path) -> list[int]:
-    """Pids of live PostgreSQL processes of ``home``'s data directory (zombies excluded)."""
-    ps = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
+    """Pids of live postmasters of ``home``'s data directory (zombies excluded)."""
+    pgdata = str(home / "pgdata")
     found = []
-    for line in ps.splitlines():
-        pid, stat, args = line.split(None, 2)
-        if f"-D {home}/pgdata" in args and not stat.startswith("Z"):
-            found.append(int(pid))
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and "-D" in cmdline and pgdata in cmdline:
+            found.append(proc.pid)
     return found
 
 

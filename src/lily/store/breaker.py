@@ -30,6 +30,8 @@ _UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 def means_unavailable(exc: BaseException, conn: psycopg.AsyncConnection[object] | None = None) -> bool:
     """Whether ``exc`` says the database (not the statement) failed."""
+    if conn is not None and isinstance(exc, psycopg.InterfaceError) and (conn.broken or conn.closed):
+        return True  # a connection that died earlier in this request, used again
     if not isinstance(exc, psycopg.OperationalError):
         return False
     if conn is not None and conn.broken:

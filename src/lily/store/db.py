@@ -85,7 +85,7 @@ class Database:
             async with self.pool.connection() as conn:
                 try:
                     yield conn
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                     if means_unavailable(exc, conn):
                         raise self.breaker.suspect(exc) from exc
                     raise
