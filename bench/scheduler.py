@@ -5,11 +5,11 @@
     python bench/scheduler.py --signal TERM         # a clean stop instead: the leader resigns
 
 It creates a fresh database on ``--admin-url`` (a role that may create databases; default
-``postgresql://postgres@127.0.0.1:5432/postgres``), starts ``--processes`` schedulers against it, and then,
-``--kills`` times: waits until every process has its leadership session open, kills the leader, measures the time until another process holds the lock
-(read from ``pg_locks``), and starts a replacement so the count stays the same. It prints each takeover
-and the p50/max, and checks that no job due time ran twice (``job_runs``, the built-in jobs only run
-when due, so this is mostly a check of the leader records). Figures are printed, never asserted.
+``postgresql://postgres@127.0.0.1:5432/postgres``) and starts ``--processes`` schedulers against it.
+Then, ``--kills`` times: it waits until every process has its leadership session open, kills the
+leader, measures the time until another process holds the lock (read from ``pg_locks``), and starts a
+replacement so the count stays the same. It prints each takeover and the p50/max, and checks that no
+due time ran twice (``job_runs``). Figures are printed, never asserted.
 """
 
 from __future__ import annotations
