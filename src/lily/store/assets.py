@@ -16,6 +16,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from lily.domain.assets import ASSET_FIELDS, Asset
+from lily.domain.audit import AuditEntry
 from lily.store.audit import write_audit
 from lily.store.db import Conn, insert_rows
 
@@ -77,7 +78,7 @@ async def write(
     tenant_id: str,
     assets: list[Asset],
     versions: list[dict[str, Any]],
-    audits: list[dict[str, Any]],
+    audits: Sequence[AuditEntry],
 ) -> None:
     """Write a batch of changes as sets: the assets' new state, one version row and one audit row each.
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
+from lily.domain.audit import AuditEntry
 from lily.store.db import Conn, insert_rows
 
 
-async def write_audit(conn: Conn, tenant_id: str, audits: list[dict[str, Any]]) -> None:
+def _row(tenant_id: str, a: AuditEntry | Mapping[str, Any]) -> tuple[Any, ...]:
+    if isinstance(a, AuditEntry):
+        return (tenant_id, a.asset_id, a.action, a.actor, a.version_before, a.version_after, a.request_id,
+                a.event_id, a.detail or {}, a.at)  # fmt: skip
+    return (tenant_id, a.get("asset_id"), a["action"], a["actor"], a.get("version_before"), a.get("version_after"),
+            a.get("request_id"), a.get("event_id"), a.get("detail") or {}, a["at"])  # fmt: skip
+
+
+async def write_audit(conn: Conn, tenant_id: str, entries: Sequence[AuditEntry | Mapping[str, Any]]) -> None:
+    """Append entries (:class:`AuditEntry`, or mappings of its fields) to the tenant's audit log."""
     await insert_rows(
         conn,
         "audit_log",
@@ -25,21 +36,7 @@ async def write_audit(conn: Conn, tenant_id: str, audits: list[dict[str, Any]]) 
             "at",
         ),
         ("text", "uuid", "text", "text", "int4", "int4", "text", "uuid", "jsonb", "timestamptz"),
-        [
-            (
-                tenant_id,
-                a.get("asset_id"),
-                a["action"],
-                a["actor"],
-                a.get("version_before"),
-                a.get("version_after"),
-                a.get("request_id"),
-                a.get("event_id"),
-                a.get("detail") or {},
-                a["at"],
-            )
-            for a in audits
-        ],
+        [_row(tenant_id, a) for a in entries],
     )
 
 

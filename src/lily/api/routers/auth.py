@@ -12,6 +12,7 @@ from lily.api.deps import Principal, RequestId, RuntimeDep, authenticate
 from lily.api.errors import problem_responses
 from lily.auth import clients
 from lily.auth.login import Attempt, log_in
+from lily.domain import audit as audit_rules
 from lily.domain.errors import Unauthorized
 from lily.store import audit, identity
 
@@ -55,22 +56,14 @@ async def validate(principal: Annotated[Principal, Depends(authenticate)]) -> di
 
 
 @router.post("/logout", status_code=204, responses=problem_responses())
-async def logout(principal: Annotated[Principal, Depends(authenticate)], runtime: RuntimeDep) -> None:
+async def logout(
+    principal: Annotated[Principal, Depends(authenticate)], runtime: RuntimeDep, request_id: RequestId
+) -> None:
     jti = principal.claims.get("jti")
     if jti is None:
         raise Unauthorized("API keys cannot log out; revoke the key instead")
     expires = datetime.fromtimestamp(principal.claims["exp"], UTC)
     async with runtime.db.tenant(principal.tenant_id) as conn:
         await identity.revoke_token(conn, principal.tenant_id, jti, expires)
-        await audit.write_audit(
-            conn,
-            principal.tenant_id,
-            [
-                {
-                    "action": "auth.logout",
-                    "actor": principal.actor,
-                    "at": datetime.now(UTC),
-                    "detail": {"jti": jti},
-                }
-            ],
-        )
+        entry = audit_rules.logged_out(jti, actor=principal.actor, request_id=request_id, at=datetime.now(UTC))
+        await audit.write_audit(conn, principal.tenant_id, [entry])

@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from lily.api.deps import Admin, Principal, RequestId, RuntimeDep, Viewer
 from lily.api.errors import problem_responses
 from lily.api.models import TenantConfigDocument, TenantSources
+from lily.domain import audit as audit_rules
 from lily.domain.errors import Invalid, NotFound
 from lily.domain.round_trip import TENANT_READ_ONLY, TenantConfigDocumentIn, changed_read_only
 from lily.domain.tenants import TenantConfig
@@ -60,20 +61,17 @@ async def replace_config(
         changed = changed_read_only(body, before, TENANT_READ_ONLY)
         if changed:
             raise Invalid("; ".join(e["message"] for e in changed), errors=changed)
-        row = await identity.set_tenant_config(conn, tenant_id, config.model_dump())
-        await audit.write_audit(
-            conn,
-            tenant_id,
-            [
-                {
-                    "action": "tenant.config_replaced",
-                    "actor": principal.actor,
-                    "request_id": request_id,
-                    "at": datetime.now(UTC),
-                    "detail": {"from": TenantConfig.of(before["config"]).model_dump(), "to": config.model_dump()},
-                }
-            ],
+        entry = audit_rules.config_replaced(
+            TenantConfig.of(before["config"]).model_dump(),
+            config.model_dump(),
+            actor=principal.actor,
+            request_id=request_id,
+            at=datetime.now(UTC),
         )
+        if entry is None:  # the same configuration again: nothing to write, nothing to audit
+            return _config_document(before)
+        row = await identity.set_tenant_config(conn, tenant_id, config.model_dump())
+        await audit.write_audit(conn, tenant_id, [entry])
     return _config_document(row)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lily.domain import assets as rules
+from lily.domain.audit import AuditEntry
 from lily.domain.versions import NextVersion, Writer
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
@@ -23,7 +24,7 @@ class ChangeSet:
     ctx: BatchContext
     rows: list[rules.Asset] = field(default_factory=list)
     versions: list[dict[str, Any]] = field(default_factory=list)
-    audits: list[dict[str, Any]] = field(default_factory=list)
+    audits: list[AuditEntry] = field(default_factory=list)
 
     def add(
         self,
@@ -53,17 +54,17 @@ class ChangeSet:
             }
         )
         self.audits.append(
-            {
-                "asset_id": after.asset_id,
-                "action": version.action,
-                "actor": event.actor,
-                "version_before": version.before.version if version.before else None,
-                "version_after": after.version,
-                "request_id": event.request_id,
-                "event_id": event.event_id,
-                "detail": detail,
-                "at": self.ctx.now,
-            }
+            AuditEntry(
+                version.action,
+                event.actor,
+                self.ctx.now,
+                request_id=event.request_id,
+                event_id=event.event_id,
+                asset_id=after.asset_id,
+                version_before=version.before.version if version.before else None,
+                version_after=after.version,
+                detail=detail,
+            )
         )
 
     async def write(self) -> None:

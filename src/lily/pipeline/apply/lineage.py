@@ -17,6 +17,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from lily.domain import lineage as graph
+from lily.domain.audit import AuditEntry
 from lily.domain.errors import Invalid, LilyError, NotFound, invalid_from
 from lily.domain.events import LINEAGE_DELETE, LINEAGE_UPSERT
 from lily.domain.rules import check_lineage_direction, refuse_deleted_links, require_asset
@@ -100,20 +101,20 @@ class LineageHandler:
         columns = await store_lineage.upsert_column_lineage(ctx.conn, ctx.tenant_id, plan.columns)
         by_id = {v: k for k, v in ids.items()}
         created = [e for e in stored if e.created]
-        audits: list[dict[str, Any]] = [
-            {
-                "asset_id": down,
-                "action": "lineage.added",
-                "actor": event.actor,
-                "request_id": event.request_id,
-                "event_id": event.event_id,
-                "at": ctx.now,
-                "detail": {
+        audits = [
+            AuditEntry(
+                "lineage.added",
+                event.actor,
+                ctx.now,
+                request_id=event.request_id,
+                event_id=event.event_id,
+                asset_id=down,
+                detail={
                     "upstreams": sorted(by_id[e.upstream_id] for e in created if e.downstream_id == down),
                     "process": request.process.qualified_name if request.process else None,
                     "source": event.source,
                 },
-            }
+            )
             for down in dict.fromkeys(e.downstream_id for e in created)
         ]
         if columns.written or columns.removed:
@@ -122,15 +123,15 @@ class LineageHandler:
             for c in plan.columns:
                 mapped.setdefault(c.downstream_id, set()).add(c.downstream_column)
             audits += [
-                {
-                    "asset_id": down,
-                    "action": "lineage.columns",
-                    "actor": event.actor,
-                    "request_id": event.request_id,
-                    "event_id": event.event_id,
-                    "at": ctx.now,
-                    "detail": {"columns": sorted(cols), "written": columns.written, "removed": columns.removed},
-                }
+                AuditEntry(
+                    "lineage.columns",
+                    event.actor,
+                    ctx.now,
+                    request_id=event.request_id,
+                    event_id=event.event_id,
+                    asset_id=down,
+                    detail={"columns": sorted(cols), "written": columns.written, "removed": columns.removed},
+                )
                 for down, cols in mapped.items()
             ]
         await store_audit.write_audit(ctx.conn, ctx.tenant_id, audits)
