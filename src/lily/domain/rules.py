@@ -7,13 +7,14 @@ again when the event is applied, since another write may land in between.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 from uuid import UUID
 
 from lily.domain.assets import Asset
 from lily.domain.errors import Conflict, Invalid, NotFound, PreconditionFailed
+from lily.domain.lineage import Direction
 
-LINEAGE_DIRECTIONS = ("upstream", "downstream", "both")
+LINEAGE_DIRECTIONS: tuple[str, ...] = get_args(Direction)  # the API's query parameter takes the same
 
 
 def require_asset(asset: Asset | None, asset_id: UUID | str, *, include_deleted: bool = False) -> Asset:
