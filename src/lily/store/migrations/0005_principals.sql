@@ -40,6 +40,8 @@ CREATE UNLOGGED TABLE login_attempts (
     last_at       timestamptz NOT NULL,
     PRIMARY KEY (scope, key)
 ) WITH (fillfactor = 50);
+-- Counters idle past their window are pruned as attempts go (see lily_login_attempt), oldest first.
+CREATE INDEX login_attempts_idle ON login_attempts (last_at);
 
 -- Take one token from a bucket that refills at p_rate per second up to p_capacity. Returns 0 when a token
 -- was taken, else the seconds until one is there (nothing is taken then, so a client that keeps asking
@@ -148,6 +150,14 @@ DECLARE
     v_wait double precision;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
+    -- Names anyone may try are keys here, so rows come cheap: about one attempt in a hundred clears up
+    -- to a hundred counters that have been idle past their window (they would start again anyway).
+    IF random() < 0.01 THEN
+        DELETE FROM login_attempts WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM login_attempts
+            WHERE last_at < v_now - make_interval(secs => p_window) AND coalesce(locked_until, '-infinity') < v_now
+            ORDER BY last_at LIMIT 100 FOR UPDATE SKIP LOCKED));
+    END IF;
     INSERT INTO login_attempts (scope, key, attempts, locked_until, last_at)
     VALUES ('account', p_account, 0, NULL, v_now), ('address', p_address, 0, NULL, v_now)
     ON CONFLICT (scope, key) DO NOTHING;
