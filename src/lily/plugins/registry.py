@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from types import MappingProxyType
 from typing import Any
 
 from lily.config import Settings
@@ -211,14 +212,15 @@ def load_plugins(settings: Settings) -> Plugins:
         if unknown:
             log.warning("LILY_HOOKS names hooks that are not installed: %s", ", ".join(unknown))
     k = built.by_kind
+    # Read-only views: the registry is shared by every request and worker of the process.
     return Plugins(
-        handlers=dict(built.handlers),
+        handlers=MappingProxyType(dict(built.handlers)),
         hooks=tuple(k["hook"][n] for n in sorted(k["hook"])),
-        connectors=dict(k["connector"]),
-        channels=dict(k["channel"]),
-        classifiers=dict(k["classifier"]),
-        quality_checks=dict(k["quality_check"]),
-        jobs=dict(k["job"]),
+        connectors=MappingProxyType(k["connector"]),
+        channels=MappingProxyType(k["channel"]),
+        classifiers=MappingProxyType(k["classifier"]),
+        quality_checks=MappingProxyType(k["quality_check"]),
+        jobs=MappingProxyType(k["job"]),
         listing=tuple(built.listing),
     )
 
