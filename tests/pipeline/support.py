@@ -84,7 +84,7 @@ async def settled(client: Any, headers: dict[str, str], event_id: str, timeout: 
 
 def install_test_hooks(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """The body of a ``test_hooks`` fixture (``yield from`` it): installs the ``lily_test_hooks`` plugin
-    for one test. Its ``.dist-info`` becomes visible to ``importlib.metadata``, so ``load_hooks`` finds
+    for one test. Its ``.dist-info`` becomes visible to ``importlib.metadata``, so ``lily.plugins.load_plugins`` finds
     it through the ``lily.hooks`` entry-point group.
 
     Request it before ``app`` (the app loads hooks when it starts). Yields the plugin module, whose

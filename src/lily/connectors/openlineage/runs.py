@@ -1,4 +1,4 @@
-"""Run state kept on a job asset: pure rules, applied by :mod:`lily.pipeline.apply.runs`.
+"""Run state kept on a job asset: pure rules, applied by :mod:`.run_handler`.
 
 A job asset carries ``attributes.runs`` (run id → that run's state and its state history) and
 ``attributes.last_run`` (the run that started last). The state of a run is that of its latest
