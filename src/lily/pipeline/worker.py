@@ -14,6 +14,7 @@ import contextlib
 import copy
 import logging
 import random
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,15 @@ from lily.store.db import Conn, Database, as_app_for, as_pipeline, as_pipeline_r
 log = logging.getLogger(__name__)
 
 
+# Worker time all lanes get in one pass over the partitions: the pass must stay short for the tenants
+# waiting behind them (tenant B's p99 in tests/pipeline/test_noisy_neighbour.py). Passes follow each
+# other at once, so a tenant alone with its lanes still has the worker nearly to itself.
+_PASS_LANE_SECONDS = 0.1
+_LANE_FIRST_CHUNK = 4  # events a lane (or a tenant opening one) is first given; doubles while clean
+_LANE_MAX_CHUNK = 512
+_SUSPECT_SECONDS = 5.0  # how long a tenant whose batch failed has its events go to its lanes first
+
+
 def backoff(attempt: int, settings: Settings) -> float:
     """Exponential backoff with full jitter on the upper half: base·2^(n-1), capped."""
     ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (attempt - 1))
@@ -46,6 +56,13 @@ class Worker:
         self.settings = settings
         self.pipeline = pipeline
         self.name = name
+        # When this pass's side work must stop (None outside a pass), and whether some was done.
+        self._side_until: float | None = None
+        self._side_used = False
+        self._chunks: dict[tuple[int, str], int] = {}  # a lane's last chunk size, to resume at
+        # Tenants whose events failed in a batch lately → until when their events skip the batches
+        # and go to their lanes. A hint of this worker's, never needed for correctness.
+        self._suspects: dict[str, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; sleep on LISTEN when there is nothing to do.
@@ -74,7 +91,12 @@ class Worker:
                         pass
 
     async def drain_once(self, stop: asyncio.Event | None = None) -> int:
-        """One pass over the partitions with work; the number of events it moved past."""
+        """One pass over the partitions with work; the number of events it moved past.
+
+        Every partition's next batch first, then side work (parked subjects' retries, lanes) for
+        about ``_PASS_LANE_SECONDS``: whoever writes an ordinary event waits for one pass at most,
+        however much is held.
+        """
         async with self.db.system() as conn:
             work = await store_log.partitions_with_backlog(conn)
         # Partitions with side work (a parked subject due, a lane) are done alone; the rest in groups.
@@ -83,13 +105,24 @@ class Worker:
         random.shuffle(alone)  # workers that start together spread over the partitions
         random.shuffle(parts)
         total = 0
+        side: list[int] = []
         # At least four groups, so that several workers always find partitions the others left them.
         group = max(1, min(self.settings.worker_partitions_per_transaction, self.settings.partitions // 4))
         batches = [[p] for p in alone] + [parts[i : i + group] for i in range(0, len(parts), group)]
         for batch in batches:
             if stop is not None and stop.is_set():
-                break  # shut down between transactions: nothing is left half-done
-            total += await self.process_partitions(batch)
+                return total  # shut down between transactions: nothing is left half-done
+            done, needs_side = await self._process_group(batch)
+            total += done
+            side.extend(needs_side)
+        self._side_until, self._side_used = time.monotonic() + _PASS_LANE_SECONDS, False
+        try:
+            for partition in side:
+                if stop is not None and stop.is_set():
+                    break
+                total += await self._side_work(partition)
+        finally:
+            self._side_until = None
         return total
 
     async def process_partitions(self, partitions: list[int]) -> int:
@@ -101,10 +134,20 @@ class Worker:
         Only clean partitions (nothing held, no tenant taking more than its share) go together; the
         others, and all of them if the combined batch fails, are done alone right after.
         """
+        done, side = await self._process_group(partitions)
+        for partition in side:
+            done += await self._side_work(partition)
+        return done
+
+    async def _process_group(self, partitions: list[int]) -> tuple[int, list[int]]:
+        """:meth:`process_partitions` without the side work: (events moved past, partitions that have
+        side work waiting)."""
         if len(partitions) == 1:
-            return await self.process_partition(partitions[0])
+            moved, side = await self._read_on(partitions[0])
+            return moved, [partitions[0]] if side else []
         outcome = _Outcome()
         alone: list[int] = []
+        laned: list[int] = []
         async with self.db.connection() as conn, conn.transaction():
             claimed = await store_log.try_claim_many(conn, partitions)
             alone = sorted(p for p, c in claimed.items() if not c.clean)
@@ -113,9 +156,10 @@ class Worker:
                 await as_pipeline_relaxed(conn)
                 per_partition = max(1, self.settings.worker_batch_size // len(offsets))
                 rows = await store_log.read_batches(conn, offsets, per_partition)
-                flooded = await self._flooded(conn, rows, per_partition)
+                flooded = set(await self._flooded(conn, rows, per_partition))
+                flooded |= {r["partition"] for r in rows if self._suspect(r["tenant_id"])}
                 if flooded:
-                    alone.extend(flooded)
+                    alone.extend(sorted(flooded))
                     rows = [r for r in rows if r["partition"] not in flooded]
                 events = sorted((PipelineEvent.from_row(r) for r in rows), key=lambda e: (e.partition, e.seq))
                 if events:
@@ -126,47 +170,98 @@ class Worker:
                         outcome.applied = events
                     except Exception as exc:
                         log.info(
-                            "%s: batch over %s partitions failed (%s), retrying each alone",
+                            "%s: batch over %s partitions failed (%s), splitting it by tenant",
                             self.name,
                             len(offsets),
                             _describe(exc),
                         )
-                        alone.extend(sorted({e.partition for e in events}))
+                        await self._split_group(conn, events, exc, outcome)
+                        laned = sorted({e.partition for e in events})  # their lanes want side work
         outcome.observe()
-        done = len(outcome.applied)
+        done = len(outcome.applied) + len(outcome.held)
+        waiting: list[int] = laned
         for partition in alone:
-            done += await self.process_partition(partition)
-        return done
+            moved, needs_side = await self._read_on(partition)
+            done += moved
+            if needs_side:
+                waiting.append(partition)
+        return done, waiting
+
+    async def _split_group(
+        self, conn: Conn, events: list[PipelineEvent], failure: BaseException, outcome: _Outcome
+    ) -> None:
+        """After a combined batch failed (with ``failure``): apply each tenant's events apart, in this
+        transaction. A tenant whose events fail gets a lane in each partition it has events in (they
+        are held there and isolated in its own share of time), and the partitions move on."""
+        await as_pipeline(conn)
+        fresh = await store_log.read_events(conn, [e.event_id for e in events])
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in fresh:
+            groups.setdefault(row["tenant_id"], []).append(row)
+        last = {e.partition: e.seq for e in events}  # each partition's batch ends here
+        held: dict[int, list[int]] = {}
+        for tenant_id, rows in sorted(groups.items(), key=lambda g: len(g[1])):  # the few first
+            # A lone tenant is known to fail already: trying again would only cost another batch.
+            exc: BaseException | None = failure if len(groups) == 1 else None
+            if exc is None:
+                tried = [PipelineEvent.from_row(copy.deepcopy(row)) for row in rows]
+                try:
+                    async with conn.transaction():
+                        await self._apply(conn, tried)
+                except Exception as tenant_exc:
+                    await as_pipeline(conn)
+                    exc = tenant_exc
+                else:
+                    outcome.applied.extend(tried)
+            if exc is not None:
+                by_partition: dict[int, list[dict[str, Any]]] = {}
+                for row in rows:
+                    by_partition.setdefault(row["partition"], []).append(row)
+                for partition, part_rows in by_partition.items():
+                    lane = _Outcome()
+                    await self._to_lane(conn, partition, tenant_id, part_rows, exc, lane)
+                    held.setdefault(partition, []).extend(lane.held)
+        await as_pipeline(conn)
+        for partition, seq in last.items():
+            mine = held.get(partition, [])
+            outcome.held.extend(mine)  # counted only: each partition's own list goes with its offset
+            await store_log.finish_partition(conn, partition, seq, held=mine, side_changed=bool(mine))
 
     async def process_partition(self, partition: int) -> int:
-        """Claim ``partition`` and process it: parked subjects whose retry time has come, a share of
-        each tenant lane, then its next batch. How many events it moved past (0 if not ours)."""
+        """Claim ``partition`` and process it; how many events it moved past (0 if not ours).
+
+        First its next batch, reading past what is held; then, if it has any, its side work (parked
+        subjects whose retry time has come, a share of each tenant lane) in a transaction of its own,
+        so that the batch's events are not kept waiting for it.
+        """
+        moved, side = await self._read_on(partition)
+        if side:
+            moved += await self._side_work(partition)
+        return moved
+
+    async def _read_on(self, partition: int) -> tuple[int, bool]:
+        """Apply the partition's next batch, holding the events of parked subjects and lanes, and open a
+        lane for a tenant taking more than its share; (events moved past, whether side work waits)."""
         outcome = _Outcome()
         async with self.db.connection() as conn, conn.transaction():
-            claimed = await store_log.try_claim(conn, partition)
-            if claimed is None:
-                return 0
-            await as_pipeline_relaxed(conn)
+            got = await store_log.claim_for_apply(conn, partition)
+            if got is None:
+                return 0, False
+            claimed, holding = got
             offset = claimed.applied_seq
-            parked: set[tuple[str, str]] = set()
-            lanes: dict[str, int] = {}
-            if claimed.retry_at is not None:
-                await self._retry_parked(conn, partition, offset, outcome)
-                parked = await store_log.parked_in(conn, partition)
-            if claimed.lanes:
-                lanes = await store_log.lanes_in(conn, partition)
-                await self._drain_lanes(conn, partition, offset, lanes, parked, outcome)
+            parked, lanes = holding.parked, holding.lanes
             limit = self.settings.worker_batch_size
             if lanes:
-                rows, top = await store_log.read_past_lanes(conn, partition, offset, list(lanes), limit)
-                outcome.held.extend(await store_log.lane_seqs(conn, partition, offset, top, list(lanes)))
+                rows, top, held = await store_log.read_past_lanes(conn, partition, offset, list(lanes), limit)
+                outcome.held.extend(held)
             else:
                 rows = await store_log.read_batch(conn, partition, offset, limit)
                 top = int(rows[-1]["seq"]) if rows else offset
             flood = (await self._flooded(conn, rows, limit)).get(partition)
             if flood is not None:
-                rows = await self._open_lane(conn, partition, rows, flood, limit, outcome)
-            await self._apply_all(conn, [PipelineEvent.from_row(r) for r in rows], outcome, parked, from_held=False)
+                rows = await self._open_lane(conn, partition, rows, flood, outcome)
+            rows = await self._lane_suspects(conn, partition, rows, outcome)
+            await self._apply_window(conn, partition, [PipelineEvent.from_row(r) for r in rows], outcome, parked)
             if top > offset or outcome.changed:
                 await as_pipeline(conn)
                 await store_log.finish_partition(
@@ -179,22 +274,54 @@ class Worker:
                 )
         # Only what committed is counted.
         outcome.observe()
+        return outcome.moved, claimed.due or bool(lanes) or outcome.side_changed
+
+    async def _side_work(self, partition: int) -> int:
+        """Retry the partition's parked subjects whose time has come and give each lane its share."""
+        outcome = _Outcome()
+        async with self.db.connection() as conn, conn.transaction():
+            got = await store_log.claim_for_apply(conn, partition)
+            if got is None:
+                return 0
+            claimed, holding = got
+            parked = holding.parked
+            if claimed.due:
+                await self._retry_parked(conn, partition, claimed.applied_seq, outcome)
+                parked = await store_log.parked_in(conn, partition)
+            if holding.lanes:
+                await self._drain_lanes(conn, partition, claimed.applied_seq, dict(holding.lanes), parked, outcome)
+            if outcome.changed:
+                await as_pipeline(conn)
+                await store_log.finish_partition(
+                    conn,
+                    partition,
+                    claimed.applied_seq,
+                    held=outcome.held,
+                    released=outcome.released,
+                    side_changed=outcome.side_changed,
+                )
+        outcome.observe()
         return outcome.moved
 
     async def _retry_parked(self, conn: Conn, partition: int, offset: int, outcome: _Outcome) -> None:
         """Apply, in order, the queues of the parked subjects whose retry time has come; unpark those
-        that emptied. A queue head that fails again is parked anew (or dead-lettered at its last try)."""
+        that emptied. The head is tried alone first: it is the event that failed, and if it fails
+        again (it is parked anew, or dead-lettered at its last try) that costs one attempt, not a
+        batch's. Bounded by the batch size and by the pass's time for side work."""
         budget = self.settings.worker_batch_size
         await as_pipeline(conn)
         for subject in await store_log.due_parked(conn, partition, budget):
-            if budget <= 0:
-                break
+            if budget <= 0 or self._side_time_is_up():
+                break  # the others stay due: the next pass takes them
+            self._side_used = True
             key = (subject["tenant_id"], subject["subject"])
             rows = await store_log.parked_queue(conn, *key, offset, budget)
             emptied = len(rows) < budget
             budget -= len(rows)
+            events = [PipelineEvent.from_row(r) for r in rows]
             again: set[tuple[str, str]] = set()
-            await self._apply_all(conn, [PipelineEvent.from_row(r) for r in rows], outcome, again, from_held=True)
+            await self._apply_all(conn, events[:1], outcome, again, from_held=True)
+            await self._apply_all(conn, events[1:], outcome, again, from_held=True)
             await as_pipeline(conn)
             if key in again:
                 pass  # parked anew, with its next retry time
@@ -213,20 +340,47 @@ class Worker:
         parked: set[tuple[str, str]],
         outcome: _Outcome,
     ) -> None:
-        """Apply each lane's share of its held events, in order; close the lanes that emptied."""
-        share = max(1, self.settings.worker_batch_size // (2 * len(lanes)))
+        """Apply each lane's held events in order while the pass's time for side work lasts; close the
+        lanes that emptied.
+
+        A budget of time, not of events: a lane full of failing events costs many attempts per event,
+        and the tenants waiting for the pass to reach their partition must not pay for that.
+        """
         for tenant_id, next_seq in list(lanes.items()):
-            await as_pipeline(conn)
-            rows = await store_log.lane_events(conn, partition, tenant_id, next_seq, offset, share)
-            # Events of a parked subject stay held: they belong to the subject's queue.
-            await self._apply_all(conn, [PipelineEvent.from_row(r) for r in rows], outcome, parked, from_held=True)
-            await as_pipeline(conn)
-            if len(rows) < share:
-                await store_log.move_lane(conn, partition, tenant_id, None)
-                del lanes[tenant_id]
-            else:
-                await store_log.move_lane(conn, partition, tenant_id, int(rows[-1]["seq"]) + 1)
+            if self._side_time_is_up():
+                break  # the other lanes wait for the next pass
+            chunk = self._chunks.pop((partition, tenant_id), _LANE_FIRST_CHUNK)
+            while True:
+                self._side_used = True
+                started = time.monotonic()
+                await as_pipeline(conn)
+                rows = await store_log.lane_events(conn, partition, tenant_id, next_seq, offset, chunk)
+                failed = outcome.failures
+                # Events of a parked subject stay held: they belong to the subject's queue.
+                await self._apply_all(conn, [PipelineEvent.from_row(r) for r in rows], outcome, parked, from_held=True)
+                await as_pipeline(conn)
+                if len(rows) < chunk:
+                    await store_log.move_lane(conn, partition, tenant_id, None)
+                    del lanes[tenant_id]
+                    break
+                next_seq = int(rows[-1]["seq"]) + 1
+                # Halve on a failure, double on success: dense failures get small chunks (fewer
+                # wasted attempts per event), clean lanes large ones (fewer round trips).
+                took = (time.monotonic() - started) / chunk
+                chunk = max(1, chunk // 2) if outcome.failures > failed else min(chunk * 2, _LANE_MAX_CHUNK)
+                # A chunk likely to run past the pass's time waits for the next pass.
+                if self._side_time_is_up() or time.monotonic() + took * chunk > (self._side_until or 0):
+                    await store_log.move_lane(conn, partition, tenant_id, next_seq)
+                    self._chunks[(partition, tenant_id)] = chunk  # a hint only: lost with the process
+                    break
             outcome.side_changed = True
+
+    def _side_time_is_up(self) -> bool:
+        """True once this pass's side work had its time; some side work is always done, so every
+        lane and parked subject moves on over the passes."""
+        if self._side_until is None:  # called outside drain_once: give this call its own time
+            self._side_until, self._side_used = time.monotonic() + _PASS_LANE_SECONDS, False
+        return self._side_used and time.monotonic() >= self._side_until
 
     async def _flooded(self, conn: Conn, rows: list[dict[str, Any]], limit: int) -> dict[int, str]:
         """Partitions whose batch is full and mostly one tenant's while another tenant's events wait
@@ -255,12 +409,11 @@ class Worker:
         partition: int,
         rows: list[dict[str, Any]],
         tenant_id: str,
-        limit: int,
         outcome: _Outcome,
     ) -> list[dict[str, Any]]:
         """Give ``tenant_id`` a lane from its first event past its share of this batch; the rows left
         to apply now (its events in the lane are held)."""
-        share = limit // 2
+        share = _LANE_FIRST_CHUNK
         keep: list[dict[str, Any]] = []
         taken = 0
         lane_from: int | None = None
@@ -280,6 +433,113 @@ class Worker:
         outcome.side_changed = True
         return keep
 
+    async def _apply_window(
+        self,
+        conn: Conn,
+        partition: int,
+        events: list[PipelineEvent],
+        outcome: _Outcome,
+        parked: set[tuple[str, str]],
+    ) -> None:
+        """Apply a partition's batch. If it fails and holds several tenants' events, each tenant's are
+        tried apart; a tenant whose events fail gets a lane, where they are isolated within its time
+        budget, so the cost of its failures never falls on the others' events in the batch."""
+        ready = self._hold_parked(events, outcome, parked, from_held=False)
+        if not ready:
+            return
+        try:
+            async with conn.transaction():
+                await self._apply(conn, ready)
+        except Exception as exc:
+            await as_pipeline(conn)
+            fresh = await store_log.read_events(conn, [e.event_id for e in ready])
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for row in fresh:
+                groups.setdefault(row["tenant_id"], []).append(row)
+            if len(groups) == 1:
+                await self._to_lane(conn, partition, next(iter(groups)), fresh, exc, outcome)
+                return
+            for tenant_id, rows in sorted(groups.items(), key=lambda g: len(g[1])):  # the few first
+                tried = [PipelineEvent.from_row(copy.deepcopy(row)) for row in rows]
+                try:
+                    async with conn.transaction():
+                        await self._apply(conn, tried)
+                except Exception as tenant_exc:
+                    await as_pipeline(conn)
+                    await self._to_lane(conn, partition, tenant_id, rows, tenant_exc, outcome)
+                else:
+                    outcome.done(tried, from_held=False)
+            return
+        outcome.done(ready, from_held=False)
+
+    def _suspect(self, tenant_id: str) -> bool:
+        until = self._suspects.get(tenant_id)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._suspects[tenant_id]
+            return False
+        return True
+
+    async def _lane_suspects(
+        self, conn: Conn, partition: int, rows: list[dict[str, Any]], outcome: _Outcome
+    ) -> list[dict[str, Any]]:
+        """Send the events of tenants whose events failed lately straight to their lanes, without
+        trying them in the batch first: a failing batch costs every event of it one wasted attempt."""
+        if not self._suspects or not rows:
+            return rows
+        mine: dict[str, list[dict[str, Any]]] = {}
+        keep = []
+        for row in rows:
+            if self._suspect(row["tenant_id"]):
+                mine.setdefault(row["tenant_id"], []).append(row)
+            else:
+                keep.append(row)
+        for tenant_id, held in mine.items():
+            await as_pipeline(conn)
+            await store_log.open_lane(conn, partition, tenant_id, int(held[0]["seq"]))
+            outcome.held.extend(int(row["seq"]) for row in held)
+            outcome.side_changed = True
+        return keep
+
+    async def _to_lane(
+        self,
+        conn: Conn,
+        partition: int,
+        tenant_id: str,
+        rows: list[dict[str, Any]],
+        exc: BaseException,
+        outcome: _Outcome,
+    ) -> None:
+        """Hold a tenant's failing events of a batch in its lane: isolating them may cost an attempt
+        per event, and in the lane that cost comes out of the tenant's own share of worker time."""
+        log.info(
+            "%s: %s events of tenant %s failed on partition %s (%s); they go to its lane",
+            self.name,
+            len(rows),
+            tenant_id,
+            partition,
+            _describe(exc)[:200],
+        )
+        await store_log.open_lane(conn, partition, tenant_id, int(rows[0]["seq"]))
+        outcome.held.extend(int(row["seq"]) for row in rows)
+        outcome.side_changed = True
+        self._suspects[tenant_id] = time.monotonic() + _SUSPECT_SECONDS
+
+    @staticmethod
+    def _hold_parked(
+        events: list[PipelineEvent], outcome: _Outcome, parked: set[tuple[str, str]], *, from_held: bool
+    ) -> list[PipelineEvent]:
+        """The events not of a parked subject; those that are stay held (counted, if new)."""
+        ready: list[PipelineEvent] = []
+        for event in events:
+            if (event.tenant_id, event.subject) in parked:
+                if not from_held:
+                    outcome.held.append(event.seq)
+            else:
+                ready.append(event)
+        return ready
+
     async def _apply_all(
         self,
         conn: Conn,
@@ -293,13 +553,7 @@ class Worker:
         failing ones. Events of subjects in ``parked`` are held, and a subject parked on the way joins
         it, so its later events are held too. ``from_held``: the events were held before (a parked
         subject's queue, a lane), so deciding one releases it and holding one changes nothing."""
-        ready: list[PipelineEvent] = []
-        for event in events:
-            if (event.tenant_id, event.subject) in parked:
-                if not from_held:
-                    outcome.held.append(event.seq)
-            else:
-                ready.append(event)
+        ready = self._hold_parked(events, outcome, parked, from_held=from_held)
         if not ready:
             return
         try:
@@ -369,6 +623,7 @@ class Worker:
         attempt = event.attempts + 1
         error = _describe(exc)
         permanent = is_permanent(exc)
+        outcome.failures += 1
         await as_pipeline(conn)
         if permanent or attempt >= self.settings.max_attempts:
             why = "a permanent failure" if permanent else f"{attempt} attempts"
@@ -437,6 +692,7 @@ class _Outcome:
         self.applied: list[PipelineEvent] = []
         self.retried = 0
         self.dead_lettered = 0
+        self.failures = 0  # events whose attempt failed (retried or dead-lettered)
         self.held: list[int] = []  # seqs moved past undecided (parked subject or lane)
         self.released: list[int] = []  # seqs held before, decided now
         self.side_changed = False  # parked subjects or lanes changed

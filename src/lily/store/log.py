@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from lily.domain.events import Accepted, NewEvent, partition_of
-from lily.store.db import Conn, insert_rows
+from lily.store.db import PIPELINE_ROLE, Conn, insert_rows
 
 LOG_CHANNEL = "lily_log"
 APPLIED_CHANNEL = "lily_applied"
@@ -126,6 +126,7 @@ class Claimed:
 
     applied_seq: int
     retry_at: datetime | None  # the earliest retry of a parked subject; None if none is parked
+    due: bool  # retry_at has come (by the database's clock, as partitions_with_backlog sees it)
     lanes: int  # open tenant lanes
 
     @property
@@ -145,11 +146,11 @@ async def partitions_with_backlog(conn: Conn) -> dict[int, bool]:
     return {row["partition"]: bool(row["side"]) for row in await cur.fetchall()}
 
 
-_CLAIMED = "SELECT partition, applied_seq, retry_at, lanes FROM log_offsets"
+_CLAIMED = "SELECT partition, applied_seq, retry_at, coalesce(retry_at <= now(), false) AS due, lanes FROM log_offsets"
 
 
 def _claimed(row: dict[str, Any]) -> Claimed:
-    return Claimed(int(row["applied_seq"]), row["retry_at"], int(row["lanes"]))
+    return Claimed(int(row["applied_seq"]), row["retry_at"], bool(row["due"]), int(row["lanes"]))
 
 
 async def try_claim(conn: Conn, partition: int) -> Claimed | None:
@@ -170,6 +171,46 @@ async def try_claim(conn: Conn, partition: int) -> Claimed | None:
 
 
 _PARTITION_LOCK = 0x4C4F47  # "LOG": the advisory lock namespace for partitions
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a claimed partition holds: its parked subjects and its lanes (tenant → next seq)."""
+
+    parked: set[tuple[str, str]]
+    lanes: dict[str, int]
+
+
+async def claim_for_apply(conn: Conn, partition: int) -> tuple[Claimed, Held] | None:
+    """:func:`try_claim` for a worker about to apply: also becomes the pipeline role (committing
+    without waiting for the WAL flush, as :func:`lily.store.db.as_pipeline_relaxed` explains) and
+    reads what the partition holds, all in two round trips. None if another worker has it."""
+    cur = await conn.execute(
+        sql.SQL(
+            "SET LOCAL ROLE {role}; SET LOCAL synchronous_commit = off;"
+            " SELECT pg_try_advisory_xact_lock({ns}, {p}) AS locked"
+        ).format(role=sql.Identifier(PIPELINE_ROLE), ns=sql.Literal(_PARTITION_LOCK), p=sql.Literal(partition))
+    )
+    while cur.description is None or cur.description[0].name != "locked":
+        if not cur.nextset():
+            return None
+    row = await cur.fetchone()
+    if row is None or not row["locked"]:
+        return None
+    cur = await conn.execute(
+        "SELECT o.partition, o.applied_seq, o.retry_at, coalesce(o.retry_at <= now(), false) AS due, o.lanes,"
+        " CASE WHEN o.retry_at IS NULL THEN '{}' ELSE ARRAY(SELECT ARRAY[p.tenant_id, p.subject]"
+        "  FROM parked_subjects p WHERE p.partition = o.partition) END AS parked,"
+        " CASE WHEN o.lanes = 0 THEN '{}' ELSE ARRAY(SELECT ARRAY[l.tenant_id, l.next_seq::text]"
+        "  FROM tenant_lanes l WHERE l.partition = o.partition) END AS lane_list"
+        " FROM log_offsets o WHERE o.partition = %s",
+        [partition],
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    held = Held({(t, s) for t, s in row["parked"]}, {t: int(n) for t, n in row["lane_list"]})
+    return _claimed(row), held
 
 
 async def try_claim_many(conn: Conn, partitions: Sequence[int]) -> dict[int, Claimed]:
@@ -213,37 +254,32 @@ async def read_batch(conn: Conn, partition: int, after_seq: int, limit: int) -> 
 
 async def read_past_lanes(
     conn: Conn, partition: int, after_seq: int, lanes: Sequence[str], limit: int
-) -> tuple[list[dict[str, Any]], int]:
-    """The next events of a partition that are not in a lane of ``lanes``, and how far the read got.
+) -> tuple[list[dict[str, Any]], int, list[int]]:
+    """The next events of a partition that are not in a lane of ``lanes``, how far the read got, and
+    the seqs it passed that stay in their tenants' lanes (held).
 
-    The rows skipped stay in their tenants' lanes. How far: the last row's seq when ``limit`` rows came
-    back, else the partition's last visible seq, read by the same statement (so from the same snapshot:
-    seqs become visible in order, and nothing at or below it can appear later).
+    How far: the last row's seq when ``limit`` rows came back, else the partition's last visible seq,
+    read by the same statement (so from the same snapshot: seqs become visible in order, and nothing at
+    or below it can appear later).
     """
     cur = await conn.execute(
-        "SELECT t.top, e.* FROM (SELECT coalesce(max(seq), %(s)s) AS top FROM events WHERE partition = %(p)s) t"
+        "SELECT t.top, t.held, e.* FROM (SELECT coalesce(max(seq), %(s)s) AS top FROM events WHERE partition = %(p)s) m"
+        " CROSS JOIN LATERAL (SELECT m.top, (SELECT coalesce(array_agg(seq ORDER BY seq), '{}') FROM events"
+        "  WHERE partition = %(p)s AND seq > %(s)s AND seq <= m.top AND tenant_id = ANY(%(lanes)s)) AS held) t"
         " LEFT JOIN LATERAL ("
-        f" {_SELECT_EVENT} WHERE partition = %(p)s AND seq > %(s)s AND seq <= t.top"
+        f" {_SELECT_EVENT} WHERE partition = %(p)s AND seq > %(s)s AND seq <= m.top"
         " AND tenant_id <> ALL(%(lanes)s) ORDER BY seq LIMIT %(n)s) e ON true",
         {"p": partition, "s": after_seq, "lanes": list(lanes), "n": limit},
     )
     rows = await cur.fetchall()
-    top = int(rows[0]["top"]) if rows else after_seq
-    events = [{k: v for k, v in row.items() if k != "top"} for row in rows if row["event_id"] is not None]
+    if not rows:
+        return [], after_seq, []
+    top, held = int(rows[0]["top"]), [int(x) for x in rows[0]["held"]]
+    events = [{k: v for k, v in row.items() if k not in ("top", "held")} for row in rows if row["event_id"] is not None]
     if len(events) == limit:
         top = int(events[-1]["seq"])
-    return events, max(top, after_seq)
-
-
-async def lane_seqs(conn: Conn, partition: int, after_seq: int, up_to_seq: int, lanes: Sequence[str]) -> list[int]:
-    """The seqs of the events of ``lanes`` in (after_seq, up_to_seq]: what a read past the lanes held."""
-    if up_to_seq <= after_seq:
-        return []
-    cur = await conn.execute(
-        "SELECT seq FROM events WHERE partition = %s AND seq > %s AND seq <= %s AND tenant_id = ANY(%s) ORDER BY seq",
-        [partition, after_seq, up_to_seq, list(lanes)],
-    )
-    return [int(row["seq"]) for row in await cur.fetchall()]
+        held = [x for x in held if x <= top]  # those past it stay ahead of the offset
+    return events, max(top, after_seq), held
 
 
 async def others_waiting(conn: Conn, candidates: dict[int, tuple[str, int]]) -> set[int]:
@@ -305,13 +341,17 @@ async def finish_partition(
         if side_changed
         else ""
     )
+    # The offset's update and its notifications in one round trip.
     await conn.execute(
-        f"UPDATE log_offsets SET applied_seq = greatest(applied_seq, %(s)s), held = held + %(d)s{side}"
-        " WHERE partition = %(p)s",
-        {"p": partition, "s": seq, "d": len(held) - len(released)},
-    )
-    await notify_applied(
-        conn, {partition: seq}, held=[(partition, h) for h in held], released=[(partition, r) for r in released]
+        "WITH u AS (UPDATE log_offsets SET applied_seq = greatest(applied_seq, %(s)s), held = held + %(d)s"
+        f"{side} WHERE partition = %(p)s) SELECT pg_notify(%(ch)s, x) FROM unnest(%(notes)s::text[]) AS x",
+        {
+            "p": partition,
+            "s": seq,
+            "d": len(held) - len(released),
+            "ch": APPLIED_CHANNEL,
+            "notes": _notes({partition: seq}, [(partition, h) for h in held], [(partition, r) for r in released]),
+        },
     )
 
 
@@ -322,20 +362,21 @@ async def notify_applied(
     held: Sequence[tuple[int, int]] = (),
     released: Sequence[tuple[int, int]] = (),
 ) -> None:
-    """Payload "p:seq,…" for offsets, "p:seq?" for an event held behind its offset, "p:seq!" for a held
+    """Tell waiting writers (``lily_applied``) about offsets, held and released events (:func:`_notes`)."""
+    payloads = _notes(last_seq, held, released)
+    if len(payloads) == 1:
+        await conn.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, payloads[0]])
+    else:  # one round trip however many: unnest yields (and pg_notify sends) them in order
+        await conn.execute("SELECT pg_notify(%s, x) FROM unnest(%s::text[]) AS u(x)", [APPLIED_CHANNEL, payloads])
+
+
+def _notes(last_seq: dict[int, int], held: Sequence[tuple[int, int]], released: Sequence[tuple[int, int]]) -> list[str]:
+    """Payloads "p:seq,…" for offsets, "p:seq?" for an event held behind its offset, "p:seq!" for a held
     event now decided. Held notes go first: a waiter must know an event is held before the offset
-    passes it. NOTIFY payloads stop at 8000 bytes, so long lists go in several."""
+    passes it. NOTIFY payloads stop at 8000 bytes, so long lists go in several, in order."""
     notes = [f"{p}:{s}?" for p, s in held] + [f"{p}:{s}!" for p, s in released]
     notes += [f"{p}:{s}" for p, s in last_seq.items()]
-    if len(notes) <= 300:
-        await conn.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, ",".join(notes)])
-        return
-    payloads = [",".join(notes[i : i + 300]) for i in range(0, len(notes), 300)]
-    # One round trip however many: unnest yields (and pg_notify sends) them in order.
-    await conn.execute(
-        "SELECT pg_notify(%s, x) FROM unnest(%s::text[]) AS u(x)",
-        [APPLIED_CHANNEL, payloads],
-    )
+    return [",".join(notes[i : i + 300]) for i in range(0, len(notes), 300)]
 
 
 def parse_applied(payload: str) -> list[tuple[int, int, str]]:
