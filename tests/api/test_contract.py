@@ -11,10 +11,12 @@ import asyncio
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import hypothesis
+import psycopg
 import pytest
 import schemathesis
 import uvicorn
@@ -24,6 +26,7 @@ from lily import admin
 from lily.api.app import create_app
 from lily.config import Settings
 from lily.store.db import Database
+from tests.conftest import TEST_PARTITIONS, with_dbname
 
 SEED = 20261201
 EXAMPLES = 12  # per operation
@@ -88,9 +91,26 @@ async def _admin_key(database_url: str) -> str:
         await db.close()
 
 
-@pytest.fixture
-def live(settings: Settings, database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
-    """A running server and the headers of an admin of tenant ``acme``."""
+@pytest.fixture(scope="module")
+def live(
+    pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """A running server on its own database, and the headers of an admin of tenant ``acme``. One for
+    the module: a server per operation would cost more than the operations' examples."""
+    name = f"lily_contract_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db} STRATEGY WAL_LOG")
+    database_url = with_dbname(pg_admin_url, name)
+    settings = Settings(
+        database_url=database_url,
+        home=tmp_path_factory.mktemp("contract"),
+        jwt_secret="test-secret-" + "x" * 32,
+        partitions=TEST_PARTITIONS,
+        write_wait_seconds=10.0,
+        retry_base_seconds=0.01,
+        retry_max_seconds=0.05,
+        max_attempts=3,
+    )
     key = asyncio.run(_admin_key(database_url))
     port = _free_port()
     server = uvicorn.Server(
@@ -98,17 +118,18 @@ def live(settings: Settings, database_url: str) -> Iterator[tuple[str, dict[str,
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    yield base, {"Authorization": f"Bearer {key}"}
+    yield f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
     server.should_exit = True
     thread.join(timeout=15)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def api_schema(live: tuple[str, dict[str, str]]) -> Any:
     base, _ = live
     return schemathesis.openapi.from_url(f"{base}/openapi.json", config=CONFIG)
