@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
@@ -121,10 +121,9 @@ class Asset:
         return {f: getattr(self, f) for f in MUTABLE_FIELDS}
 
     def evolve(self, **updates: Any) -> Asset:
-        """A copy with ``updates`` applied: twice as quick as ``dataclasses.replace`` (no ``__init__``)."""
-        new = object.__new__(Asset)
-        for name in ASSET_FIELDS:
-            setattr(new, name, getattr(self, name))
+        """A copy with ``updates`` applied; quicker than ``dataclasses.replace``, which goes through
+        ``fields()`` and keyword arguments on every call."""
+        new = _clone(self)
         for name, value in updates.items():
             setattr(new, name, value)
         return new
@@ -174,6 +173,18 @@ def _document_function() -> Callable[[Asset], dict[str, Any]]:
 _to_document = _document_function()
 
 
+def _clone_function() -> Callable[[Asset], Asset]:
+    # Generated like _document_function: positional arguments from the fields, so a new field needs no edit.
+    args = ", ".join(f"a.{name}" for name in ASSET_FIELDS)
+    namespace: dict[str, Any] = {}
+    exec(f"def clone(a):\n    return Asset({args})\n", {"Asset": Asset}, namespace)
+    function: Callable[[Asset], Asset] = namespace["clone"]
+    return function
+
+
+_clone = _clone_function()
+
+
 def to_document(asset: Asset) -> dict[str, Any]:
     """An asset as the JSON document kept in its version history (and returned by the API)."""
     return _to_document(asset)
@@ -194,7 +205,7 @@ def default_name(qualified_name: str) -> str:
     return parts[-1] if parts else qualified_name
 
 
-def merge(current: dict[str, Any] | None, payload: dict[str, Any], *, replace: bool) -> dict[str, Any]:
+def merge(current: Mapping[str, Any] | None, payload: Mapping[str, Any], *, replace: bool) -> dict[str, Any]:
     """The asset's mutable state after ``payload``.
 
     An upsert changes only the fields the client sent (attributes merge key by key); a replace resets

@@ -28,7 +28,8 @@ def is_active_source(source: str) -> bool:
     return source not in PASSIVE_SOURCES
 
 
-@dataclass(slots=True, frozen=True)
+# Not frozen: these are built per event on the worker's hot path, and frozen dataclasses construct slower.
+@dataclass(slots=True)
 class Writer:
     """Who writes: the tenant, the event's source, and the time the version gets."""
 
@@ -37,7 +38,7 @@ class Writer:
     now: datetime
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Upsert:
     """Create, update or restore: the fields sent change (attributes merge key by key, null removes)."""
 
@@ -45,7 +46,7 @@ class Upsert:
     attributes_patch: Mapping[str, Any] | None = None  # from enrich hooks, merged over the attributes
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Replace:
     """Replace every mutable field of a live asset; fields left out return to their defaults."""
 
@@ -54,28 +55,28 @@ class Replace:
     attributes_patch: Mapping[str, Any] | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Delete:
     """Soft-delete a live asset."""
 
     if_version: int | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Placeholder:
     """A name lineage refers to before anyone wrote it; nothing if the asset exists."""
 
     type: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class LineageRemoved:
     """The asset's lineage was removed (``removed`` describes what went); deleted assets too."""
 
     removed: Mapping[str, Any]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class UpstreamChanged:
     """Something upstream changed (``origin``: which asset, which event, what); nothing if deleted."""
 
@@ -131,13 +132,17 @@ def next_version(before: Asset | None, qualified_name: str, change: Change, writ
 def _write(before: Asset | None, qualified_name: str, change: Upsert | Replace, writer: Writer) -> NextVersion | None:
     live = before is not None and before.live
     # The qualified name gives the default display name when the fields leave it out.
-    fields = {**change.fields, "qualified_name": qualified_name}
+    fields = change.fields
+    if fields.get("qualified_name") != qualified_name:
+        fields = {**fields, "qualified_name": qualified_name}
+    current_state = before.state() if before is not None and live else None
     if isinstance(change, Replace):
         current = _require_current(before, qualified_name, change.if_version)
-        state = merge(current.state(), fields, replace=True)
+        current_state = current.state()
+        state = merge(current_state, fields, replace=True)
         action = "asset.replaced"
     else:
-        state = merge(before.state() if before is not None and live else None, fields, replace=False)
+        state = merge(current_state, fields, replace=False)
         action = "asset.updated" if live else ("asset.restored" if before is not None else "asset.created")
     if change.attributes_patch:
         state["attributes"] = {**state["attributes"], **change.attributes_patch}
@@ -155,12 +160,25 @@ def _write(before: Asset | None, qualified_name: str, change: Upsert | Replace, 
             **state,
         )
         return NextVersion(None, after, action, diff(None, state))
+    active = before.has_active_source or is_active_source(writer.source)
+    if current_state is None:  # a restore: it starts from nothing, like a create
+        changes = diff(None, state)
+    else:
+        changes = diff(current_state, state)
+        # Lily's own fields: a placeholder filled in, a new source (also a version: the source is data).
+        if before.placeholder:
+            changes["placeholder"] = {"from": True, "to": False}
+        if before.source != writer.source:
+            changes["source"] = {"from": before.source, "to": writer.source}
+        if before.has_active_source != active:
+            changes["has_active_source"] = {"from": before.has_active_source, "to": active}
+        if not changes:
+            return None  # the same write again: no version
     # A real write fills in a placeholder and restores a deleted asset.
-    after = _successor(before, writer, placeholder=False, deleted_at=None, **state)
-    if not live:
-        return NextVersion(before, after, action, diff(None, state))
-    changes = {**diff(before.state(), state), **_system_changes(before, after)}
-    return NextVersion(before, after, action, changes) if changes else None
+    after = before.evolve(**state)
+    after.placeholder, after.deleted_at, after.version = False, None, before.version + 1
+    after.updated_at, after.source, after.has_active_source = writer.now, writer.source, active
+    return NextVersion(before, after, action, changes)
 
 
 def _require_current(before: Asset | None, qualified_name: str, if_version: int | None) -> Asset:
