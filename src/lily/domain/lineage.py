@@ -19,6 +19,7 @@ from typing import Annotated, Literal, Self
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,6 +31,7 @@ from pydantic import (
 
 from lily.domain.assets import QualifiedName
 from lily.domain.errors import Invalid
+from lily.domain.storable import NO_NUL, check_column_bytes, check_text
 
 Direction = Literal["upstream", "downstream", "both"]
 Step = Literal["upstream", "downstream"]
@@ -49,7 +51,11 @@ EDGE_LIMIT_FACTOR = 4
 MAX_REFS = 1000
 MAX_EDGES_PER_REQUEST = 10_000
 
-ColumnName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
+ColumnName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=1024, pattern=NO_NUL),
+    AfterValidator(check_column_bytes),  # two of them make column_lineage's primary key
+]
 
 
 def clamp_depth(depth: int) -> int:
@@ -97,7 +103,9 @@ class ColumnMapping(BaseModel):
     # May be left out when the request has exactly one downstream asset.
     asset: AssetRef | None = None
     upstreams: list[UpstreamColumn] = Field(min_length=1, max_length=MAX_REFS)
-    transformation: Annotated[str, StringConstraints(max_length=65536)] | None = None
+    transformation: (
+        Annotated[str, StringConstraints(max_length=65536, pattern=NO_NUL), AfterValidator(check_text)] | None
+    ) = None
 
 
 class LineageIn(BaseModel):

@@ -67,6 +67,14 @@ def check_key_bytes(value: str, max_bytes: int = MAX_KEY_BYTES) -> str:
     return value
 
 
+# Column lineage's primary key holds two column names: each gets half of the btree row.
+MAX_COLUMN_BYTES = 1024
+
+
+def check_column_bytes(value: str) -> str:
+    return check_key_bytes(value, MAX_COLUMN_BYTES)
+
+
 def storable(value: Any, path: str = "", *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``value`` (parsed JSON) unchanged if PostgreSQL can store it as ``jsonb``; else :class:`Unstorable`
     whose ``path`` (``a.b[2]``, relative to ``value``) names the first offending member."""

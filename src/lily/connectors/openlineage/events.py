@@ -14,10 +14,20 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lily.domain.errors import Invalid
 from lily.domain.lineage import MAX_REFS
+from lily.domain.storable import MAX_JSON_DEPTH, Unstorable, check_column_bytes, check_key_bytes, storable
 
 EventKind = Literal["RunEvent", "DatasetEvent", "JobEvent"]
 EventType = Literal["START", "RUNNING", "COMPLETE", "ABORT", "FAIL", "OTHER"]
@@ -27,11 +37,15 @@ MAX_QUALIFIED_NAME = 1024
 MAX_DATASETS = MAX_REFS  # per inputs / outputs list, as for Lily's own lineage writes
 MAX_BATCH = 1000  # events per /lineage/batch request
 MAX_FIELDS = 10_000  # schema fields (after flattening nested ones), column lineage entries
+# Facets are kept under attributes.openlineage.facets (three levels down), within attributes' own bound.
+MAX_EVENT_DEPTH = MAX_JSON_DEPTH
 
 Text = Annotated[str, StringConstraints(max_length=65536)]
 Namespace = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUALIFIED_NAME)]
-ColumnName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
+ColumnName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024), AfterValidator(check_column_bytes)
+]
 
 
 def _none_is_empty(value: Any) -> Any:
@@ -96,6 +110,7 @@ class ColumnLineageFacet(_Open):
         for name in fields:
             if not name.strip() or len(name) > 1024:
                 raise ValueError(f"column name {name[:40]!r} must have 1 to 1024 characters")
+            check_column_bytes(name)
         return fields
 
 
@@ -135,6 +150,7 @@ class _Named(_Open):
     def _fits(self) -> _Named:
         if len(self.namespace) + 1 + len(self.name) > MAX_QUALIFIED_NAME:
             raise ValueError(f"namespace and name together exceed {MAX_QUALIFIED_NAME - 1} characters")
+        check_key_bytes(qualified_name(self.namespace, self.name))  # the asset's qualified name, indexed
         return self
 
     @property
@@ -268,6 +284,13 @@ def parse_event(raw: Any, prefix: str = "") -> Event:
         kind = kind_of(raw)
     except Invalid as err:
         raise Invalid(err.detail, field=_field(("schemaURL",), prefix)) from None
+    try:
+        # Names, facets and all: the event is stored (as assets, lineage and facets), so what PostgreSQL
+        # cannot hold (U+0000, lone surrogates, integers beyond 64 bits) is refused here, naming it.
+        storable(raw, max_depth=MAX_EVENT_DEPTH)
+    except Unstorable as exc:
+        field = _field((), prefix) + ("" if exc.path.startswith("[") or not prefix else ".") + exc.path
+        raise Invalid(f"{field or 'body'}: {exc.message}", field=field or "body") from None
     try:
         return _MODELS[kind].model_validate(raw)
     except ValidationError as exc:

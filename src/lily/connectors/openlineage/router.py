@@ -28,6 +28,7 @@ from lily.connectors.openlineage.translate import JOB, translate
 from lily.domain.assets import Asset, to_document
 from lily.domain.errors import Invalid, LilyError, NotFound, PayloadTooLarge
 from lily.domain.lineage import DEFAULT_NODE_LIMIT
+from lily.domain.storable import NO_NUL
 from lily.plugins.protocols import AppRuntime, Caller, WebContext
 from lily.store import assets as store_assets
 from lily.store import lineage as store_lineage
@@ -182,6 +183,7 @@ def build_router(web: WebContext) -> APIRouter:
                 alias="nodeId",
                 min_length=1,
                 max_length=2100,
+                pattern=NO_NUL,
                 description="dataset:{namespace}:{name} or job:{namespace}:{name}",
             ),
         ],
