@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from lily import admin
 from lily.config import Settings
 from lily.scheduler.loop import Scheduler
 from lily.scheduler.schedule import ScheduleError
@@ -360,3 +361,24 @@ async def _fails(conn: Any) -> bool:
     except psycopg.Error:
         return True
     return False
+
+
+async def test_requests_for_several_tenants_run_one_at_a_time(
+    make_scheduler: Any, db: Database, database_url: str
+) -> None:
+    """Tenant-scoped requests of one job may wait side by side; the leader starts the oldest, then the next."""
+    job = Recorder("rec", "0 3 1 1 *")
+    scheduler = make_scheduler(job)
+    ids = []
+    for tenant in ("acme", "globex"):
+        await admin.create_tenant(db, tenant)
+        async with db.system() as conn:
+            await as_pipeline(conn)
+            row, _ = await store.request_run(conn, "rec", f"key:{tenant}", tenant)
+            ids.append(row["run_id"])
+    await lead(scheduler)
+    await settle(scheduler)
+    await scheduler.tick()
+    await settle(scheduler)
+    assert [ctx.run_id for ctx in job.calls] == [str(i) for i in ids]
+    assert {r["state"] for r in await all_runs(database_url)} == {"succeeded"}

@@ -156,13 +156,16 @@ async def claim_due(conn: Conn, job: str, scheduled_for: datetime, node: str) ->
 
 
 async def claim_requested(conn: Conn, jobs: Sequence[str], node: str) -> list[dict[str, Any]]:
-    """Start the waiting run-now requests of ``jobs`` (at most one per job and tenant waits)."""
+    """Start the oldest waiting run-now request of each of ``jobs``: a process runs one run of a job at a
+    time, and requests of tenant-scoped jobs may wait for several tenants at once. Re-checking the state
+    in the UPDATE makes a concurrent claimer (a deposed leader) find the row taken and skip it."""
     if not jobs:
         return []
     cur = await conn.execute(
         f"UPDATE job_runs SET state = 'running', started_at = clock_timestamp(), runner = %s"
-        f" WHERE run_id IN (SELECT run_id FROM job_runs WHERE state = 'queued' AND job = ANY(%s)"
-        f" FOR UPDATE SKIP LOCKED) RETURNING {_RUN}",
+        f" WHERE state = 'queued' AND run_id IN (SELECT run_id FROM (SELECT run_id, row_number() OVER"
+        f" (PARTITION BY job ORDER BY created_at, run_id) AS n FROM job_runs WHERE state = 'queued'"
+        f" AND job = ANY(%s)) oldest WHERE n = 1) RETURNING {_RUN}",
         [node, list(jobs)],
     )
     return await cur.fetchall()
