@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -272,3 +273,18 @@ def test_the_routes_document_their_responses(app: Any) -> None:
             assert PROBLEM in responses[status]["content"], (path, status)
         if "{name}" in path:
             assert PROBLEM in responses["404"]["content"], path
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "\U0001f600" * 50, "%00", "..", "prune_expired\n"])
+async def test_hostile_job_names_are_not_found_never_500(client: Any, name: str) -> None:
+    for method, path in (("GET", "/runs"), ("POST", "/run"), ("GET", f"/runs/{uuid.uuid4()}")):
+        r = await client.request(method, f"/admin/jobs/{quote(name, safe='')}{path}", headers=OPERATOR)
+        assert r.status_code in (404, 422), (name, path, r.status_code, r.text)
+        assert r.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_an_over_long_job_name_or_a_nul_cursor_is_refused_naming_it(client: Any) -> None:
+    body = problem(await client.get(f"/admin/jobs/{'j' * 201}/runs", headers=OPERATOR), 422)
+    assert body["errors"][0]["field"] == "name"
+    body = problem(await client.get("/admin/jobs/test_beat/runs", params={"cursor": "\x00"}, headers=OPERATOR), 422)
+    assert body["errors"][0]["field"] == "cursor"
