@@ -9,7 +9,15 @@ import time
 
 import pytest
 
-from .processes import Load, Serve, assert_each_acknowledged_write_once, postmasters, serve_on_embedded, wait_for
+from .processes import (
+    ACKNOWLEDGED,
+    Load,
+    Serve,
+    assert_each_acknowledged_write_once,
+    postmasters,
+    serve_on_embedded,
+    wait_for,
+)
 
 OUTAGE_ANSWER_SECONDS = 1.5  # an answer during the outage: 503 at once, never a 30 s wait
 RECOVERY_SECONDS = 30.0
@@ -21,29 +29,41 @@ def tenant_with_key(serve: Serve, tenant: str = "acme") -> str:
     return serve.lily("admin", "create-api-key", tenant, "load", "--role", "editor")
 
 
-def kill_postmaster_mid_load(serve: Serve, load: Load, *, before: int) -> dict[str, float]:
-    """Kill -9 the postmaster once ``before`` writes are acknowledged; figures of the outage it causes."""
+def kill_postmaster_mid_load(serve: Serve, load: Load, *, before: int) -> dict[str, float | None]:
+    """Kill -9 the postmaster once ``before`` writes are acknowledged; figures of the outage it causes.
+
+    Requests sent during the outage must answer 503 fast (nothing else: no 500, no dropped connection);
+    requests in flight at the kill may also end acknowledged (their event was in the log already).
+    If the supervisor brings the server back before any request is sent, there may be no 503 at all.
+    """
     wait_for(lambda: load.count_acknowledged() >= before, timeout=60, what=f"{before} acknowledged writes")
     old_pid = serve.postmaster_pid()
     killed = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
 
-    def failed_fast() -> list[float]:
-        return [a.ended for a in load.snapshot() if a.began >= killed and a.status == 503]
-
-    first_503 = min(wait_for(failed_fast, timeout=10, what="a 503 after the kill"))
-
     def recovered() -> list[float]:
-        return [a.ended for a in load.snapshot() if a.began > first_503 and a.status in (200, 201, 202)]
+        return [a.ended for a in load.snapshot() if a.began > killed and a.status in ACKNOWLEDGED]
 
-    back = min(wait_for(recovered, timeout=RECOVERY_SECONDS, what="writes to succeed again"))
-    during = [a for a in load.snapshot() if killed <= a.began and a.ended < back]
-    slowest = max((a.ended - a.began for a in during if a.status == 503), default=0.0)
-    assert slowest < OUTAGE_ANSWER_SECONDS, f"a 503 took {slowest:.2f}s"
+    try:
+        back = min(wait_for(recovered, timeout=RECOVERY_SECONDS, what="writes to succeed again"))
+    except AssertionError:
+        after = [(round(a.began - killed, 2), round(a.ended - a.began, 2), a.status) for a in load.snapshot()]
+        raise AssertionError(f"no recovery: {after[-20:]}\n{serve.output()[-3000:]}") from None
+    during = [a for a in load.snapshot() if a.began > killed and a.ended < back]
+    in_flight = [a for a in load.snapshot() if a.began <= killed < a.ended]
     assert all(a.status == 503 for a in during), {a.status for a in during}  # no 500, no dropped connection
+    assert all(a.status in ACKNOWLEDGED | {503} for a in in_flight), {a.status for a in in_flight}
+    slowest = max((a.ended - a.began for a in during), default=0.0)
+    assert slowest < OUTAGE_ANSWER_SECONDS, f"a 503 took {slowest:.2f}s"
+    failed = [a.ended for a in [*during, *in_flight] if a.status == 503]
     assert serve.proc is not None and serve.proc.poll() is None, "lily serve died with its database"
     assert serve.postmaster_pid() != old_pid, "the postmaster was not restarted"
-    return {"time_to_503": first_503 - killed, "recovery": back - killed, "slowest_503": slowest}
+    return {
+        "time_to_503": min(failed) - killed if failed else None,
+        "recovery": back - killed,
+        "slowest_503": slowest,
+        "answered_503": len(failed),
+    }
 
 
 def test_kill_9_of_the_postmaster_mid_load() -> None:
