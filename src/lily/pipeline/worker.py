@@ -221,7 +221,6 @@ class Worker:
                     lane = _Outcome()
                     await self._to_lane(conn, partition, tenant_id, part_rows, exc, lane)
                     held.setdefault(partition, []).extend(lane.held)
-        await as_pipeline(conn)
         for partition, seq in last.items():
             mine = held.get(partition, [])
             outcome.held.extend(mine)  # counted only: each partition's own list goes with its offset
@@ -263,7 +262,6 @@ class Worker:
             rows = await self._lane_suspects(conn, partition, rows, outcome)
             await self._apply_window(conn, partition, [PipelineEvent.from_row(r) for r in rows], outcome, parked)
             if top > offset or outcome.changed:
-                await as_pipeline(conn)
                 await store_log.finish_partition(
                     conn,
                     partition,
@@ -291,7 +289,6 @@ class Worker:
             if holding.lanes:
                 await self._drain_lanes(conn, partition, claimed.applied_seq, dict(holding.lanes), parked, outcome)
             if outcome.changed:
-                await as_pipeline(conn)
                 await store_log.finish_partition(
                     conn,
                     partition,
@@ -309,7 +306,6 @@ class Worker:
         again (it is parked anew, or dead-lettered at its last try) that costs one attempt, not a
         batch's. Bounded by the batch size and by the pass's time for side work."""
         budget = self.settings.worker_batch_size
-        await as_pipeline(conn)
         for subject in await store_log.due_parked(conn, partition, budget):
             if budget <= 0 or self._side_time_is_up():
                 break  # the others stay due: the next pass takes them
@@ -322,7 +318,6 @@ class Worker:
             again: set[tuple[str, str]] = set()
             await self._apply_all(conn, events[:1], outcome, again, from_held=True)
             await self._apply_all(conn, events[1:], outcome, again, from_held=True)
-            await as_pipeline(conn)
             if key in again:
                 pass  # parked anew, with its next retry time
             elif emptied:
@@ -353,12 +348,10 @@ class Worker:
             while True:
                 self._side_used = True
                 started = time.monotonic()
-                await as_pipeline(conn)
                 rows = await store_log.lane_events(conn, partition, tenant_id, next_seq, offset, chunk)
                 failed = outcome.failures
                 # Events of a parked subject stay held: they belong to the subject's queue.
                 await self._apply_all(conn, [PipelineEvent.from_row(r) for r in rows], outcome, parked, from_held=True)
-                await as_pipeline(conn)
                 if len(rows) < chunk:
                     await store_log.move_lane(conn, partition, tenant_id, None)
                     del lanes[tenant_id]
@@ -399,7 +392,6 @@ class Worker:
                 candidates[partition] = (tenant_id, int(part_rows[-1]["seq"]))
         if not candidates:
             return {}
-        await as_pipeline(conn)
         waiting = await store_log.others_waiting(conn, candidates)
         return {p: candidates[p][0] for p in waiting}
 
@@ -428,7 +420,6 @@ class Worker:
             keep.append(row)
         assert lane_from is not None
         log.info("%s: tenant %s takes a lane in partition %s from seq %s", self.name, tenant_id, partition, lane_from)
-        await as_pipeline(conn)
         await store_log.open_lane(conn, partition, tenant_id, lane_from)
         outcome.side_changed = True
         return keep
@@ -496,7 +487,6 @@ class Worker:
             else:
                 keep.append(row)
         for tenant_id, held in mine.items():
-            await as_pipeline(conn)
             await store_log.open_lane(conn, partition, tenant_id, int(held[0]["seq"]))
             outcome.held.extend(int(row["seq"]) for row in held)
             outcome.side_changed = True
@@ -664,7 +654,11 @@ class Worker:
 
     async def _apply(self, conn: Conn, events: list[PipelineEvent]) -> None:
         """Run the stages over a batch and record its outcomes and follow-ups, in the caller's
-        transaction (the caller moves the offsets)."""
+        transaction (the caller moves the offsets).
+
+        Everywhere in this module the role is the pipeline's once a partition is claimed: this sets
+        the tenant's role per group and the pipeline's again at the end, and a failed savepoint
+        around it rolls its settings back too, so callers need not set the role again."""
         now = datetime.now(UTC)
         follow_ups: list[NewEvent] = []
         for round_ in _rounds(events):

@@ -466,8 +466,11 @@ async def parked_queue(conn: Conn, tenant_id: str, subject: str, up_to_seq: int,
 
 
 async def open_lane(conn: Conn, partition: int, tenant_id: str, next_seq: int) -> None:
+    """Open a tenant's lane from ``next_seq``, or widen an open one back to it: every undecided event
+    of the tenant at or below the offset is held, so the lane may start at any of them."""
     await conn.execute(
-        "INSERT INTO tenant_lanes (partition, tenant_id, next_seq) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        "INSERT INTO tenant_lanes (partition, tenant_id, next_seq) VALUES (%s, %s, %s)"
+        " ON CONFLICT (partition, tenant_id) DO UPDATE SET next_seq = least(tenant_lanes.next_seq, excluded.next_seq)",
         [partition, tenant_id, next_seq],
     )
 
