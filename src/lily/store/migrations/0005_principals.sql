@@ -45,7 +45,8 @@ CREATE INDEX login_attempts_idle ON login_attempts (last_at);
 
 -- Take one token from a bucket that refills at p_rate per second up to p_capacity. Returns 0 when a token
 -- was taken, else the seconds until one is there (nothing is taken then, so a client that keeps asking
--- while refused does not push its own recovery further away).
+-- while refused does not push its own recovery further away). A bucket stores its tokens as of "at",
+-- so the usual case is one UPDATE; a refusal reads the bucket once more, a first request inserts it.
 CREATE FUNCTION lily_take_token(p_tenant text, p_bucket text, p_rate double precision, p_capacity double precision)
 RETURNS double precision
 LANGUAGE plpgsql AS $$
@@ -53,17 +54,28 @@ DECLARE
     v_now timestamptz := clock_timestamp();
     v_tokens double precision;
 BEGIN
-    INSERT INTO rate_buckets AS b (tenant_id, bucket, tokens, at)
-    VALUES (p_tenant, p_bucket, p_capacity, v_now)
-    ON CONFLICT (tenant_id, bucket) DO UPDATE
-        SET tokens = least(p_capacity, b.tokens + greatest(0, extract(epoch FROM v_now - b.at)) * p_rate),
-            at = v_now
-    RETURNING tokens INTO v_tokens;
-    IF v_tokens >= 1 THEN
-        UPDATE rate_buckets SET tokens = tokens - 1 WHERE tenant_id = p_tenant AND bucket = p_bucket;
+    -- Re-checked on the newest row version when it waited for a concurrent request's lock, so two
+    -- requests never take the same last token.
+    UPDATE rate_buckets b
+    SET tokens = least(p_capacity, b.tokens + greatest(0, extract(epoch FROM v_now - b.at)) * p_rate) - 1,
+        at = greatest(b.at, v_now)
+    WHERE b.tenant_id = p_tenant AND b.bucket = p_bucket
+      AND least(p_capacity, b.tokens + greatest(0, extract(epoch FROM v_now - b.at)) * p_rate) >= 1;
+    IF FOUND THEN
         RETURN 0;
     END IF;
-    RETURN (1 - v_tokens) / p_rate;
+    SELECT least(p_capacity, b.tokens + greatest(0, extract(epoch FROM v_now - b.at)) * p_rate) INTO v_tokens
+    FROM rate_buckets b WHERE b.tenant_id = p_tenant AND b.bucket = p_bucket;
+    IF FOUND THEN
+        RETURN (1 - v_tokens) / p_rate;
+    END IF;
+    INSERT INTO rate_buckets (tenant_id, bucket, tokens, at) VALUES (p_tenant, p_bucket, p_capacity - 1, v_now)
+    ON CONFLICT (tenant_id, bucket) DO NOTHING;
+    IF FOUND THEN
+        RETURN 0;
+    END IF;
+    -- Another request created the bucket in between: take from it like any other.
+    RETURN lily_take_token(p_tenant, p_bucket, p_rate, p_capacity);
 END
 $$;
 
