@@ -9,6 +9,7 @@ from typing import Any, get_type_hints
 
 import pytest
 
+from lily.api.models import AssetDocument
 from lily.domain import assets as rules
 from lily.domain.errors import NotFound, PreconditionFailed
 from lily.domain.rules import check_if_match
@@ -208,6 +209,10 @@ def test_store_snapshot_and_document_derive_from_the_model() -> None:
     assert list(doc) == names
     assert doc["asset_id"] == str(existing().asset_id) and doc["created_at"] == T0.isoformat()
     assert doc["deleted_at"] is None and doc["source"] == "api" and doc["has_active_source"] is False
+    # The API's documented response model is derived from the same fields, and accepts the document.
+    assert list(AssetDocument.model_fields) == names
+    validated = AssetDocument.model_validate(doc)
+    assert (validated.asset_id, validated.created_at) == (existing().asset_id, T0)  # type: ignore[attr-defined]
 
 
 def test_a_new_field_needs_only_the_model() -> None:

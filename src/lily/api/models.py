@@ -8,13 +8,15 @@ that what is answered conforms to them.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 from uuid import UUID
 
 from fastapi import Header
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from lily.domain.assets import Asset
 from lily.domain.storable import IDEMPOTENCY_KEY_PATTERN
 
 # Declared on every write so it is validated (an index key: printable ASCII, at most 255) and documented;
@@ -36,22 +38,19 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class AssetDocument(_Out):
-    asset_id: UUID
-    qualified_name: str
-    type: str
-    name: str
-    description: str | None
-    owners: list[str]
-    tags: list[str]
-    attributes: dict[str, Any]
-    placeholder: bool
-    source: str | None = Field(default=None, description="Which source last wrote it: api, bulk, openlineage …")
-    has_active_source: bool | None = None
-    version: int
-    created_at: datetime
-    updated_at: datetime
-    deleted_at: datetime | None
+def _asset_document() -> type[_Out]:
+    """The asset's document, derived from the fields of :class:`lily.domain.assets.Asset` (what
+    ``to_document`` answers): a new asset field shows here with no edit."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Asset) if f.default is not dataclasses.MISSING}
+    members: dict[str, Any] = {name: (hint, defaults.get(name, ...)) for name, hint in get_type_hints(Asset).items()}
+    model: type[_Out] = create_model("AssetDocument", __base__=_Out, __doc__="An asset.", **members)
+    return model
+
+
+if TYPE_CHECKING:
+    AssetDocument = _Out
+else:
+    AssetDocument = _asset_document()
 
 
 class AssetVersionOut(_Out):
