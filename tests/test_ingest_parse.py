@@ -39,7 +39,7 @@ async def test_ndjson_lines_survive_any_chunking(size: int) -> None:
 @pytest.mark.parametrize("size", [1, 5, 10_000])
 async def test_json_array_items_survive_any_chunking(size: int) -> None:
     data = b' \n[{"a": 1.5}, 2, "three", {"nested": [1, {"x": null}]}]\n'
-    got = [(i, json.loads(raw)) async for i, raw in json_array_items(chunked(data, size), max_item_bytes=LIMIT)]
+    got = await collect(json_array_items(chunked(data, size), max_item_bytes=LIMIT))
     assert got == [(0, {"a": 1.5}), (1, 2), (2, "three"), (3, {"nested": [1, {"x": None}]})]
     assert isinstance(got[0][1], dict) and isinstance(got[0][1]["a"], float)  # not Decimal
 
@@ -77,7 +77,7 @@ def test_event_ids_are_uuid7_and_time_ordered() -> None:
 @pytest.mark.parametrize("size", [1, 2, 7, 10_000])
 async def test_json_array_strings_hide_structure_across_chunks(size: int) -> None:
     data = b'[{"a": "x],\\"[{"}, "\\\\", {"b": ["}", "\\u005d"]}]'
-    got = [(i, json.loads(raw)) async for i, raw in json_array_items(chunked(data, size), max_item_bytes=LIMIT)]
+    got = await collect(json_array_items(chunked(data, size), max_item_bytes=LIMIT))
     assert got == [(0, {"a": 'x],"[{'}), (1, "\\"), (2, {"b": ["}", "]"]})]
 
 
@@ -97,13 +97,13 @@ async def test_deep_and_long_items_are_refused_alone_while_streaming() -> None:
     for i in range(0, len(data), 4096):
         got += splitter.feed(data[i : i + 4096])
         assert len(splitter.buf) <= 1024 + 4096  # never more than one bound and one chunk held
-    splitter.close()
+    got += splitter.close()
     assert [raw for _, raw in got] == [
-        b"1",
+        1,
         Refused("the item nests deeper than 64 levels"),
         Refused("the item exceeds 1024 bytes (the limit of one asset's body)"),
-        b"7",
-        b'"last"',
+        7,
+        "last",
     ]
 
 
@@ -153,3 +153,14 @@ def test_refused_and_unparseable_items_give_reasons() -> None:
     assert validate(Refused("too deep")) == "too deep"
     assert str(validate(b"[" * 100_000)).startswith("malformed JSON")
     assert str(validate(b"\xff\xfe{")).startswith("malformed JSON")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 10_000])
+async def test_json_array_numbers_characters_and_bad_items_across_chunks(size: int) -> None:
+    data = '[12345, "héllo ☃ 😀", {"a" 1}, [1, 2], 6]'.encode()
+    got = await collect(json_array_items(chunked(data, size), max_item_bytes=LIMIT))
+    assert [raw for _, raw in got[:2]] == [12345, "héllo ☃ 😀"]
+    assert isinstance(got[2][1], Refused) and got[2][1].reason.startswith("malformed JSON")  # refused alone
+    assert got[3:] == [(3, [1, 2]), (4, 6)]
+    with pytest.raises(MalformedBody, match="UTF-8"):
+        await collect(json_array_items(chunked(b'["\xff"]', size), max_item_bytes=LIMIT))

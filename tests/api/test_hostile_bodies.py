@@ -260,7 +260,8 @@ def test_gzip_bomb_is_inflated_in_slices(live: Live) -> None:
     assert len(bomb) < 128 * 1024
     headers = live.headers("attacker", **{"Content-Encoding": "gzip", "Content-Type": "application/json"})
     r, seconds, watch = watched(
-        live, lambda: httpx.post(live.servers[0].base + "/api/v1/lineage/batch", content=bomb, headers=headers)
+        live,
+        lambda: httpx.post(live.servers[0].base + "/api/v1/lineage/batch", content=bomb, headers=headers, timeout=30),
     )
     assert_problem(r, 422)  # an empty batch, once read
     assert seconds < 10

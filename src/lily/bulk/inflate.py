@@ -12,6 +12,8 @@ another tenant's requests for more than a slice's work (about a millisecond).
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -121,7 +123,7 @@ async def read_json(request: Request, *, max_bytes: int, max_item_bytes: int, ar
     if content_type and "json" not in content_type:
         raise UnsupportedEncoding(f"send application/json, not {content_type}")
     # A lone value is split as the one element of an array around it: the same bounds, one code path.
-    splitter = ArraySplitter(max_item_bytes=max_item_bytes, max_depth=MAX_DEPTH)
+    splitter = ArraySplitter(max_item_bytes=max_item_bytes, max_depth=MAX_DEPTH, parse=False)
     values: list[Any] = []
     try:
         if not array:
@@ -130,9 +132,8 @@ async def read_json(request: Request, *, max_bytes: int, max_item_bytes: int, ar
             for index, raw in splitter.feed(piece):
                 values.append(_parse(index, raw, array=array, limit=max_item_bytes))
                 await asyncio.sleep(0)
-        if not array:
-            values += [_parse(i, raw, array=False, limit=max_item_bytes) for i, raw in splitter.feed(b"]")]
-        splitter.close()
+        tail = splitter.feed(b"]") if not array else []
+        values += [_parse(i, raw, array=array, limit=max_item_bytes) for i, raw in tail + splitter.close()]
     except NotAnArray:
         raise Invalid("the body must be a JSON array", field="body") from None
     except MalformedBody as exc:
@@ -147,13 +148,22 @@ async def read_json(request: Request, *, max_bytes: int, max_item_bytes: int, ar
     return values[0]
 
 
-def _parse(index: int, raw: bytes | Refused, *, array: bool, limit: int) -> Any:
+# 19 digits or more: possibly beyond 64 bits (a cheap over-approximation; digits inside strings also match).
+_LONG_INTEGER = re.compile(r"\d{19}")
+
+
+def _parse(index: int, raw: str | Refused, *, array: bool, limit: int) -> Any:
     where = f"[{index}]" if array else "body"
     if isinstance(raw, Refused):
         if raw.reason.startswith("the item exceeds"):
             raise PayloadTooLarge(f"{where} exceeds {limit} bytes", limit=limit, field=where)
         raise Invalid(f"{where} nests deeper than {MAX_DEPTH} levels", field=where)
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(f"the body is not valid JSON ({where}): {exc}") from None
+    if _LONG_INTEGER.search(raw):
+        # orjson reads integers beyond 64 bits as floats, silently; the standard parser keeps them exact,
+        # so the storable check refuses them (422 naming the member) instead of storing a rewritten number.
+        value = json.loads(raw)
+    return value

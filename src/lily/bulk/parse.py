@@ -15,9 +15,12 @@ whose structure is broken (not an array, unbalanced, truncated, an empty item) e
 
 from __future__ import annotations
 
+import codecs
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from lily.domain.errors import LilyError
 
@@ -91,27 +94,37 @@ async def ndjson_lines(
         yield index, _too_long(max_item_bytes) if refused else b"".join(pieces)
 
 
-# Outside strings: the bytes that change the structure. Commas matter only between items (depth 1).
-_TOP = re.compile(rb'["\[\]{},]')
-_INNER = re.compile(rb'["\[\]{}]')
+# Outside strings: the characters that change the structure. Commas matter only between items (depth 1).
+_TOP = re.compile(r'["\[\]{},]')
+_INNER = re.compile(r'["\[\]{}]')
 # Inside a string: everything up to its closing quote (escapes skipped); stops short at the buffer's end.
-_STRING_REST = re.compile(rb'[^"\\]*(?:\\[\s\S][^"\\]*)*')
-_OPEN, _CLOSE, _QUOTE, _COMMA = frozenset(b"[{"), frozenset(b"]}"), ord('"'), ord(",")
+_STRING_REST = re.compile(r'[^"\\]*(?:\\[\s\S][^"\\]*)*')
+_SPACE = re.compile(r"[ \t\r\n]*")
+_TEXT_NONSPACE = re.compile(r"[^ \t\r\n]")
+_OPEN, _CLOSE = frozenset("[{"), frozenset("]}")
+_DECODER = json.JSONDecoder()  # what ``json.loads`` (and so the single endpoint's framework) parses with
 
 
 class ArraySplitter:
-    """Feeds on the chunks of a JSON array; returns the items (bytes or :class:`Refused`) each completes.
+    """Feeds on the chunks of a JSON array; returns the items each completes, parsed (``parse``: by
+    ``json``'s own decoder, as ``json.loads`` would) or as text, or :class:`Refused`.
 
-    Depth counts brackets: 1 inside the top-level array, 2 inside an item's object. Positions are
-    offsets in ``buf``, which holds only the current item (or nothing, once it is refused).
+    The fast path parses an item in place with the C decoder when it is whole in the buffer and
+    followed by its separator. Otherwise (split across chunks, invalid, too long, too deep) the item is
+    scanned by structure: depth counts brackets, 1 inside the top-level array, 2 inside an item's
+    object. Positions are offsets in ``buf`` (text), which holds only the current item, or nothing once
+    it is refused.
     """
 
-    def __init__(self, *, max_item_bytes: int, max_depth: int = MAX_ITEM_DEPTH) -> None:
+    def __init__(self, *, max_item_bytes: int, max_depth: int = MAX_ITEM_DEPTH, parse: bool = True) -> None:
         self.max_item_bytes = max_item_bytes
         self.max_depth = max_depth
-        self.buf = bytearray()
-        self.pos = 0  # next byte to scan
-        self.span = 0  # where the current item's bytes start (just after the '[' or ',' before it)
+        self.parse = parse
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.buf = ""
+        self.pos = 0  # next character to scan
+        self.span = 0  # where the current item's text starts (just after the '[' or ',' before it)
+        self.fresh = False  # nothing of the current item scanned yet: the fast path may try it
         self.depth = 0
         self.in_string = False
         self.refused: Refused | None = None
@@ -119,30 +132,44 @@ class ArraySplitter:
         self.index = 0
         self.commas = 0
 
-    def feed(self, chunk: bytes) -> list[tuple[int, bytes | Refused]]:
-        out: list[tuple[int, bytes | Refused]] = []
+    def feed(self, chunk: bytes, *, final: bool = False) -> list[tuple[int, Any]]:
+        try:
+            text = self._utf8.decode(chunk, final)
+        except UnicodeDecodeError as exc:
+            raise MalformedBody(f"the body is not UTF-8: {exc}", item_index=self.index) from None
+        out: list[tuple[int, Any]] = []
         if self.ended:
-            if _NONSPACE.search(chunk):
+            if _TEXT_NONSPACE.search(text):
                 raise MalformedBody("the body goes on after the array's closing bracket", item_index=self.index)
             return out
-        self.buf += chunk
+        if not self.in_string and self.pos == len(self.buf) and not text.strip(" \t\r\n"):
+            # Blanks only, outside any string, nothing pending: one blank keeps tokens apart, the rest
+            # would only be copied and scanned (a gzip bomb of whitespace is exactly that).
+            text = "" if self.buf.endswith(" ") else " "
+        self.buf += text
         buf = self.buf
         if self.depth == 0:
-            first = _NONSPACE.search(buf, self.pos)
+            first = _TEXT_NONSPACE.search(buf, self.pos)
             if first is None:
                 self.pos = len(buf)
                 self._compact()
                 return out
-            if buf[first.start()] != ord("["):
+            if buf[first.start()] != "[":
                 raise NotAnArray(
                     "a bulk body is a JSON array of assets, or NDJSON with Content-Type: application/x-ndjson"
                 )
             self.depth, self.pos = 1, first.end()
-            self.span = self.pos
+            self.span, self.fresh = self.pos, True
         while self.pos < len(buf) and not self.ended:
+            if self.fresh and self.parse:
+                step = self._fast(out, final)
+                if step == "parsed":
+                    continue
+                if step == "wait":
+                    break
             if self.in_string:
                 end = _STRING_REST.match(buf, self.pos).end()  # type: ignore[union-attr]  # always matches
-                if end < len(buf) and buf[end] == _QUOTE:
+                if end < len(buf) and buf[end] == '"':
                     self.in_string, self.pos = False, end + 1
                     continue
                 self.pos = end  # the string goes on in the next chunk (or a lone '\' waits for its pair)
@@ -151,12 +178,16 @@ class ArraySplitter:
                 continue
             m = (_TOP if self.depth == 1 else _INNER).search(buf, self.pos)
             if m is None:
+                if self.fresh and _TEXT_NONSPACE.search(buf, self.pos):
+                    self.fresh = False
                 self.pos = len(buf)
                 break
             at = m.start()
             c = buf[at]
             self.pos = at + 1
-            if c == _QUOTE:
+            if c not in ",]" or self.depth > 1:
+                self.fresh = False
+            if c == '"':
                 self.in_string = True
             elif c in _OPEN:
                 self.depth += 1
@@ -165,27 +196,72 @@ class ArraySplitter:
             elif c in _CLOSE:
                 self.depth -= 1
                 if self.depth == 0:
-                    if c != ord("]"):
+                    if c != "]":
                         raise MalformedBody("the array is closed with '}'", item_index=self.index)
                     self._finish(at, out, last=True)
                     self.ended = True
             else:  # a comma between items
                 self._finish(at, out, last=False)
-        if self.ended and _NONSPACE.search(buf, self.pos):
+        if self.ended and _TEXT_NONSPACE.search(buf, self.pos):
             raise MalformedBody("the body goes on after the array's closing bracket", item_index=self.index)
         self._check_size()
         self._compact()
         return out
 
-    def close(self) -> None:
+    def close(self) -> list[tuple[int, Any]]:
+        """The items the end of the body completes; raises if the array is not closed."""
+        out = self.feed(b"", final=True)
         if self.depth == 0 and not self.ended:
             raise MalformedBody("the body is empty; send a JSON array (possibly []) or NDJSON")
         if not self.ended:
             raise MalformedBody(
                 f"the body ends before the array is closed (in item {self.index})", item_index=self.index
             )
+        return out
 
-    def _finish(self, at: int, out: list[tuple[int, bytes | Refused]], *, last: bool) -> None:
+    def _fast(self, out: list[tuple[int, Any]], final: bool) -> str:
+        """Parse the item at the buffer's first non-blank in place, if it is whole and its separator
+        follows ("parsed": moved past the separator); else "wait" for more of it, or "scan" it."""
+        buf = self.buf
+        start = _SPACE.match(buf, self.pos).end()  # type: ignore[union-attr]  # always matches
+        if start >= len(buf) or buf[start] in ",]":
+            return "scan"  # blanks only so far, or an empty item: the structural path decides
+        try:
+            value, end = _DECODER.raw_decode(buf, start)
+        except (ValueError, RecursionError):  # incomplete, invalid or deep: scan it by structure
+            self.fresh = False
+            return "scan"
+        sep = _SPACE.match(buf, end).end()  # type: ignore[union-attr]
+        if sep >= len(buf):
+            if not final and sep - start <= self.max_item_bytes:
+                return "wait"  # a number may go on, or the separator is in the next chunk
+            self.fresh = False
+            return "scan"
+        if buf[sep] not in ",]":
+            raise MalformedBody(
+                f"the body is not a valid JSON array (after item {self.index}): expected ',' or ']'",
+                item_index=self.index,
+            )
+        if self._too_long(buf, start, end):
+            out.append((self.index, _too_long(self.max_item_bytes)))
+        else:
+            out.append((self.index, value))
+        self.index += 1
+        self.pos = sep + 1
+        if buf[sep] == ",":
+            self.commas += 1
+            self.span = self.pos
+        else:
+            self.depth, self.ended = 0, True
+        return "parsed"
+
+    def _too_long(self, buf: str, start: int, end: int) -> bool:
+        # Characters first (a UTF-8 character is 1 to 4 bytes): most items are far below a quarter.
+        if (end - start) * 4 <= self.max_item_bytes:
+            return False
+        return len(buf[start:end].encode("utf-8", "surrogatepass")) > self.max_item_bytes
+
+    def _finish(self, at: int, out: list[tuple[int, Any]], *, last: bool) -> None:
         """The item between ``span`` and the separator at ``at`` is complete."""
         if self.refused is None and at - self.span > self.max_item_bytes:
             self._refuse_if_content(at)
@@ -193,23 +269,35 @@ class ArraySplitter:
             out.append((self.index, self.refused))
             self.index += 1
         else:
-            item = bytes(self.buf[self.span : at]).strip()
+            item = self.buf[self.span : at].strip(" \t\r\n")
             if item:
-                out.append((self.index, item))
+                out.append((self.index, self._value(item)))
                 self.index += 1
             elif not last or self.commas:  # [1,,2], [,1] and [1,] are not JSON; [] and [ ] are
                 raise MalformedBody(f"item {self.index} of the array is empty", item_index=self.index)
         if not last:
             self.commas += 1
         self.refused = None
-        self.span = at + 1
+        self.span, self.fresh = at + 1, True
+
+    def _value(self, item: str) -> Any:
+        if self._too_long(item, 0, len(item)):
+            return _too_long(self.max_item_bytes)
+        if not self.parse:
+            return item
+        try:
+            return json.loads(item)
+        except RecursionError:
+            return Refused("malformed JSON: nested too deeply")
+        except ValueError as exc:
+            return Refused(f"malformed JSON: {exc}")
 
     def _check_size(self) -> None:
         if self.refused is None and self.pos - self.span > self.max_item_bytes:
             self._refuse_if_content(self.pos)
 
     def _refuse_if_content(self, upto: int) -> None:
-        if _NONSPACE.search(self.buf, self.span, upto):
+        if _TEXT_NONSPACE.search(self.buf, self.span, upto):
             self.refused = _too_long(self.max_item_bytes)
         else:  # only blanks so far: drop them, the item has not begun
             self.span = upto
@@ -217,8 +305,11 @@ class ArraySplitter:
     def _compact(self) -> None:
         """Drop what is no longer needed: everything before the item, or all of a refused item."""
         keep = self.pos if self.refused is not None or self.ended else self.span
+        if self.fresh and keep == self.span:  # the item has not begun: its leading blanks can go too
+            first = _TEXT_NONSPACE.search(self.buf, self.span, self.pos)
+            keep = self.pos if first is None else first.start()
         if keep:
-            del self.buf[:keep]
+            self.buf = self.buf[keep:]
             self.pos -= keep
             self.span = max(0, self.span - keep)
 
@@ -226,12 +317,12 @@ class ArraySplitter:
         """In a refused item, jump over a string-free run of brackets by counting (C speed), up to where
         the item might end; True if it moved. Deep nesting is thus refused at memchr speed."""
         buf = self.buf
-        quote = buf.find(b'"', self.pos)
+        quote = buf.find('"', self.pos)
         end = len(buf) if quote < 0 else quote
         while end - self.pos >= 256:
-            closes = buf.count(b"]", self.pos, end) + buf.count(b"}", self.pos, end)
+            closes = buf.count("]", self.pos, end) + buf.count("}", self.pos, end)
             if self.depth - closes > 1:  # the item cannot end inside [pos, end)
-                self.depth += buf.count(b"[", self.pos, end) + buf.count(b"{", self.pos, end) - closes
+                self.depth += buf.count("[", self.pos, end) + buf.count("{", self.pos, end) - closes
                 self.pos = end
                 return True
             end = self.pos + (end - self.pos) // 2  # it might: try the first half
@@ -240,11 +331,13 @@ class ArraySplitter:
 
 async def json_array_items(
     chunks: AsyncIterator[bytes], *, max_item_bytes: int, max_depth: int = MAX_ITEM_DEPTH
-) -> AsyncIterator[tuple[int, bytes | Refused]]:
-    """The elements of a top-level JSON array, each as its bytes (or refused), with their index."""
+) -> AsyncIterator[tuple[int, Any]]:
+    """The elements of a top-level JSON array, each parsed as ``json.loads`` would (or refused), with
+    their index."""
     splitter = ArraySplitter(max_item_bytes=max_item_bytes, max_depth=max_depth)
     async for chunk in chunks:
         if chunk:
             for item in splitter.feed(chunk):
                 yield item
-    splitter.close()
+    for item in splitter.close():
+        yield item
