@@ -28,6 +28,8 @@ from lily.config import Settings
 from lily.store.db import Database
 from tests.conftest import TEST_PARTITIONS, with_dbname
 
+from .helpers import assert_problem
+
 SEED = 20261201
 EXAMPLES = 12  # per operation
 STATEFUL_EXAMPLES = 15
@@ -181,3 +183,18 @@ def test_stateful_sequences_keep_the_contract(api_schema: Any, live: tuple[str, 
     # The phase did not run empty: it made calls, and some of them succeeded (links were followed).
     assert len(answered) >= STATEFUL_EXAMPLES, answered
     assert any(200 <= status < 300 for _, status in answered), answered
+
+
+async def test_a_wrong_method_is_405_with_allow(client: Any, tenant: Any) -> None:
+    h = tenant.headers("admin")
+    some_id = "6c1f4c57-0b8e-4c8a-9d0f-4c1f1a7e5e11"
+    for method, url, allow in [
+        ("PATCH", f"/metadata/{some_id}", "DELETE, GET, PUT"),
+        ("DELETE", "/metadata/search", "GET"),  # not taken for /metadata/{asset_id}
+        ("PUT", "/metadata/bulk", "POST"),
+        ("GET", "/admin/dead-letters/replay", "POST"),
+        ("POST", f"/events/{some_id}", "GET"),
+    ]:
+        r = await client.request(method, url, headers=h)
+        assert_problem(r, 405, "method-not-allowed")
+        assert r.headers["allow"] == allow, (method, url, r.headers.get("allow"))
