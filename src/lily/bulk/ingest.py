@@ -71,6 +71,8 @@ async def receive(
         async with store.stager(conn) as stage:
             async for index, raw in items:
                 total = index + 1
+                if index % 128 == 127:  # a 64 KiB chunk holds hundreds of items: let other requests in
+                    await asyncio.sleep(0)
                 if total > settings.max_bulk_items:
                     raise PayloadTooLarge(
                         f"a bulk job holds at most {settings.max_bulk_items} items", limit=settings.max_bulk_items
