@@ -158,50 +158,6 @@ async def exists_ever(conn: Conn, tenant_id: str, asset_id: UUID) -> bool:
     return await cur.fetchone() is not None
 
 
-async def search(
-    conn: Conn,
-    tenant_id: str,
-    *,
-    q: str | None,
-    qualified_name: str | None,
-    types: Sequence[str],
-    tags: Sequence[str],
-    after: tuple[float, str] | None,
-    limit: int,
-) -> list[tuple[Asset, float]]:
-    """Live assets matching every filter given, each with its rank. With ``q``, ranked by relevance;
-    else by asset id.
-
-    The cursor is (rank, asset_id) of the last row seen, so pages are stable under equal ranks.
-    """
-    where = ["tenant_id = %(tenant)s", "deleted_at IS NULL"]
-    params: dict[str, Any] = {"tenant": tenant_id, "limit": limit}
-    if qualified_name is not None:
-        where.append("qualified_name = %(qn)s")
-        params["qn"] = qualified_name
-    if types:
-        where.append("type = ANY(%(types)s)")
-        params["types"] = list(types)
-    if tags:
-        where.append("tags @> %(tags)s")
-        params["tags"] = list(tags)
-    if q:
-        where.append("search @@ websearch_to_tsquery('simple', %(q)s)")
-        params["q"] = q
-        rank = "ts_rank_cd(search, websearch_to_tsquery('simple', %(q)s))::float8"
-    else:
-        rank = "0::float8"
-    if after is not None:
-        where.append(f"({rank}, asset_id::text) < (%(after_rank)s, %(after_id)s)")
-        params["after_rank"], params["after_id"] = after
-    cur = await conn.execute(
-        f"SELECT {ASSET_COLUMNS}, {rank} AS rank FROM assets WHERE {' AND '.join(where)}"
-        f" ORDER BY rank DESC, asset_id::text DESC LIMIT %(limit)s",
-        params,
-    )
-    return [(Asset(**{c: row[c] for c in ASSET_FIELDS}), row["rank"]) for row in await cur.fetchall()]
-
-
 async def insert_placeholders(conn: Conn, tenant_id: str, placeholders: list[Asset]) -> list[Asset]:
     """Create placeholder assets for names nobody has written yet; returns the ones this call created.
 

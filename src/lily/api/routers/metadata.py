@@ -1,4 +1,4 @@
-"""``/metadata``: create (upsert), read with history, replace, soft-delete, search, audit trail."""
+"""``/metadata``: create (upsert), read with history, replace, soft-delete, audit trail (search: ``search.py``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import StringConstraints
 
 from lily.api import pagination, writes
 from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
 from lily.api.errors import problem_responses
-from lily.api.models import WRITE_RESPONSES, AssetDocument, AssetPage, AssetWithHistory, AuditPage, IdempotencyKeyHeader
+from lily.api.models import WRITE_RESPONSES, AssetDocument, AssetWithHistory, AuditPage, IdempotencyKeyHeader
 from lily.api.responses import FastJSON
 from lily.domain import assets as rules
 from lily.domain.errors import Invalid, NotFound
@@ -22,8 +21,6 @@ from lily.domain.rules import check_if_match, require_asset
 from lily.store import assets as store
 from lily.store import audit as store_audit
 from lily.store.db import Conn
-
-SearchTerm = Annotated[str, StringConstraints(max_length=256, pattern=rules.NO_NUL)]
 
 # Listed before ``item_router`` so /metadata/search never matches /metadata/{asset_id}.
 router = APIRouter(prefix="/metadata", tags=["metadata"])
@@ -74,37 +71,6 @@ async def create_or_update(
     payload["qualified_name"], payload["type"] = body.qualified_name, body.type
     event = NewEvent(principal.tenant_id, body.qualified_name, ASSET_UPSERT, payload, principal.actor, request_id)
     return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
-
-
-@router.get("/search", response_model=AssetPage, responses=problem_responses())
-async def search(
-    principal: Viewer,
-    runtime: RuntimeDep,
-    q: Annotated[
-        str | None,
-        Query(max_length=512, pattern=rules.NO_NUL, description="Full text: name, qualified name, description"),
-    ] = None,
-    qualified_name: Annotated[str | None, Query(max_length=1024, pattern=rules.NO_NUL)] = None,
-    type: Annotated[list[SearchTerm], Query(description="Asset types; repeat for any of several")] = [],  # noqa: B006
-    tag: Annotated[list[SearchTerm], Query(description="Tags; repeat to require all")] = [],  # noqa: B006
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: pagination.Cursor = None,
-) -> Response:
-    after = pagination.decode(cursor, valid=pagination.rank_and_id)
-    async with runtime.db.tenant(principal.tenant_id) as conn:
-        rows = await store.search(
-            conn,
-            principal.tenant_id,
-            q=q,
-            qualified_name=qualified_name,
-            types=[t.lower() for t in type or []],
-            tags=tag or [],
-            after=tuple(after) if after else None,
-            limit=limit + 1,
-        )
-    result = pagination.page(rows, limit, lambda r: [r[1], str(r[0].asset_id)])
-    result["items"] = [rules.to_document(asset) for asset, _ in result["items"]]
-    return FastJSON(result)
 
 
 @router.get("/audit/{asset_id}", response_model=AuditPage, responses=problem_responses(404))

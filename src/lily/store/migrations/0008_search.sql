@@ -1,0 +1,228 @@
+-- Search that uses its indexes, with isolation still enforced by the database.
+--
+-- Under FORCE ROW LEVEL SECURITY the planner must evaluate the tenant policy before any operator that is
+-- not LEAKPROOF, and the operators search needs (@@, @>, LIKE, pg_trgm's %) are not: every search was a
+-- sequential scan of the tenant. Search therefore runs in SECURITY DEFINER functions owned by lily_search,
+-- a NOLOGIN role made only for them that bypasses RLS and may only SELECT from assets. The functions read
+-- the tenant from the transaction-local setting lily.tenant_id — the same setting the RLS policy reads, so
+-- the trust is unchanged — and take no tenant argument; with no tenant set they answer nothing. Every
+-- filter value reaches the generated SQL through format('%L'), every identifier and sort from a fixed list.
+--
+-- pg_trgm: CREATE EXTENSION needs a superuser (or a trusted-extension owner); the migrator runs as the
+-- login role, a superuser in the embedded server. On a managed server, create it beforehand.
+CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
+
+DO $$
+BEGIN
+    CREATE ROLE lily_search NOLOGIN BYPASSRLS NOINHERIT;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END
+$$;
+GRANT USAGE ON SCHEMA public TO lily_search;
+GRANT SELECT ON assets TO lily_search;
+
+-- Field weights: name (A) > qualified name (B) > column names (C) > description and tags (D). The
+-- description is indexed twice: stemmed ('english', so "events" finds "event") and exact ('simple');
+-- identifiers only exact, split at punctuation as well as whole. A description hit matches both halves
+-- of the query (stemmed and exact) and so ranks above a tag hit, which matches only the exact half.
+DROP INDEX assets_search;
+ALTER TABLE assets DROP COLUMN search;
+ALTER TABLE assets ADD COLUMN search_doc tsvector GENERATED ALWAYS AS (
+    setweight(to_tsvector('simple', name) ||
+              to_tsvector('simple', regexp_replace(name, '[^[:alnum:]]+', ' ', 'g')), 'A') ||
+    setweight(to_tsvector('simple', regexp_replace(qualified_name, '[^[:alnum:]]+', ' ', 'g')), 'B') ||
+    setweight(jsonb_to_tsvector('simple', jsonb_path_query_array(attributes, '$.columns[*].name'), '["string"]'), 'C') ||
+    setweight(to_tsvector('english', coalesce(description, '')) ||
+              to_tsvector('simple', coalesce(description, '')) ||
+              array_to_tsvector(tags), 'D')
+) STORED;
+
+-- Live rows only: search never shows a deleted asset.
+CREATE INDEX assets_search_doc ON assets USING gin (search_doc) WHERE deleted_at IS NULL;
+CREATE INDEX assets_name_trgm ON assets USING gin (lower(name) public.gin_trgm_ops) WHERE deleted_at IS NULL;
+CREATE INDEX assets_name_prefix ON assets (tenant_id, lower(name) text_pattern_ops) WHERE deleted_at IS NULL;
+CREATE INDEX assets_by_name ON assets (tenant_id, name COLLATE "C", asset_id) WHERE deleted_at IS NULL;
+CREATE INDEX assets_by_updated ON assets (tenant_id, updated_at, asset_id) WHERE deleted_at IS NULL;
+CREATE INDEX assets_qn_prefix ON assets (tenant_id, qualified_name text_pattern_ops) WHERE deleted_at IS NULL;
+CREATE INDEX assets_owners ON assets USING gin (owners) WHERE deleted_at IS NULL;
+
+-- 'abc' -> 'abc%', with LIKE's own metacharacters escaped.
+CREATE FUNCTION lily_search_like_prefix(p text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT replace(replace(replace(p, '\', '\\'), '%', '\%'), '_', '\_') || '%'
+$$;
+
+-- The WHERE clause for a filter document, tenant included (from the setting, never from the document).
+-- NULL when no tenant is set. Keys: q, types, tags, owners, sources, qualified_name,
+-- qualified_name_prefix, updated_since; unknown keys are ignored.
+CREATE FUNCTION lily_search_where(f jsonb) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tenant text := nullif(current_setting('lily.tenant_id', true), '');
+    q text := nullif(btrim(f->>'q'), '');
+    w text;
+BEGIN
+    IF tenant IS NULL THEN
+        RETURN NULL;
+    END IF;
+    w := format('a.tenant_id = %L AND a.deleted_at IS NULL', tenant);
+    IF q IS NOT NULL THEN
+        -- A misspelt name is one word: trigram similarity against several words matches too loosely.
+        w := w || format(
+            ' AND (a.search_doc @@ (websearch_to_tsquery(''simple'', %1$L) || websearch_to_tsquery(''english'', %1$L))'
+            ' OR lower(a.name) LIKE %2$L%3$s)',
+            q, public.lily_search_like_prefix(lower(q)),
+            CASE WHEN q !~ '\s' AND length(q) >= 3
+                THEN format(' OR lower(a.name) OPERATOR(public.%%) %L', lower(q)) ELSE '' END);
+    END IF;
+    IF jsonb_typeof(f->'types') = 'array' AND jsonb_array_length(f->'types') > 0 THEN
+        w := w || format(' AND a.type = ANY(%L::text[])', ARRAY(SELECT jsonb_array_elements_text(f->'types')));
+    END IF;
+    IF jsonb_typeof(f->'tags') = 'array' AND jsonb_array_length(f->'tags') > 0 THEN
+        w := w || format(' AND a.tags @> %L::text[]', ARRAY(SELECT jsonb_array_elements_text(f->'tags')));
+    END IF;
+    IF jsonb_typeof(f->'owners') = 'array' AND jsonb_array_length(f->'owners') > 0 THEN
+        w := w || format(' AND a.owners && %L::text[]', ARRAY(SELECT jsonb_array_elements_text(f->'owners')));
+    END IF;
+    IF jsonb_typeof(f->'sources') = 'array' AND jsonb_array_length(f->'sources') > 0 THEN
+        w := w || format(' AND a.source = ANY(%L::text[])', ARRAY(SELECT jsonb_array_elements_text(f->'sources')));
+    END IF;
+    IF f->>'qualified_name' IS NOT NULL THEN
+        w := w || format(' AND a.qualified_name = %L', f->>'qualified_name');
+    END IF;
+    IF nullif(f->>'qualified_name_prefix', '') IS NOT NULL THEN
+        w := w || format(' AND a.qualified_name LIKE %L', public.lily_search_like_prefix(f->>'qualified_name_prefix'));
+    END IF;
+    IF f->>'updated_since' IS NOT NULL THEN
+        w := w || format(' AND a.updated_at >= %L::timestamptz', (f->>'updated_since')::timestamptz);
+    END IF;
+    RETURN w;
+END
+$$;
+
+-- One page of asset ids in the order asked for, after the keyset position ``after`` ([key, asset_id] of
+-- the last row seen, or NULL). Sorts: 'relevance' (needs q; tiers exact name 3, name prefix 2, text
+-- match 1 plus its weighted rank, typo-only matches their trigram similarity), 'name', 'updated_at'.
+-- Relevance ranks a bounded candidate set: every name-prefix match (up to ``candidates``) plus the first
+-- ``candidates`` other matches; ``ranked`` says how many were ranked, so the caller can say when the
+-- bound cut in. The name and updated_at sorts walk their index from the keyset position: no page redoes
+-- the pages before it.
+CREATE FUNCTION lily_search_page(f jsonb, sort text, after jsonb, lim integer, candidates integer)
+RETURNS TABLE (asset_id uuid, score float8, sort_name text, sort_updated timestamptz, ranked integer)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w text := public.lily_search_where(f);
+    q text := nullif(btrim(f->>'q'), '');
+    lq text := lower(nullif(btrim(f->>'q'), ''));
+    tsq text;
+    score text;
+    keyset text := '';
+BEGIN
+    IF w IS NULL THEN
+        RETURN;
+    END IF;
+    lim := least(greatest(coalesce(lim, 1), 1), 1001);
+    candidates := least(greatest(coalesce(candidates, 1), 1), 100000);
+    IF sort = 'relevance' AND q IS NOT NULL THEN
+        tsq := format('(websearch_to_tsquery(''simple'', %1$L) || websearch_to_tsquery(''english'', %1$L))', q);
+        score := format(
+            'CASE WHEN lower(a.name) = %1$L THEN 3 WHEN lower(a.name) LIKE %2$L THEN 2'
+            ' WHEN a.search_doc @@ %3$s THEN 1 ELSE 0 END'
+            ' + CASE WHEN a.search_doc @@ %3$s THEN ts_rank(''{0.1, 0.2, 0.4, 1.0}'', a.search_doc, %3$s, 32)'
+            ' ELSE 0.99 * public.similarity(lower(a.name), %1$L) END',
+            lq, public.lily_search_like_prefix(lq), tsq);
+        IF after IS NOT NULL THEN
+            keyset := format(' WHERE (m.score, m.asset_id) < (%L::float8, %L::uuid)', after->>0, after->>1);
+        END IF;
+        RETURN QUERY EXECUTE format(
+            'WITH c AS MATERIALIZED ('
+            '  (SELECT a.asset_id, a.name, a.updated_at, (%1$s)::float8 AS score FROM public.assets a'
+            '   WHERE %2$s AND lower(a.name) LIKE %3$L LIMIT %4$s)'
+            '  UNION'
+            '  (SELECT a.asset_id, a.name, a.updated_at, (%1$s)::float8 AS score FROM public.assets a'
+            '   WHERE %2$s LIMIT %4$s)),'
+            ' n AS (SELECT count(*)::integer AS ranked FROM c)'
+            ' SELECT m.asset_id, m.score, m.name, m.updated_at, n.ranked FROM c m, n%5$s'
+            ' ORDER BY m.score DESC, m.asset_id DESC LIMIT %6$s',
+            score, w, public.lily_search_like_prefix(lq), candidates, keyset, lim);
+    ELSIF sort = 'updated_at' THEN
+        IF after IS NOT NULL THEN
+            keyset := format(' AND (a.updated_at, a.asset_id) < (%L::timestamptz, %L::uuid)', after->>0, after->>1);
+        END IF;
+        RETURN QUERY EXECUTE format(
+            'SELECT a.asset_id, NULL::float8, a.name, a.updated_at, NULL::integer FROM public.assets a'
+            ' WHERE %s%s ORDER BY a.updated_at DESC, a.asset_id DESC LIMIT %s', w, keyset, lim);
+    ELSE
+        IF after IS NOT NULL THEN
+            keyset := format(' AND (a.name COLLATE "C", a.asset_id) > (%L COLLATE "C", %L::uuid)', after->>0, after->>1);
+        END IF;
+        RETURN QUERY EXECUTE format(
+            'SELECT a.asset_id, NULL::float8, a.name, a.updated_at, NULL::integer FROM public.assets a'
+            ' WHERE %s%s ORDER BY a.name COLLATE "C", a.asset_id LIMIT %s', w, keyset, lim);
+    END IF;
+END
+$$;
+
+-- How many rows match, counted up to ``bound`` + 1 over the caller's own rows (never planner statistics,
+-- which span tenants). A result above ``bound`` means "more than bound".
+CREATE FUNCTION lily_search_count(f jsonb, bound integer) RETURNS integer
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w text := public.lily_search_where(f);
+    n integer;
+BEGIN
+    IF w IS NULL THEN
+        RETURN 0;
+    END IF;
+    bound := least(greatest(coalesce(bound, 0), 0), 1000000);
+    EXECUTE format('SELECT count(*)::integer FROM (SELECT 1 FROM public.assets a WHERE %s LIMIT %s) s', w, bound + 1)
+        INTO n;
+    RETURN n;
+END
+$$;
+
+-- The top ``top`` values of one facet (type, tag, owner, source) with their counts, counted over the
+-- first ``bound`` matching rows; ``sampled`` is the number of rows counted (bound + 1 when cut off).
+CREATE FUNCTION lily_search_facet(f jsonb, facet text, top integer, bound integer)
+RETURNS TABLE (value text, n bigint, sampled integer)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w text := public.lily_search_where(f);
+    expr text;
+BEGIN
+    IF w IS NULL THEN
+        RETURN;
+    END IF;
+    expr := CASE facet
+        WHEN 'type' THEN 'ARRAY[a.type]'
+        WHEN 'tag' THEN 'a.tags'
+        WHEN 'owner' THEN 'a.owners'
+        WHEN 'source' THEN 'ARRAY[a.source]'
+    END;
+    IF expr IS NULL THEN
+        RAISE EXCEPTION 'unknown facet %', facet USING ERRCODE = '22023';
+    END IF;
+    top := least(greatest(coalesce(top, 1), 1), 100);
+    bound := least(greatest(coalesce(bound, 1), 1), 1000000);
+    RETURN QUERY EXECUTE format(
+        'WITH s AS MATERIALIZED (SELECT %s AS vs FROM public.assets a WHERE %s LIMIT %s),'
+        ' k AS (SELECT count(*)::integer AS sampled FROM s)'
+        ' SELECT v, count(*), k.sampled FROM s, unnest(s.vs) v, k GROUP BY v, k.sampled'
+        ' ORDER BY count(*) DESC, v LIMIT %s',
+        expr, w, bound + 1, top);
+END
+$$;
+
+ALTER FUNCTION lily_search_like_prefix(text) OWNER TO lily_search;
+ALTER FUNCTION lily_search_where(jsonb) OWNER TO lily_search;
+ALTER FUNCTION lily_search_page(jsonb, text, jsonb, integer, integer) OWNER TO lily_search;
+ALTER FUNCTION lily_search_count(jsonb, integer) OWNER TO lily_search;
+ALTER FUNCTION lily_search_facet(jsonb, text, integer, integer) OWNER TO lily_search;
+REVOKE ALL ON FUNCTION lily_search_like_prefix(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lily_search_where(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lily_search_page(jsonb, text, jsonb, integer, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lily_search_count(jsonb, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lily_search_facet(jsonb, text, integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lily_search_page(jsonb, text, jsonb, integer, integer) TO lily_app;
+GRANT EXECUTE ON FUNCTION lily_search_count(jsonb, integer) TO lily_app;
+GRANT EXECUTE ON FUNCTION lily_search_facet(jsonb, text, integer, integer) TO lily_app;

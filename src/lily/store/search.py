@@ -1,0 +1,92 @@
+"""Search over assets through the ``lily_search_*`` functions (migration 0008).
+
+The functions run as ``lily_search`` so that text, tag, trigram and prefix predicates can use their
+indexes (under RLS none of them could: they are not LEAKPROOF); they take the tenant only from the
+transaction's ``lily.tenant_id``. The page's rows are then read back here as ``lily_app``, under RLS, by
+primary key: a row the function returned for the wrong tenant could still not be shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from lily.domain.assets import Asset
+from lily.domain.search import FACET_BOUND, FACET_TOP, RANK_CANDIDATES, TOTAL_BOUND, Filters, Sort
+from lily.store.assets import ASSET_FIELDS
+from lily.store.db import Conn
+
+_COLUMNS = ", ".join(f"a.{c}" for c in ASSET_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    asset: Asset
+    position: dict[str, Any]  # score, sort_name, sort_updated, asset_id: what a cursor is made of
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    hits: list[Hit]
+    ranked: int | None  # how many candidates relevance ranked (None for the other sorts)
+
+
+async def page(
+    conn: Conn,
+    tenant_id: str,
+    filters: Filters,
+    *,
+    sort: Sort,
+    after: list[Any] | None,
+    limit: int,
+    candidates: int = RANK_CANDIDATES,
+) -> Page:
+    """``limit`` matching live assets in ``sort`` order after the keyset position ``after``
+    (``[key, asset_id]``)."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS}, p.score, p.sort_name, p.sort_updated, p.ranked"
+        " FROM lily_search_page(%(f)s, %(sort)s, %(after)s, %(limit)s, %(candidates)s)"
+        "  WITH ORDINALITY AS p(asset_id, score, sort_name, sort_updated, ranked, ord)"
+        " JOIN assets a ON a.tenant_id = %(tenant)s AND a.asset_id = p.asset_id"
+        " ORDER BY p.ord",
+        {
+            "f": Jsonb(filters.document()),
+            "sort": sort.value,
+            "after": Jsonb(after) if after is not None else None,
+            "limit": limit,
+            "candidates": candidates,
+            "tenant": tenant_id,
+        },
+    )
+    rows = await cur.fetchall()
+    hits = [
+        Hit(
+            Asset(**{c: row[c] for c in ASSET_FIELDS}),
+            {k: row[k] for k in ("asset_id", "score", "sort_name", "sort_updated")},
+        )
+        for row in rows
+    ]
+    return Page(hits, rows[0]["ranked"] if rows else None)
+
+
+async def count(conn: Conn, filters: Filters, *, bound: int = TOTAL_BOUND) -> tuple[int, bool]:
+    """(matches, exact): exact up to ``bound``; beyond it ``(bound, False)``, meaning "more than"."""
+    cur = await conn.execute("SELECT lily_search_count(%s, %s) AS n", [Jsonb(filters.document()), bound])
+    row = await cur.fetchone()
+    n = int(row["n"]) if row else 0
+    return (n, True) if n <= bound else (bound, False)
+
+
+async def facet(
+    conn: Conn, filters: Filters, name: str, *, top: int = FACET_TOP, bound: int = FACET_BOUND
+) -> tuple[list[dict[str, Any]], bool]:
+    """([{value, count}], exact) for one facet: exact when no more than ``bound`` rows match."""
+    cur = await conn.execute(
+        "SELECT value, n, sampled FROM lily_search_facet(%s, %s, %s, %s)",
+        [Jsonb(filters.document()), name, top, bound],
+    )
+    rows = await cur.fetchall()
+    exact = not rows or rows[0]["sampled"] <= bound
+    return [{"value": r["value"], "count": r["n"]} for r in rows], exact
