@@ -79,6 +79,7 @@ class Supervisor:
         # The postmaster's children as last seen: once it is gone they are orphans still attached to its
         # shared memory, and PostgreSQL refuses to start until they have exited.
         self._children: list[psutil.Process] = []
+        self._down_since: float | None = None  # time.monotonic() when it was found dead
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lily-pg-supervisor", daemon=True)
@@ -110,19 +111,26 @@ class Supervisor:
         server = self._server()
         if server is None:
             return
-        began = time.monotonic()
-        log.error("embedded PostgreSQL in %s is not running; restarting it", self.pgdata)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.error("embedded PostgreSQL in %s is not running; restarting it", self.pgdata)
         with PostgresServer._lock:  # the library's start-or-join lock, shared by every process
             if self._stop.is_set():
                 return
             if _postmaster(self.pgdata) is None:  # else another process restarted it meanwhile
                 _kill_orphans(self._children)
+                if _unreaped(self.pgdata):
+                    # A dead postmaster its parent (init, once pg_ctl exited) has not reaped yet: its pid
+                    # still "exists", so PostgreSQL would refuse the lock file and the library would
+                    # think it runs. Try again at the next poll.
+                    return
             # Starts the server, or joins the one another process started: either way this process's
             # handle then knows the live postmaster, so its exit stops it if it is the last user.
             server.ensure_postgres_running()
         self._children = []
         self.restarts += 1
-        log.warning("embedded PostgreSQL running again after %.1fs", time.monotonic() - began)
+        log.warning("embedded PostgreSQL running again after %.1fs", time.monotonic() - self._down_since)
+        self._down_since = None
 
 
 def _postmaster(pgdata: Path) -> psutil.Process | None:
@@ -135,6 +143,14 @@ def _postmaster(pgdata: Path) -> psutil.Process | None:
     except (OSError, ValueError, psutil.Error):
         return None
     return proc
+
+
+def _unreaped(pgdata: Path) -> bool:
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, psutil.Error):
+        return False
 
 
 def _children(postmaster: psutil.Process) -> list[psutil.Process]:
@@ -154,4 +170,17 @@ def _kill_orphans(children: list[psutil.Process], timeout: float = 3.0) -> None:
                 alive.append(child)
         except psutil.Error:
             continue
-    psutil.wait_procs(alive, timeout=timeout)
+    # Not psutil.wait_procs: they are not our children, so it would wait on them as zombies until init
+    # reaps them, and a zombie holds no shared memory: it no longer stops PostgreSQL from starting.
+    deadline = time.monotonic() + timeout
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _lingers(p)]
+        if alive:
+            time.sleep(0.02)
+
+
+def _lingers(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
