@@ -65,6 +65,11 @@ class Breaker:
     def is_open(self) -> bool:
         return self.down_since is not None
 
+    @property
+    def probing(self) -> bool:
+        """Whether a probe is out (after a sign of trouble, until the database answers again)."""
+        return self._probe is not None and not self._probe.done()
+
     def on_recover(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._on_recover.append(callback)
 
