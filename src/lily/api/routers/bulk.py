@@ -8,6 +8,8 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 
 from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
+from lily.api.errors import problem_responses
+from lily.api.models import BulkReceipt, BulkStatus, IdempotencyKeyHeader
 from lily.api.responses import FastJSON
 from lily.bulk import ingest
 from lily.bulk.parse import is_ndjson
@@ -29,8 +31,20 @@ _BODY_DOC = {
 }
 
 
-@router.post("", status_code=202, openapi_extra=_BODY_DOC)
-async def submit(request: Request, principal: Editor, runtime: RuntimeDep, request_id: RequestId) -> FastJSON:
+@router.post(
+    "",
+    status_code=202,
+    response_model=BulkReceipt,
+    responses=problem_responses(400, 408, 409, 413, 415),
+    openapi_extra=_BODY_DOC,
+)
+async def submit(
+    request: Request,
+    principal: Editor,
+    runtime: RuntimeDep,
+    request_id: RequestId,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> FastJSON:
     """Accept a JSON array or NDJSON of assets (as for ``POST /metadata``); 202 with the job id.
 
     The body is read as a stream. Invalid items are refused one by one and reported in the job's
@@ -61,7 +75,7 @@ async def submit(request: Request, principal: Editor, runtime: RuntimeDep, reque
     )
 
 
-@router.get("/status/{job_id}")
+@router.get("/status/{job_id}", response_model=BulkStatus, responses=problem_responses(404))
 async def job_status(
     job_id: UUID,
     principal: Viewer,
