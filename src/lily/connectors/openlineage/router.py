@@ -40,6 +40,34 @@ MARQUEZ_DEFAULT_DEPTH = 20  # Marquez's default; Lily clamps it to its own cap (
 MAX_INFLATED_BYTES = 8 * 1024 * 1024
 # A job's graph is walked from each dataset it reads or writes; past this many, from the first ones only.
 MAX_JOB_STARTS = 50
+# Marquez's graph shape, for the OpenAPI document (this module does not import lily.api's models).
+_MARQUEZ_GRAPH = {
+    "description": "The lineage graph in Marquez's shape",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["graph"],
+                "properties": {
+                    "graph": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["id", "type", "data", "inEdges", "outEdges"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "type": {"type": "string", "enum": ["DATASET", "JOB"]},
+                                "data": {"type": "object"},
+                                "inEdges": {"type": "array", "items": {"type": "object"}},
+                                "outEdges": {"type": "array", "items": {"type": "object"}},
+                            },
+                        },
+                    }
+                },
+            }
+        }
+    },
+}
 
 # The body is read raw (to decompress it under a bound first), so describe it for the OpenAPI document.
 _EVENT_BODY = {
@@ -173,7 +201,7 @@ def build_router(web: WebContext) -> APIRouter:
         await runtime.writer.append_many(principal.tenant_id, lily_events)
         return Response(status_code=201)
 
-    @router.get("/lineage", responses=web.problem_responses(404))
+    @router.get("/lineage", responses={200: _MARQUEZ_GRAPH, **web.problem_responses(404)})
     async def marquez_lineage(
         principal: ViewerDep,
         runtime: RuntimeDep,
