@@ -141,7 +141,7 @@ def live(pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPathF
                 except httpx.TransportError:
                     return False
 
-            _until(up, 60, "the server to start")
+            _until(up, 120, "the server to start")
         live = Live(servers, database_url)
         live.keys = _run(_tenants(database_url, ["attacker", "bystander", "third"]))
         yield live
