@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # other at once, so a tenant alone with its lanes still has the worker nearly to itself.
 _PASS_LANE_SECONDS = 0.1
 _LANE_FIRST_CHUNK = 4  # events a lane (or a tenant opening one) is first given; doubles while clean
-_LANE_MAX_CHUNK = 512
+_LANE_MAX_CHUNK = 64
 _SUSPECT_SECONDS = 5.0  # how long a tenant whose batch failed has its events go to its lanes first
 
 
@@ -120,10 +120,20 @@ class Worker:
             for partition in side:
                 if stop is not None and stop.is_set():
                     break
+                if self._side_time_is_up():
+                    if await self._anyone_waiting():
+                        break  # the next pass serves them first, then side work goes on
+                    # Nobody else waits: the lanes may have the worker (it is theirs to share).
+                    self._side_until = time.monotonic() + _PASS_LANE_SECONDS
                 total += await self._side_work(partition)
         finally:
             self._side_until = None
         return total
+
+    async def _anyone_waiting(self) -> bool:
+        async with self.db.system() as conn:
+            await as_pipeline(conn)
+            return await store_log.anyone_waiting(conn)
 
     async def process_partitions(self, partitions: list[int]) -> int:
         """Apply the next batches of several partitions in one transaction.

@@ -293,6 +293,19 @@ async def others_waiting(conn: Conn, candidates: dict[int, tuple[str, int]]) -> 
     return {int(row["p"]) for row in await cur.fetchall()}
 
 
+async def anyone_waiting(conn: Conn) -> bool:
+    """Whether any partition has an event past its offset that no lane holds: someone's ordinary
+    write waiting for the next pass. Walks only what arrived since the offsets last moved."""
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM log_offsets o JOIN log_heads h USING (partition)"
+        " CROSS JOIN LATERAL (SELECT 1 FROM events e WHERE e.partition = o.partition AND e.seq > o.applied_seq"
+        "  AND NOT EXISTS (SELECT 1 FROM tenant_lanes l WHERE l.partition = e.partition AND l.tenant_id = e.tenant_id)"
+        "  LIMIT 1) x WHERE h.next_seq - 1 > o.applied_seq) AS waiting"
+    )
+    row = await cur.fetchone()
+    return bool(row and row["waiting"])
+
+
 async def read_events(conn: Conn, event_ids: Sequence[UUID]) -> list[dict[str, Any]]:
     """Events by id, fresh from the log, in log order (a failed attempt may have changed the copies
     in hand). Must run under the pipeline role."""
