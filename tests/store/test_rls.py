@@ -223,3 +223,49 @@ async def test_auth_lookups_leave_no_tenant_behind_on_the_connection(app: Any, t
         # A key id looked up under another tenant is not found: RLS and the explicit filter both apply.
         elsewhere = await identity.authenticate(conn, other_tenant.tenant_id, **lookup, limits=limits)
         assert elsewhere["status"] == "unknown"
+
+
+def test_the_search_role_is_confined_to_reading_assets_through_its_functions(database_url: str) -> None:
+    """lily_search bypasses RLS so search predicates can use their indexes (migration 0008): it must be
+    reachable only through its functions, which take the tenant from lily.tenant_id and nowhere else."""
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        role = conn.execute(
+            "SELECT rolsuper, rolcanlogin, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles"
+            " WHERE rolname = 'lily_search'"
+        ).fetchone()
+        assert role == {
+            "rolsuper": False,
+            "rolcanlogin": False,
+            "rolcreaterole": False,
+            "rolcreatedb": False,
+            "rolbypassrls": True,
+        }
+        # Nobody can become it, and it is a member of nothing.
+        members = conn.execute(
+            "SELECT member::regrole::text, roleid::regrole::text FROM pg_auth_members"
+            " WHERE roleid = 'lily_search'::regrole OR member = 'lily_search'::regrole"
+        ).fetchall()
+        assert members == []
+        owned = conn.execute("SELECT relname FROM pg_class WHERE relowner = 'lily_search'::regrole").fetchall()
+        assert owned == []
+        # It may read assets and nothing else: no write anywhere, no other table.
+        grants = conn.execute(
+            "SELECT table_name, privilege_type FROM information_schema.role_table_grants WHERE grantee = 'lily_search'"
+        ).fetchall()
+        assert grants == [{"table_name": "assets", "privilege_type": "SELECT"}]
+        functions = conn.execute(
+            "SELECT p.proname, p.prosecdef, p.proconfig, p.prosrc, pg_get_function_identity_arguments(p.oid) AS args,"
+            " has_function_privilege('lily_app', p.oid, 'EXECUTE') AS app,"
+            " has_function_privilege('public', p.oid, 'EXECUTE') AS public"
+            " FROM pg_proc p WHERE p.proowner = 'lily_search'::regrole ORDER BY p.proname"
+        ).fetchall()
+        assert {f["proname"] for f in functions} >= {"lily_search_page", "lily_search_count", "lily_search_facet"}
+        for f in functions:
+            assert any(c.startswith("search_path=") for c in f["proconfig"] or []), f["proname"]
+            assert "tenant" not in f["args"], f"{f['proname']} takes a tenant argument: {f['args']}"
+            assert not f["public"], f"{f['proname']} is executable by PUBLIC"
+            # The app calls exactly the definer functions; the helpers only run inside them.
+            assert f["app"] == f["prosecdef"], f["proname"]
+        # The only place a tenant comes from is the transaction's setting.
+        where = next(f for f in functions if f["proname"] == "lily_search_where")["prosrc"]
+        assert "current_setting('lily.tenant_id', true)" in where

@@ -24,7 +24,8 @@ GRANT SELECT ON assets TO lily_search;
 -- Field weights: name (A) > qualified name (B) > column names (C) > description and tags (D). The
 -- description is indexed twice: stemmed ('english', so "events" finds "event") and exact ('simple');
 -- identifiers only exact, split at punctuation as well as whole. A description hit matches both halves
--- of the query (stemmed and exact) and so ranks above a tag hit, which matches only the exact half.
+-- of the query (stemmed and exact) and so ranks above a tag hit, which matches only the exact half; the
+-- rank weights (D 0.05, C 0.2, B 0.5, A 1) keep a double D hit below one C hit.
 DROP INDEX assets_search;
 ALTER TABLE assets DROP COLUMN search;
 ALTER TABLE assets ADD COLUMN search_doc tsvector GENERATED ALWAYS AS (
@@ -37,14 +38,17 @@ ALTER TABLE assets ADD COLUMN search_doc tsvector GENERATED ALWAYS AS (
               array_to_tsvector(tags), 'D')
 ) STORED;
 
--- Live rows only: search never shows a deleted asset.
-CREATE INDEX assets_search_doc ON assets USING gin (search_doc) WHERE deleted_at IS NULL;
-CREATE INDEX assets_name_trgm ON assets USING gin (lower(name) public.gin_trgm_ops) WHERE deleted_at IS NULL;
+-- Live rows only: search never shows a deleted asset. No GIN pending list (fastupdate): every search
+-- would scan it linearly, and the planner, costing it, shuns the index until a vacuum flushes it.
+CREATE INDEX assets_search_doc ON assets USING gin (search_doc) WITH (fastupdate = off) WHERE deleted_at IS NULL;
+CREATE INDEX assets_name_trgm ON assets USING gin (lower(name) public.gin_trgm_ops) WITH (fastupdate = off)
+    WHERE deleted_at IS NULL;
 CREATE INDEX assets_name_prefix ON assets (tenant_id, lower(name) text_pattern_ops) WHERE deleted_at IS NULL;
 CREATE INDEX assets_by_name ON assets (tenant_id, name COLLATE "C", asset_id) WHERE deleted_at IS NULL;
 CREATE INDEX assets_by_updated ON assets (tenant_id, updated_at, asset_id) WHERE deleted_at IS NULL;
 CREATE INDEX assets_qn_prefix ON assets (tenant_id, qualified_name text_pattern_ops) WHERE deleted_at IS NULL;
-CREATE INDEX assets_owners ON assets USING gin (owners) WHERE deleted_at IS NULL;
+CREATE INDEX assets_owners ON assets USING gin (owners) WITH (fastupdate = off) WHERE deleted_at IS NULL;
+ALTER INDEX assets_tags SET (fastupdate = off);
 
 -- 'abc' -> 'abc%', with LIKE's own metacharacters escaped.
 CREATE FUNCTION lily_search_like_prefix(p text) RETURNS text
@@ -52,29 +56,19 @@ LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT replace(replace(replace(p, '\', '\\'), '%', '\%'), '_', '\_') || '%'
 $$;
 
--- The WHERE clause for a filter document, tenant included (from the setting, never from the document).
--- NULL when no tenant is set. Keys: q, types, tags, owners, sources, qualified_name,
+-- The WHERE clause of a filter document, without q, tenant included (from the setting, never from the
+-- document). NULL when no tenant is set. Keys: types, tags, owners, sources, qualified_name,
 -- qualified_name_prefix, updated_since; unknown keys are ignored.
 CREATE FUNCTION lily_search_where(f jsonb) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tenant text := nullif(current_setting('lily.tenant_id', true), '');
-    q text := nullif(btrim(f->>'q'), '');
     w text;
 BEGIN
     IF tenant IS NULL THEN
         RETURN NULL;
     END IF;
     w := format('a.tenant_id = %L AND a.deleted_at IS NULL', tenant);
-    IF q IS NOT NULL THEN
-        -- A misspelt name is one word: trigram similarity against several words matches too loosely.
-        w := w || format(
-            ' AND (a.search_doc @@ (websearch_to_tsquery(''simple'', %1$L) || websearch_to_tsquery(''english'', %1$L))'
-            ' OR lower(a.name) LIKE %2$L%3$s)',
-            q, public.lily_search_like_prefix(lower(q)),
-            CASE WHEN q !~ '\s' AND length(q) >= 3
-                THEN format(' OR lower(a.name) OPERATOR(public.%%) %L', lower(q)) ELSE '' END);
-    END IF;
     IF jsonb_typeof(f->'types') = 'array' AND jsonb_array_length(f->'types') > 0 THEN
         w := w || format(' AND a.type = ANY(%L::text[])', ARRAY(SELECT jsonb_array_elements_text(f->'types')));
     END IF;
@@ -100,13 +94,45 @@ BEGIN
 END
 $$;
 
+-- The ways a row matches q, one predicate each, so each can use its own index (an OR of them makes the
+-- planner fall back to the tenant's whole range): full text, name prefix, and — for one word of three
+-- characters or more (trigram similarity against several words matches too loosely) — a misspelt name.
+CREATE FUNCTION lily_search_arms(q text) RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY[
+        format('a.search_doc @@ (websearch_to_tsquery(''simple'', %1$L) || websearch_to_tsquery(''english'', %1$L))', q),
+        format('lower(a.name) LIKE %L', public.lily_search_like_prefix(lower(q)))
+    ] || CASE WHEN q !~ '\s' AND length(q) >= 3
+        THEN ARRAY[format('lower(a.name) OPERATOR(public.%%) %L', lower(q))] ELSE '{}'::text[] END
+$$;
+
+-- SQL for the ids of matching rows, at most ``per_arm`` from each way of matching (so at most
+-- 3 * per_arm in all, and more than ``per_arm`` whenever more than ``per_arm`` match).
+CREATE FUNCTION lily_search_ids(f jsonb, per_arm integer) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w text := public.lily_search_where(f);
+    q text := nullif(btrim(f->>'q'), '');
+BEGIN
+    IF w IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF q IS NULL THEN
+        RETURN format('SELECT a.asset_id FROM public.assets a WHERE %s LIMIT %s', w, per_arm);
+    END IF;
+    RETURN (SELECT string_agg(format('(SELECT a.asset_id FROM public.assets a WHERE %s AND %s LIMIT %s)', w, arm, per_arm),
+                              ' UNION ')
+            FROM unnest(public.lily_search_arms(q)) arm);
+END
+$$;
+
 -- One page of asset ids in the order asked for, after the keyset position ``after`` ([key, asset_id] of
 -- the last row seen, or NULL). Sorts: 'relevance' (needs q; tiers exact name 3, name prefix 2, text
 -- match 1 plus its weighted rank, typo-only matches their trigram similarity), 'name', 'updated_at'.
--- Relevance ranks a bounded candidate set: every name-prefix match (up to ``candidates``) plus the first
--- ``candidates`` other matches; ``ranked`` says how many were ranked, so the caller can say when the
--- bound cut in. The name and updated_at sorts walk their index from the keyset position: no page redoes
--- the pages before it.
+-- Relevance ranks a bounded candidate set, up to ``candidates`` rows from each way of matching (every
+-- exact name is a name prefix, so exact names are always among them); ``ranked`` says how many were
+-- ranked, so the caller can say when the bound cut in. The name and updated_at sorts walk their index
+-- from the keyset position: no page redoes the pages before it.
 CREATE FUNCTION lily_search_page(f jsonb, sort text, after jsonb, lim integer, candidates integer)
 RETURNS TABLE (asset_id uuid, score float8, sort_name text, sort_updated timestamptz, ranked integer)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -123,28 +149,29 @@ BEGIN
     END IF;
     lim := least(greatest(coalesce(lim, 1), 1), 1001);
     candidates := least(greatest(coalesce(candidates, 1), 1), 100000);
+    IF q IS NOT NULL THEN
+        w := w || ' AND (' || array_to_string(public.lily_search_arms(q), ' OR ') || ')';
+    END IF;
     IF sort = 'relevance' AND q IS NOT NULL THEN
         tsq := format('(websearch_to_tsquery(''simple'', %1$L) || websearch_to_tsquery(''english'', %1$L))', q);
         score := format(
             'CASE WHEN lower(a.name) = %1$L THEN 3 WHEN lower(a.name) LIKE %2$L THEN 2'
             ' WHEN a.search_doc @@ %3$s THEN 1 ELSE 0 END'
-            ' + CASE WHEN a.search_doc @@ %3$s THEN ts_rank(''{0.1, 0.2, 0.4, 1.0}'', a.search_doc, %3$s, 32)'
+            ' + CASE WHEN a.search_doc @@ %3$s THEN ts_rank(''{0.05, 0.2, 0.5, 1.0}'', a.search_doc, %3$s, 32)'
             ' ELSE 0.99 * public.similarity(lower(a.name), %1$L) END',
             lq, public.lily_search_like_prefix(lq), tsq);
         IF after IS NOT NULL THEN
             keyset := format(' WHERE (m.score, m.asset_id) < (%L::float8, %L::uuid)', after->>0, after->>1);
         END IF;
+        -- The candidates' rows are read again by primary key (tenant included) to be scored.
         RETURN QUERY EXECUTE format(
-            'WITH c AS MATERIALIZED ('
-            '  (SELECT a.asset_id, a.name, a.updated_at, (%1$s)::float8 AS score FROM public.assets a'
-            '   WHERE %2$s AND lower(a.name) LIKE %3$L LIMIT %4$s)'
-            '  UNION'
-            '  (SELECT a.asset_id, a.name, a.updated_at, (%1$s)::float8 AS score FROM public.assets a'
-            '   WHERE %2$s LIMIT %4$s)),'
+            'WITH ids AS MATERIALIZED (%1$s),'
+            ' c AS MATERIALIZED (SELECT a.asset_id, a.name, a.updated_at, (%2$s)::float8 AS score'
+            '   FROM ids JOIN public.assets a ON a.tenant_id = %3$L AND a.asset_id = ids.asset_id),'
             ' n AS (SELECT count(*)::integer AS ranked FROM c)'
-            ' SELECT m.asset_id, m.score, m.name, m.updated_at, n.ranked FROM c m, n%5$s'
-            ' ORDER BY m.score DESC, m.asset_id DESC LIMIT %6$s',
-            score, w, public.lily_search_like_prefix(lq), candidates, keyset, lim);
+            ' SELECT m.asset_id, m.score, m.name, m.updated_at, n.ranked FROM c m, n%4$s'
+            ' ORDER BY m.score DESC, m.asset_id DESC LIMIT %5$s',
+            public.lily_search_ids(f, candidates), score, current_setting('lily.tenant_id'), keyset, lim);
     ELSIF sort = 'updated_at' THEN
         IF after IS NOT NULL THEN
             keyset := format(' AND (a.updated_at, a.asset_id) < (%L::timestamptz, %L::uuid)', after->>0, after->>1);
@@ -168,31 +195,28 @@ $$;
 CREATE FUNCTION lily_search_count(f jsonb, bound integer) RETURNS integer
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    w text := public.lily_search_where(f);
+    ids text;
     n integer;
 BEGIN
-    IF w IS NULL THEN
+    bound := least(greatest(coalesce(bound, 0), 0), 1000000);
+    ids := public.lily_search_ids(f, bound + 1);
+    IF ids IS NULL THEN
         RETURN 0;
     END IF;
-    bound := least(greatest(coalesce(bound, 0), 0), 1000000);
-    EXECUTE format('SELECT count(*)::integer FROM (SELECT 1 FROM public.assets a WHERE %s LIMIT %s) s', w, bound + 1)
-        INTO n;
-    RETURN n;
+    EXECUTE format('SELECT count(*)::integer FROM (%s) s', ids) INTO n;
+    RETURN least(n, bound + 1);
 END
 $$;
 
--- The top ``top`` values of one facet (type, tag, owner, source) with their counts, counted over the
--- first ``bound`` matching rows; ``sampled`` is the number of rows counted (bound + 1 when cut off).
+-- The top ``top`` values of one facet (type, tag, owner, source) with their counts, counted over at most
+-- ``bound`` matching rows; ``sampled`` is the number of rows counted (bound + 1 when cut off).
 CREATE FUNCTION lily_search_facet(f jsonb, facet text, top integer, bound integer)
 RETURNS TABLE (value text, n bigint, sampled integer)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    w text := public.lily_search_where(f);
+    ids text;
     expr text;
 BEGIN
-    IF w IS NULL THEN
-        RETURN;
-    END IF;
     expr := CASE facet
         WHEN 'type' THEN 'ARRAY[a.type]'
         WHEN 'tag' THEN 'a.tags'
@@ -204,22 +228,31 @@ BEGIN
     END IF;
     top := least(greatest(coalesce(top, 1), 1), 100);
     bound := least(greatest(coalesce(bound, 1), 1), 1000000);
+    ids := public.lily_search_ids(f, bound + 1);
+    IF ids IS NULL THEN
+        RETURN;
+    END IF;
     RETURN QUERY EXECUTE format(
-        'WITH s AS MATERIALIZED (SELECT %s AS vs FROM public.assets a WHERE %s LIMIT %s),'
+        'WITH s AS MATERIALIZED (SELECT %1$s AS vs FROM (SELECT u.asset_id FROM (%2$s) u LIMIT %3$s) ids'
+        '   JOIN public.assets a ON a.tenant_id = %4$L AND a.asset_id = ids.asset_id),'
         ' k AS (SELECT count(*)::integer AS sampled FROM s)'
         ' SELECT v, count(*), k.sampled FROM s, unnest(s.vs) v, k GROUP BY v, k.sampled'
-        ' ORDER BY count(*) DESC, v LIMIT %s',
-        expr, w, bound + 1, top);
+        ' ORDER BY count(*) DESC, v LIMIT %5$s',
+        expr, ids, bound + 1, current_setting('lily.tenant_id'), top);
 END
 $$;
 
 ALTER FUNCTION lily_search_like_prefix(text) OWNER TO lily_search;
 ALTER FUNCTION lily_search_where(jsonb) OWNER TO lily_search;
+ALTER FUNCTION lily_search_arms(text) OWNER TO lily_search;
+ALTER FUNCTION lily_search_ids(jsonb, integer) OWNER TO lily_search;
 ALTER FUNCTION lily_search_page(jsonb, text, jsonb, integer, integer) OWNER TO lily_search;
 ALTER FUNCTION lily_search_count(jsonb, integer) OWNER TO lily_search;
 ALTER FUNCTION lily_search_facet(jsonb, text, integer, integer) OWNER TO lily_search;
 REVOKE ALL ON FUNCTION lily_search_like_prefix(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_where(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lily_search_arms(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lily_search_ids(jsonb, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_page(jsonb, text, jsonb, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_count(jsonb, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_facet(jsonb, text, integer, integer) FROM PUBLIC;
