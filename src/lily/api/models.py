@@ -14,10 +14,23 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 from uuid import UUID
 
 from fastapi import Header
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from lily.domain.assets import Asset
 from lily.domain.storable import IDEMPOTENCY_KEY_PATTERN
+
+
+def _iso_only(value: Any) -> Any:
+    # Pydantic also takes Unix times ("0.5") for a datetime; the documented format is ISO 8601 only.
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    ):
+        raise ValueError("give an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
+"""A date-time given in ISO 8601 only (query parameters and bodies)."""
 
 # Declared on every write so it is validated (an index key: printable ASCII, at most 255) and documented;
 # ``lily.api.writes`` reads it from the request.

@@ -10,12 +10,12 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from lily.api import pagination
 from lily.api.deps import Admin, RequestId, RuntimeDep
 from lily.api.errors import problem_responses
-from lily.api.models import DeadLetter, DeadLetterPage, Replayed, ReplayReport
+from lily.api.models import DeadLetter, DeadLetterPage, IsoDatetime, Replayed, ReplayReport
 from lily.api.responses import FastJSON
 from lily.api.writes import STATUS_PATH
 from lily.domain.errors import NotFound
@@ -27,17 +27,6 @@ router = APIRouter(prefix="/admin/dead-letters", tags=["dead letters"])
 
 State = Literal["open", "replayed", "discarded", "all"]
 
-
-def _iso_only(value: Any) -> Any:
-    # Pydantic also takes Unix times ("0.5") for a datetime; the documented format is ISO 8601 only.
-    if isinstance(value, int | float) or (
-        isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
-    ):
-        raise ValueError("give an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
-    return value
-
-
-IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 # Filters are compared with stored text: what text cannot hold matches nothing, and is refused (422).
 FilterText = Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL), AfterValidator(check_text)]

@@ -4,7 +4,6 @@ matches ``/metadata/{asset_id}``."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -13,7 +12,7 @@ from pydantic import BaseModel, StringConstraints
 from lily.api import pagination
 from lily.api.deps import RuntimeDep, Viewer
 from lily.api.errors import problem_responses
-from lily.api.models import AssetPage
+from lily.api.models import AssetPage, IsoDatetime
 from lily.api.responses import FastJSON
 from lily.domain import assets as rules
 from lily.domain import search as domain
@@ -70,7 +69,7 @@ async def search(
     tag: Annotated[list[Term], Query(description="Tags; repeat to require all")] = [],  # noqa: B006
     owner: Annotated[list[Term], Query(description="Owners; repeat for any of several")] = [],  # noqa: B006
     source: Annotated[list[Term], Query(description="Sources; repeat for any of several")] = [],  # noqa: B006
-    updated_since: Annotated[datetime | None, Query(description="ISO 8601 with a time zone")] = None,
+    updated_since: Annotated[IsoDatetime | None, Query(description="ISO 8601 with a time zone")] = None,
     sort: Annotated[domain.Sort | None, Query(description="Default: relevance with q, else name")] = None,
     facets: Annotated[
         list[Annotated[str, StringConstraints(max_length=64)]],
