@@ -1,8 +1,7 @@
-"""``/system``: health needs no credentials; metrics need an admin. The OpenAPI document lists the API."""
+"""``/system``: health needs no credentials; metrics need an admin (or the operator). The OpenAPI document
+lists the API."""
 
 from __future__ import annotations
-
-from lily.store.migrate import available
 
 from .helpers import assert_problem
 
@@ -10,10 +9,8 @@ from .helpers import assert_problem
 async def test_health_metrics_and_openapi(client, tenant):
     r = await client.get("/system/health")
     assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["status"] == "ok" and body["database"] == "ok"
-    assert body["schema_version"] == max(number for number, _, _ in available())
-    assert body["pipeline"]["lag"] == 0
+    # The public probe says up or down and nothing else (details: tests/ops/test_health.py).
+    assert r.json() == {"status": "ok"}
     # Credentials, good or bad, make no difference to a probe.
     assert (await client.get("/system/health", headers={"Authorization": "Bearer junk"})).status_code == 200
 
@@ -32,6 +29,7 @@ async def test_health_metrics_and_openapi(client, tenant):
         "/lily/v1/auth/validate": {"get"},
         "/lily/v1/auth/logout": {"post"},
         "/lily/v1/system/health": {"get"},
+        "/lily/v1/system/health/details": {"get"},
         "/lily/v1/tenants/{tenant_id}/config": {"get"},
         "/lily/v1/tenants/{tenant_id}/sources": {"get"},
         "/lily/v1/metadata": {"post"},
