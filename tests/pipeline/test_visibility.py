@@ -1,19 +1,30 @@
-"""Visibility: health reports lag, dead letters and accept→apply latency; /metrics exports them."""
+"""Visibility: detailed health (operator) reports lag, dead letters and accept→apply latency; /metrics
+exports them (the tenant's gauges to its admin, process counters to the operator)."""
 
 from __future__ import annotations
 
 from types import ModuleType
 from typing import Any
 
+import pytest
+from pydantic import SecretStr
+
+from lily.config import Settings
 from lily.domain.events import partition_of
 
 from .support import hold_partition, settled, until
 
 ASYNC = {"Prefer": "respond-async"}
+OPERATOR = {"Authorization": "Bearer visibility-operator-" + "v" * 32}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"operator_token": SecretStr(OPERATOR["Authorization"].removeprefix("Bearer "))})
 
 
 async def health(client: Any) -> dict[str, Any]:
-    r = await client.get("/system/health")
+    r = await client.get("/system/health/details", headers=OPERATOR)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()["pipeline"]
     return body
@@ -54,6 +65,7 @@ async def test_lag_rises_while_a_partition_is_held_and_drops_to_zero(client, ten
     assert 0 <= latency["p50_seconds"] <= latency["p99_seconds"]
     metrics = (await client.get("/metrics", headers=admin)).text
     assert gauge(metrics, "lily_log_backlog", f'partition="{partition}"') == 0
+    metrics = (await client.get("/metrics", headers=OPERATOR)).text  # process histograms: operators only
     assert gauge(metrics, "lily_event_accept_to_apply_seconds_count") >= 3
 
 
@@ -70,6 +82,8 @@ async def test_dead_letter_count_shows_in_health_and_metrics(client, tenant, tes
     assert (await settled(client, tenant.headers("viewer"), event_id))["state"] == "dead_lettered"
     assert (await health(client))["dead_letters"] == 1
     metrics = (await client.get("/system/metrics", headers=admin)).text
+    assert gauge(metrics, "lily_dead_letters_open") == 1
+    metrics = (await client.get("/system/metrics", headers=OPERATOR)).text
     assert gauge(metrics, "lily_dead_letters_open") == 1
     assert gauge(metrics, "lily_events_dead_lettered_total") >= 1
     assert gauge(metrics, "lily_events_retried_total") >= 2
