@@ -74,7 +74,7 @@ async def scenario(url: str, requests: int) -> None:
             body = r.json()
     report("GET /metadata/{id} (20 versions), as served", route)
     try:
-        from lily.domain.assets import AssetDocument  # type: ignore[attr-defined]
+        from lily.api.models import AssetWithHistory as AssetDocument
     except ImportError:
         print("(no AssetDocument response model in this tree: nothing to compare)")
         return
