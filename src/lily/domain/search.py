@@ -16,7 +16,7 @@ from lily.domain.errors import Invalid
 
 # Relevance ranks at most this many matches (plus every name-prefix match up to the same number): a
 # common word matches a large share of a tenant, and ranking all of it costs time proportional to that.
-RANK_CANDIDATES = 2000
+RANK_CANDIDATES = 500
 # ``total`` is exact up to this many matches; beyond it the answer says "more than" (total_exact false).
 TOTAL_BOUND = 1000
 # Facets count over at most this many matching rows; beyond it they are flagged as sampled.

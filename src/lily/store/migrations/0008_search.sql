@@ -95,15 +95,30 @@ END
 $$;
 
 -- The ways a row matches q, one predicate each, so each can use its own index (an OR of them makes the
--- planner fall back to the tenant's whole range): full text, name prefix, and — for one word of three
--- characters or more (trigram similarity against several words matches too loosely) — a misspelt name.
-CREATE FUNCTION lily_search_arms(q text) RETURNS text[]
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY[
+-- planner fall back to the tenant's whole range): full text and name prefix; and, only when neither finds
+-- anything, a misspelt name (trigram similarity) — for one word of three characters or more, as
+-- similarity against several words matches too loosely. The typo arm is a fallback because a trigram
+-- scan of a short word visits a large share of the names: it would cost every query that tens of ms.
+-- ``w`` is the WHERE clause of lily_search_where.
+CREATE FUNCTION lily_search_arms(w text, q text) RETURNS text[]
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    arms text[] := ARRAY[
         format('a.search_doc @@ (websearch_to_tsquery(''simple'', %1$L) || websearch_to_tsquery(''english'', %1$L))', q),
-        format('lower(a.name) LIKE %L', public.lily_search_like_prefix(lower(q)))
-    ] || CASE WHEN q !~ '\s' AND length(q) >= 3
-        THEN ARRAY[format('lower(a.name) OPERATOR(public.%%) %L', lower(q))] ELSE '{}'::text[] END
+        format('lower(a.name) LIKE %L', public.lily_search_like_prefix(lower(q)))];
+    found boolean;
+BEGIN
+    IF q ~ '\s' OR length(q) < 3 THEN
+        RETURN arms;
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM public.assets a WHERE %1$s AND %2$s)'
+                   ' OR EXISTS (SELECT 1 FROM public.assets a WHERE %1$s AND %3$s)', w, arms[1], arms[2])
+        INTO found;
+    IF found THEN
+        RETURN arms;
+    END IF;
+    RETURN ARRAY[format('lower(a.name) OPERATOR(public.%%) %L', lower(q))];
+END
 $$;
 
 -- SQL for the ids of matching rows, at most ``per_arm`` from each way of matching (so at most
@@ -122,13 +137,13 @@ BEGIN
     END IF;
     RETURN (SELECT string_agg(format('(SELECT a.asset_id FROM public.assets a WHERE %s AND %s LIMIT %s)', w, arm, per_arm),
                               ' UNION ')
-            FROM unnest(public.lily_search_arms(q)) arm);
+            FROM unnest(public.lily_search_arms(w, q)) arm);
 END
 $$;
 
 -- One page of asset ids in the order asked for, after the keyset position ``after`` ([key, asset_id] of
 -- the last row seen, or NULL). Sorts: 'relevance' (needs q; tiers exact name 3, name prefix 2, text
--- match 1 plus its weighted rank, typo-only matches their trigram similarity), 'name', 'updated_at'.
+-- match 1 plus its weighted rank, typo matches their trigram similarity), 'name', 'updated_at'.
 -- Relevance ranks a bounded candidate set, up to ``candidates`` rows from each way of matching (every
 -- exact name is a name prefix, so exact names are always among them); ``ranked`` says how many were
 -- ranked, so the caller can say when the bound cut in. The name and updated_at sorts walk their index
@@ -149,8 +164,8 @@ BEGIN
     END IF;
     lim := least(greatest(coalesce(lim, 1), 1), 1001);
     candidates := least(greatest(coalesce(candidates, 1), 1), 100000);
-    IF q IS NOT NULL THEN
-        w := w || ' AND (' || array_to_string(public.lily_search_arms(q), ' OR ') || ')';
+    IF q IS NOT NULL AND sort IS DISTINCT FROM 'relevance' THEN
+        w := w || ' AND (' || array_to_string(public.lily_search_arms(w, q), ' OR ') || ')';
     END IF;
     IF sort = 'relevance' AND q IS NOT NULL THEN
         tsq := format('(websearch_to_tsquery(''simple'', %1$L) || websearch_to_tsquery(''english'', %1$L))', q);
@@ -244,14 +259,14 @@ $$;
 
 ALTER FUNCTION lily_search_like_prefix(text) OWNER TO lily_search;
 ALTER FUNCTION lily_search_where(jsonb) OWNER TO lily_search;
-ALTER FUNCTION lily_search_arms(text) OWNER TO lily_search;
+ALTER FUNCTION lily_search_arms(text, text) OWNER TO lily_search;
 ALTER FUNCTION lily_search_ids(jsonb, integer) OWNER TO lily_search;
 ALTER FUNCTION lily_search_page(jsonb, text, jsonb, integer, integer) OWNER TO lily_search;
 ALTER FUNCTION lily_search_count(jsonb, integer) OWNER TO lily_search;
 ALTER FUNCTION lily_search_facet(jsonb, text, integer, integer) OWNER TO lily_search;
 REVOKE ALL ON FUNCTION lily_search_like_prefix(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_where(jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION lily_search_arms(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lily_search_arms(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_ids(jsonb, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_page(jsonb, text, jsonb, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_count(jsonb, integer) FROM PUBLIC;

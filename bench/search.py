@@ -1,0 +1,251 @@
+"""Search benchmark: N assets of one tenant, then the search query mix at 1 and 8 clients.
+
+    python bench/search.py --url postgresql://postgres@127.0.0.1:5432/postgres
+    python bench/search.py --url ... --assets 200000            # smaller run
+    python bench/search.py --url ... --keep / --reuse DBNAME     # keep the database, measure it again
+
+Data (tenant ``bench``, plus a noise tenant with a tenth of the volume): realistic names
+(``fct_orders_daily``, ``stg_customer_events`` …) under ``<system>://<db>/<schema>.<name>``, 8 types,
+0-3 tags from 50, 0-2 owners from 40, 3-12 column names, descriptions of 10-30 words drawn from a Zipf-
+skewed vocabulary of 5,000 words. Loaded by COPY with the search indexes dropped and rebuilt, then
+VACUUM ANALYZE.
+
+Every query goes the way ``GET /metadata/search`` goes: ``lily.store.search`` on the application pool
+(``lily_app``, RLS on, one tenant transaction per call). p50/p99 at 1 client and at 8 concurrent clients
+(one pool of 8). The reference: the rare-word predicate as raw SQL on a superuser connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from lily.domain.search import Filters, Sort
+from lily.store import search
+from lily.store.db import Conn, Database
+from lily.store.migrate import migrate
+
+TENANT, NOISE = "bench", "noise"
+TYPES = ["table"] * 10 + ["view"] * 4 + ["topic"] * 2 + ["dashboard"] * 2 + ["job"] * 2 + ["model", "file", "metric"]
+TAGS = [f"tag{i:02d}" for i in range(48)] + ["finance", "pii"]
+OWNERS = [f"owner{i:02d}" for i in range(40)]
+PREFIXES = ["fct", "dim", "stg", "raw", "int", "agg", "rpt", "tmp"]
+ENTITIES = [
+    "orders", "customers", "payments", "invoices", "products", "sessions", "events", "shipments", "refunds",
+    "accounts", "users", "clicks", "campaigns", "inventory", "suppliers", "returns", "ledger", "budgets",
+    "subscriptions", "tickets", "devices", "employees", "contracts", "leads", "visits",
+]  # fmt: skip
+SUFFIXES = ["", "_daily", "_hourly", "_v2", "_snapshot", "_latest", "_history", "_agg"]
+SYSTEMS = ["pg://warehouse", "snowflake://analytics", "kafka://prod", "looker://bi", "s3://lake"]
+INDEXES = ("assets_search_doc", "assets_name_trgm", "assets_name_prefix", "assets_by_name", "assets_by_updated",
+           "assets_qn_prefix", "assets_owners", "assets_tags", "assets_type")  # fmt: skip
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "vi", "so", "pe", "da", "gor", "lin", "tar", "ven", "qui", "zel"]
+
+
+def vocabulary(rng: random.Random, size: int = 5000) -> list[str]:
+    words: set[str] = set()
+    while len(words) < size:
+        words.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
+
+
+def rows(tenant: str, count: int, rng: random.Random, vocab: list[str]) -> io.BytesIO:
+    """COPY text for ``count`` assets."""
+    weights = [1 / (i + 1) for i in range(len(vocab))]  # Zipf, s = 1
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    out = io.StringIO()
+    for i in range(count):
+        name = f"{rng.choice(PREFIXES)}_{rng.choice(ENTITIES)}{rng.choice(SUFFIXES)}_{i}"
+        qn = f"{rng.choice(SYSTEMS)}/s{i % 97}.{name}"
+        words = rng.choices(vocab, weights=weights, k=rng.randint(10, 30))
+        tags = "{" + ",".join(rng.sample(TAGS, rng.randint(0, 3))) + "}"
+        owners = "{" + ",".join(rng.sample(OWNERS, rng.randint(0, 2))) + "}"
+        columns = [{"name": f"{rng.choice(ENTITIES)[:-1]}_{c}"} for c in range(rng.randint(3, 12))]
+        attrs = orjson.dumps({"columns": columns}).decode().replace("\\", "\\\\")
+        stamp = (now - timedelta(seconds=rng.randint(0, 86400 * 365))).isoformat()
+        fields = [tenant, str(uuid.UUID(int=rng.getrandbits(128))), qn, rng.choice(TYPES), name, " ".join(words),
+                  owners, tags, attrs, "1", stamp, stamp, "api"]  # fmt: skip
+        out.write("\t".join(fields) + "\n")
+    return io.BytesIO(out.getvalue().encode())
+
+
+def load(url: str, assets: int, seed: int) -> None:
+    rng = random.Random(seed)
+    vocab = vocabulary(rng)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO tenants (tenant_id, name) VALUES (%s, %s), (%s, %s)", [TENANT, TENANT, NOISE, NOISE])
+        defs = {
+            name: d
+            for name, d in conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'assets' AND indexname = ANY(%s)",
+                [list(INDEXES)],
+            ).fetchall()
+        }
+        for name in defs:
+            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+        t0 = time.perf_counter()
+        for tenant, n in ((TENANT, assets), (NOISE, assets // 10)):
+            for start in range(0, n, 50_000):
+                data = rows(tenant, min(50_000, n - start), rng, vocab)
+                with conn.cursor().copy(
+                    "COPY assets (tenant_id, asset_id, qualified_name, type, name, description, owners, tags,"
+                    " attributes, version, created_at, updated_at, source) FROM STDIN"
+                ) as copy:
+                    while chunk := data.read(1 << 20):
+                        copy.write(chunk)
+        print(f"loaded {assets + assets // 10} assets in {time.perf_counter() - t0:.0f} s", flush=True)
+        t0 = time.perf_counter()
+        conn.execute("SET maintenance_work_mem = '512MB'")
+        for d in defs.values():
+            conn.execute(d.encode())
+        conn.execute("VACUUM ANALYZE assets")
+        print(f"indexed and analysed in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+Call = Callable[[Conn], Awaitable[Any]]
+
+
+def pct(times: list[float], p: float) -> float:
+    ordered = sorted(times)
+    return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * p + 0.999999) - 1))] * 1000
+
+
+async def run(db: Database, call: Call, clients: int, per_client: int) -> list[float]:
+    times: list[float] = []
+
+    async def client() -> None:
+        for _ in range(per_client):
+            t0 = time.perf_counter()
+            async with db.tenant(TENANT) as conn:
+                await call(conn)
+            times.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return times
+
+
+def mix(words: dict[str, str]) -> dict[str, Call]:
+    def page(filters: Filters, sort: Sort | None = None, limit: int = 20) -> Call:
+        order = sort or (Sort.relevance if filters.q else Sort.name)
+
+        async def call(conn: Conn) -> Any:
+            return await search.page(conn, TENANT, filters, sort=order, after=None, limit=limit + 1)
+
+        return call
+
+    async def facets(conn: Conn) -> Any:
+        f = Filters(q=words["common"])
+        await search.page(conn, TENANT, f, sort=Sort.relevance, after=None, limit=21)
+        await search.count(conn, f)
+        for name in ("type", "tag", "owner"):
+            await search.facet(conn, f, name)
+
+    async def deep(conn: Conn) -> Any:
+        f, after = Filters(types=("table",)), None
+        for _ in range(5):
+            found = await search.page(conn, TENANT, f, sort=Sort.name, after=after, limit=21)
+            last = found.hits[19].position
+            after = [last["sort_name"], str(last["asset_id"])]
+
+    return {
+        f"rare word ({words['rare']})": page(Filters(q=words["rare"])),
+        f"common word ({words['common']})": page(Filters(q=words["common"])),
+        "type=view & tag=finance": page(Filters(types=("view",), tags=("finance",))),
+        f"word+type ({words['mid']}, table)": page(Filters(q=words["mid"], types=("table",))),
+        "prefix (fct_ord)": page(Filters(q="fct_ord")),
+        "typo (custmers)": page(Filters(q="custmers")),
+        "no filter, by name": page(Filters()),
+        "updated_at sort, tag=pii": page(Filters(tags=("pii",)), Sort.updated_at),
+        "facets type,tag,owner + total (common)": facets,
+        "five pages deep (type=table, by name)": deep,
+    }
+
+
+async def measure(url: str, rounds: int) -> None:
+    with psycopg.connect(url) as conn:
+        counts = conn.execute(
+            "SELECT word, ndoc FROM ts_stat($$SELECT to_tsvector('simple', description) FROM assets"
+            " WHERE tenant_id = 'bench' AND random() < 0.05$$) ORDER BY ndoc DESC"
+        ).fetchall()
+    common = counts[0][0]
+    mid = counts[len(counts) // 20][0]
+    rare = next(w for w, n in counts if n <= 3)
+    words = {"common": common, "mid": mid, "rare": rare}
+    db = Database(url, min_size=8, max_size=8, timeout=30)
+    await db.open()
+    try:
+        print(f"{'query':<42}{'1 client p50':>14}{'p99':>8}{'8 clients p50':>15}{'p99':>8}   ms")
+        for label, call in mix(words).items():
+            await run(db, call, 1, 5)  # warm-up
+            one = await run(db, call, 1, rounds)
+            eight = await run(db, call, 8, rounds)
+            print(
+                f"{label:<42}{pct(one, 0.5):>14.1f}{pct(one, 0.99):>8.1f}"
+                f"{pct(eight, 0.5):>15.1f}{pct(eight, 0.99):>8.1f}"
+            )
+        async with db.tenant(TENANT) as conn:
+            found = await search.page(conn, TENANT, Filters(q=common), sort=Sort.relevance, after=None, limit=21)
+            total = await search.count(conn, Filters(q=common))
+            print(f"common word: ranked {found.ranked} candidates (bounded), total {total}")
+    finally:
+        await db.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        query = (
+            "SELECT asset_id FROM assets WHERE tenant_id = %s AND deleted_at IS NULL"
+            " AND search_doc @@ websearch_to_tsquery('simple', %s) LIMIT 21"
+        )
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            conn.execute(query, [TENANT, rare]).fetchall()
+            times.append(time.perf_counter() - t0)
+        print(
+            f"raw SQL reference (rare word, superuser, no RLS): p50 {pct(times, 0.5):.2f} p99 {pct(times, 0.99):.2f} ms"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--url", default=os.environ.get("LILY_BENCH_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    parser.add_argument("--assets", type=int, default=int(os.environ.get("LILY_BENCH_ASSETS", 1_000_000)))
+    parser.add_argument("--rounds", type=int, default=100, help="calls per client per query")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--reuse", metavar="DBNAME")
+    args = parser.parse_args(argv)
+    name = args.reuse or f"lily_bench_search_{uuid.uuid4().hex[:8]}"
+    url = make_conninfo("", **{**conninfo_to_dict(args.url), "dbname": name})
+    with psycopg.connect(args.url, autocommit=True) as admin:
+        if not args.reuse:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        if not args.reuse:
+            migrate(url, partitions=4)
+            load(url, args.assets, args.seed)
+        asyncio.run(measure(url, args.rounds))
+    finally:
+        if args.keep or args.reuse:
+            print(f"database kept: {name}", file=sys.stderr)
+        else:
+            with psycopg.connect(args.url, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+if __name__ == "__main__":
+    main()
