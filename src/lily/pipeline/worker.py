@@ -63,6 +63,8 @@ class Worker:
         # Tenants whose events failed in a batch lately → until when their events skip the batches
         # and go to their lanes. A hint of this worker's, never needed for correctness.
         self._suspects: dict[str, float] = {}
+        # Partition → (tenant, seq): every event of the partition up to seq was that tenant's.
+        self._alone_up_to: dict[int, tuple[str, int]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; sleep on LISTEN when there is nothing to do.
@@ -399,11 +401,17 @@ class Worker:
                 continue
             (tenant_id, n), *_ = Counter(r["tenant_id"] for r in part_rows).most_common(1)
             if n > limit // 2:
-                candidates[partition] = (tenant_id, int(part_rows[-1]["seq"]))
+                last = int(part_rows[-1]["seq"])
+                # Up to where an earlier look found only this tenant's events: no need to walk again.
+                seen_tenant, seen_top = self._alone_up_to.get(partition, ("", 0))
+                candidates[partition] = (tenant_id, max(last, seen_top) if seen_tenant == tenant_id else last)
         if not candidates:
             return {}
-        waiting = await store_log.others_waiting(conn, candidates)
-        return {p: candidates[p][0] for p in waiting}
+        found = await store_log.others_waiting(conn, candidates)
+        for partition, top in found.items():
+            if top is not None:
+                self._alone_up_to[partition] = (candidates[partition][0], top)
+        return {p: candidates[p][0] for p, top in found.items() if top is None}
 
     async def _open_lane(
         self,

@@ -282,15 +282,18 @@ async def read_past_lanes(
     return events, max(top, after_seq), held
 
 
-async def others_waiting(conn: Conn, candidates: dict[int, tuple[str, int]]) -> set[int]:
-    """Of ``candidates`` (partition → (tenant, seq)), the partitions where an event of another tenant
-    follows ``seq``: the walk stops at the first one, so it costs at most the tenant's own backlog."""
+async def others_waiting(conn: Conn, candidates: dict[int, tuple[str, int]]) -> dict[int, int | None]:
+    """For ``candidates`` (partition → (tenant, seq)): whether an event of another tenant follows
+    ``seq`` — None if one does, else the partition's last visible seq, read by the same statement, so
+    every event up to it is known to be the tenant's and a later look may start there. The walk stops
+    at the first other tenant's event, so it costs at most the tenant's own backlog."""
     cur = await conn.execute(
-        "SELECT c.p FROM unnest(%s::int[], %s::text[], %s::bigint[]) AS c(p, t, s) WHERE EXISTS ("
-        " SELECT 1 FROM events e WHERE e.partition = c.p AND e.seq > c.s AND e.tenant_id <> c.t)",
+        "SELECT c.p, EXISTS (SELECT 1 FROM events e WHERE e.partition = c.p AND e.seq > c.s AND e.tenant_id <> c.t)"
+        " AS waiting, (SELECT max(seq) FROM events e WHERE e.partition = c.p) AS top"
+        " FROM unnest(%s::int[], %s::text[], %s::bigint[]) AS c(p, t, s)",
         [list(candidates), [t for t, _ in candidates.values()], [s for _, s in candidates.values()]],
     )
-    return {int(row["p"]) for row in await cur.fetchall()}
+    return {int(row["p"]): None if row["waiting"] else int(row["top"] or 0) for row in await cur.fetchall()}
 
 
 async def anyone_waiting(conn: Conn) -> bool:
