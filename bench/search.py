@@ -63,12 +63,12 @@ def vocabulary(rng: random.Random, size: int = 5000) -> list[str]:
     return sorted(words)
 
 
-def rows(tenant: str, count: int, rng: random.Random, vocab: list[str]) -> io.BytesIO:
-    """COPY text for ``count`` assets."""
+def rows(tenant: str, first: int, count: int, rng: random.Random, vocab: list[str]) -> io.BytesIO:
+    """COPY text for assets ``first`` to ``first + count``."""
     weights = [1 / (i + 1) for i in range(len(vocab))]  # Zipf, s = 1
     now = datetime(2026, 1, 1, tzinfo=UTC)
     out = io.StringIO()
-    for i in range(count):
+    for i in range(first, first + count):
         name = f"{rng.choice(PREFIXES)}_{rng.choice(ENTITIES)}{rng.choice(SUFFIXES)}_{i}"
         qn = f"{rng.choice(SYSTEMS)}/s{i % 97}.{name}"
         words = rng.choices(vocab, weights=weights, k=rng.randint(10, 30))
@@ -100,7 +100,7 @@ def load(url: str, assets: int, seed: int) -> None:
         t0 = time.perf_counter()
         for tenant, n in ((TENANT, assets), (NOISE, assets // 10)):
             for start in range(0, n, 50_000):
-                data = rows(tenant, min(50_000, n - start), rng, vocab)
+                data = rows(tenant, start, min(50_000, n - start), rng, vocab)
                 with conn.cursor().copy(
                     "COPY assets (tenant_id, asset_id, qualified_name, type, name, description, owners, tags,"
                     " attributes, version, created_at, updated_at, source) FROM STDIN"
@@ -151,8 +151,7 @@ def mix(words: dict[str, str]) -> dict[str, Call]:
         f = Filters(q=words["common"])
         await search.page(conn, TENANT, f, sort=Sort.relevance, after=None, limit=21)
         await search.count(conn, f)
-        for name in ("type", "tag", "owner"):
-            await search.facet(conn, f, name)
+        await search.facets(conn, f, ("type", "tag", "owner"))
 
     async def deep(conn: Conn) -> Any:
         f, after = Filters(types=("table",)), None

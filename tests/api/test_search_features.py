@@ -184,8 +184,9 @@ async def test_total_and_ranking_bounds_are_flagged(app, tenant):
             conn, tenant.tenant_id, Filters(q="common"), sort=Sort.relevance, after=None, limit=5, candidates=8
         )
         assert len(found.hits) == 5 and found.ranked == 8
-        values, exact = await store.facet(conn, Filters(q="common"), "type", bound=12)
-        assert values == [{"value": "table", "count": 13}] and exact is False
+        values, exact = await store.facets(conn, Filters(q="common"), ["type", "source"], bound=12)
+        assert values == {"type": [{"value": "table", "count": 13}], "source": [{"value": "api", "count": 13}]}
+        assert exact is False
 
 
 def forged(position: Any) -> str:

@@ -259,7 +259,7 @@ def test_the_search_role_is_confined_to_reading_assets_through_its_functions(dat
             " has_function_privilege('public', p.oid, 'EXECUTE') AS public"
             " FROM pg_proc p WHERE p.proowner = 'lily_search'::regrole ORDER BY p.proname"
         ).fetchall()
-        assert {f["proname"] for f in functions} >= {"lily_search_page", "lily_search_count", "lily_search_facet"}
+        assert {f["proname"] for f in functions} >= {"lily_search_page", "lily_search_count", "lily_search_facets"}
         for f in functions:
             assert any(c.startswith("search_path=") for c in f["proconfig"] or []), f["proname"]
             assert "tenant" not in f["args"], f"{f['proname']} takes a tenant argument: {f['args']}"

@@ -122,8 +122,8 @@ async def test_no_tenant_set_finds_nothing_and_the_document_cannot_name_a_tenant
             f = Jsonb(filters)
             assert conn.execute("SELECT * FROM lily_search_page(%s, %s, NULL, 100, 100)", [f, sort]).fetchall() == []
             assert conn.execute("SELECT lily_search_count(%s, 100) AS n", [f]).fetchone() == {"n": 0}
-            for facet in ("type", "tag", "owner", "source"):
-                assert conn.execute("SELECT * FROM lily_search_facet(%s, %s, 10, 100)", [f, facet]).fetchall() == []
+            facets = ["type", "tag", "owner", "source"]
+            assert conn.execute("SELECT * FROM lily_search_facets(%s, %s, 10, 100)", [f, facets]).fetchall() == []
         # With a tenant set, a filter document naming another tenant changes nothing: it is not read.
         with conn.transaction():
             conn.execute("SELECT set_config('lily.tenant_id', %s, true)", [tenant.tenant_id])
@@ -193,7 +193,7 @@ async def test_search_plans_use_the_indexes_through_the_app_role(
             if sort == "count":
                 plan = plans_of(conn, "SELECT lily_search_count(%s, 1000)", [Jsonb(filters)])
             elif sort == "facet":
-                plan = plans_of(conn, "SELECT * FROM lily_search_facet(%s, 'type', 10, 1000)", [Jsonb(filters)])
+                plan = plans_of(conn, "SELECT * FROM lily_search_facets(%s, '{type}', 10, 1000)", [Jsonb(filters)])
             else:
                 plan = plans_of(conn, "SELECT * FROM lily_search_page(%s, %s, NULL, 10, 100)", [Jsonb(filters), sort])
             assert index in plan, plan

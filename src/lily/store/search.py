@@ -8,6 +8,7 @@ primary key: a row the function returned for the wrong tenant could still not be
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,14 +80,17 @@ async def count(conn: Conn, filters: Filters, *, bound: int = TOTAL_BOUND) -> tu
     return (n, True) if n <= bound else (bound, False)
 
 
-async def facet(
-    conn: Conn, filters: Filters, name: str, *, top: int = FACET_TOP, bound: int = FACET_BOUND
-) -> tuple[list[dict[str, Any]], bool]:
-    """([{value, count}], exact) for one facet: exact when no more than ``bound`` rows match."""
+async def facets(
+    conn: Conn, filters: Filters, names: Sequence[str], *, top: int = FACET_TOP, bound: int = FACET_BOUND
+) -> tuple[dict[str, list[dict[str, Any]]], bool]:
+    """({facet: [{value, count}]}, exact) for the facets ``names``, counted in one pass: exact when no more
+    than ``bound`` rows match."""
     cur = await conn.execute(
-        "SELECT value, n, sampled FROM lily_search_facet(%s, %s, %s, %s)",
-        [Jsonb(filters.document()), name, top, bound],
+        "SELECT facet, value, n, sampled FROM lily_search_facets(%s, %s, %s, %s)",
+        [Jsonb(filters.document()), list(names), top, bound],
     )
     rows = await cur.fetchall()
-    exact = not rows or rows[0]["sampled"] <= bound
-    return [{"value": r["value"], "count": r["n"]} for r in rows], exact
+    found: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in rows:
+        found[r["facet"]].append({"value": r["value"], "count": r["n"]})
+    return found, not rows or rows[0]["sampled"] <= bound

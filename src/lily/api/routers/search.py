@@ -104,7 +104,7 @@ async def search(
             limit=limit + 1,
         )
         counted = await store.count(conn, filters) if total else None
-        faceted = {name: await store.facet(conn, filters, name) for name in wanted}
+        faceted = await store.facets(conn, filters, wanted) if wanted else None
     more = len(found.hits) > limit
     hits = found.hits[:limit]
     body: dict[str, Any] = {
@@ -113,9 +113,8 @@ async def search(
     }
     if counted is not None:
         body["total"], body["total_exact"] = counted
-    if faceted:
-        body["facets"] = {name: values for name, (values, _) in faceted.items()}
-        body["facets_exact"] = all(exact for _, exact in faceted.values())
+    if faceted is not None:
+        body["facets"], body["facets_exact"] = faceted
     if found.ranked is not None and found.ranked >= domain.RANK_CANDIDATES:
         body["ranking"] = {"candidates": found.ranked, "bounded": True}
     return FastJSON(body)

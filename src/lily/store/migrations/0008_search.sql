@@ -121,9 +121,10 @@ BEGIN
 END
 $$;
 
--- SQL for the ids of matching rows, at most ``per_arm`` from each way of matching (so at most
--- 3 * per_arm in all, and more than ``per_arm`` whenever more than ``per_arm`` match).
-CREATE FUNCTION lily_search_ids(f jsonb, per_arm integer) RETURNS text
+-- SQL for the matching rows' ``cols`` (asset_id first), at most ``per_arm`` from each way of matching
+-- (so more than ``per_arm`` in all whenever more than ``per_arm`` match). ``cols`` comes from the
+-- functions below, never from a caller.
+CREATE FUNCTION lily_search_ids(f jsonb, per_arm integer, cols text DEFAULT 'a.asset_id') RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     w text := public.lily_search_where(f);
@@ -133,9 +134,9 @@ BEGIN
         RETURN NULL;
     END IF;
     IF q IS NULL THEN
-        RETURN format('SELECT a.asset_id FROM public.assets a WHERE %s LIMIT %s', w, per_arm);
+        RETURN format('SELECT %s FROM public.assets a WHERE %s LIMIT %s', cols, w, per_arm);
     END IF;
-    RETURN (SELECT string_agg(format('(SELECT a.asset_id FROM public.assets a WHERE %s AND %s LIMIT %s)', w, arm, per_arm),
+    RETURN (SELECT string_agg(format('(SELECT %s FROM public.assets a WHERE %s AND %s LIMIT %s)', cols, w, arm, per_arm),
                               ' UNION ')
             FROM unnest(public.lily_search_arms(w, q)) arm);
 END
@@ -223,54 +224,59 @@ BEGIN
 END
 $$;
 
--- The top ``top`` values of one facet (type, tag, owner, source) with their counts, counted over at most
--- ``bound`` matching rows; ``sampled`` is the number of rows counted (bound + 1 when cut off).
-CREATE FUNCTION lily_search_facet(f jsonb, facet text, top integer, bound integer)
-RETURNS TABLE (value text, n bigint, sampled integer)
+-- The top ``top`` values of each facet asked for (type, tag, owner, source) with their counts, all
+-- counted in one pass over at most ``bound`` matching rows; ``sampled`` is the number of rows counted
+-- (bound + 1 when cut off). The facet columns are read by the matching scans themselves.
+CREATE FUNCTION lily_search_facets(f jsonb, facets text[], top integer, bound integer)
+RETURNS TABLE (facet text, value text, n bigint, sampled integer)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ids text;
-    expr text;
+    parts text[] := '{}';
+    name text;
 BEGIN
-    expr := CASE facet
-        WHEN 'type' THEN 'ARRAY[a.type]'
-        WHEN 'tag' THEN 'a.tags'
-        WHEN 'owner' THEN 'a.owners'
-        WHEN 'source' THEN 'ARRAY[a.source]'
-    END;
-    IF expr IS NULL THEN
-        RAISE EXCEPTION 'unknown facet %', facet USING ERRCODE = '22023';
-    END IF;
+    FOREACH name IN ARRAY coalesce(facets, '{}') LOOP
+        parts := parts || CASE name
+            WHEN 'type' THEN 'SELECT ''type'', s.type FROM s'
+            WHEN 'tag' THEN 'SELECT ''tag'', t FROM s, unnest(s.tags) t'
+            WHEN 'owner' THEN 'SELECT ''owner'', o FROM s, unnest(s.owners) o'
+            WHEN 'source' THEN 'SELECT ''source'', s.source FROM s'
+        END;
+        IF parts[array_length(parts, 1)] IS NULL THEN
+            RAISE EXCEPTION 'unknown facet %', name USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
     top := least(greatest(coalesce(top, 1), 1), 100);
     bound := least(greatest(coalesce(bound, 1), 1), 1000000);
-    ids := public.lily_search_ids(f, bound + 1);
-    IF ids IS NULL THEN
+    ids := public.lily_search_ids(f, bound + 1, 'a.asset_id, a.type, a.tags, a.owners, a.source');
+    IF ids IS NULL OR cardinality(parts) = 0 THEN
         RETURN;
     END IF;
     RETURN QUERY EXECUTE format(
-        'WITH s AS MATERIALIZED (SELECT %1$s AS vs FROM (SELECT u.asset_id FROM (%2$s) u LIMIT %3$s) ids'
-        '   JOIN public.assets a ON a.tenant_id = %4$L AND a.asset_id = ids.asset_id),'
-        ' k AS (SELECT count(*)::integer AS sampled FROM s)'
-        ' SELECT v, count(*), k.sampled FROM s, unnest(s.vs) v, k GROUP BY v, k.sampled'
-        ' ORDER BY count(*) DESC, v LIMIT %5$s',
-        expr, ids, bound + 1, current_setting('lily.tenant_id'), top);
+        'WITH s AS MATERIALIZED (SELECT * FROM (%1$s) u LIMIT %2$s),'
+        ' k AS (SELECT count(*)::integer AS sampled FROM s),'
+        ' v (facet, value) AS (%3$s),'
+        ' c AS (SELECT v.facet, v.value, count(*) AS n,'
+        '   row_number() OVER (PARTITION BY v.facet ORDER BY count(*) DESC, v.value) AS r FROM v GROUP BY 1, 2)'
+        ' SELECT c.facet, c.value, c.n, k.sampled FROM c, k WHERE c.r <= %4$s ORDER BY c.facet, c.r',
+        ids, bound + 1, array_to_string(parts, ' UNION ALL '), top);
 END
 $$;
 
 ALTER FUNCTION lily_search_like_prefix(text) OWNER TO lily_search;
 ALTER FUNCTION lily_search_where(jsonb) OWNER TO lily_search;
 ALTER FUNCTION lily_search_arms(text, text) OWNER TO lily_search;
-ALTER FUNCTION lily_search_ids(jsonb, integer) OWNER TO lily_search;
+ALTER FUNCTION lily_search_ids(jsonb, integer, text) OWNER TO lily_search;
 ALTER FUNCTION lily_search_page(jsonb, text, jsonb, integer, integer) OWNER TO lily_search;
 ALTER FUNCTION lily_search_count(jsonb, integer) OWNER TO lily_search;
-ALTER FUNCTION lily_search_facet(jsonb, text, integer, integer) OWNER TO lily_search;
+ALTER FUNCTION lily_search_facets(jsonb, text[], integer, integer) OWNER TO lily_search;
 REVOKE ALL ON FUNCTION lily_search_like_prefix(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_where(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_arms(text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION lily_search_ids(jsonb, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lily_search_ids(jsonb, integer, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_page(jsonb, text, jsonb, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION lily_search_count(jsonb, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION lily_search_facet(jsonb, text, integer, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION lily_search_facets(jsonb, text[], integer, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lily_search_page(jsonb, text, jsonb, integer, integer) TO lily_app;
 GRANT EXECUTE ON FUNCTION lily_search_count(jsonb, integer) TO lily_app;
-GRANT EXECUTE ON FUNCTION lily_search_facet(jsonb, text, integer, integer) TO lily_app;
+GRANT EXECUTE ON FUNCTION lily_search_facets(jsonb, text[], integer, integer) TO lily_app;
