@@ -20,7 +20,7 @@ RANK_CANDIDATES = 500
 # ``total`` is exact up to this many matches; beyond it the answer says "more than" (total_exact false).
 TOTAL_BOUND = 1000
 # Facets count over at most this many matching rows; beyond it they are flagged as sampled.
-FACET_BOUND = 10000
+FACET_BOUND = 5000
 FACET_TOP = 10
 FACETS = ("type", "tag", "owner", "source")
 
