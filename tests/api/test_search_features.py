@@ -9,8 +9,6 @@ from typing import Any
 import orjson
 import pytest
 
-from lily.domain import search as domain
-
 from .helpers import assert_problem
 
 
@@ -238,4 +236,3 @@ async def test_odd_but_valid_text_never_fails(client, tenant):
     for q in ["o'brien", "100%", "_", "\\", '"unclosed', "-", "a & b | !c", "the", "%%%", "' OR 1=1 --"]:
         await search(client, v, q=q, facets="type", total="true")
     assert await names(client, v, q="o'brien") == ["o'brien"]
-    assert domain.RANK_CANDIDATES >= 100
