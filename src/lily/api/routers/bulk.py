@@ -24,7 +24,18 @@ _BODY_DOC = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/AssetIn"}}},
+            # Items are validated one by one and an invalid one is reported in the job (with its index)
+            # without refusing the others, so the body's schema is honest only with any item allowed;
+            # a valid item is the body of POST /metadata (AssetIn).
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "items": {
+                        "description": "An AssetIn (the body of POST /metadata). Each item is validated on its own: "
+                        "an invalid one is reported in the job's errors with its index and does not stop the others."
+                    },
+                }
+            },
             "application/x-ndjson": {"schema": {"type": "string", "description": "one AssetIn per line"}},
         },
     }
