@@ -64,7 +64,19 @@ def _run_db(fn: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-@click.group()
+class _Lily(click.Group):
+    """The command group; a plugin refused at load ends any command with its one-line reason."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from lily.plugins import PluginError
+
+        try:
+            return super().invoke(ctx)
+        except PluginError as err:
+            raise click.ClickException(str(err)) from err
+
+
+@click.group(cls=_Lily)
 @click.option("--log-level", default="INFO", envvar="LILY_LOG_LEVEL", show_default=True)
 def main(log_level: str) -> None:
     """Lily: a real-time, multi-tenant metadata platform."""

@@ -71,3 +71,12 @@ def test_a_bad_plugin_fails_the_command_with_its_message(monkeypatch: pytest.Mon
     result = CliRunner().invoke(main, ["plugins"], env=env)
     assert result.exit_code == 1
     assert "channel plugin 'no_deliver'" in result.output and "has no method deliver()" in result.output
+
+
+def test_a_bad_plugin_stops_the_worker_in_one_line(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Every command that loads plugins (worker, serve, scheduler) reports a refused plugin, not a traceback."""
+    only_broken(monkeypatch, "no_deliver")
+    result = CliRunner().invoke(main, ["worker"], env=env)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and "has no method deliver()" in result.output
+    assert isinstance(result.exception, SystemExit)  # click.ClickException, not the PluginError escaping
