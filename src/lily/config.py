@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     pool_max_size: int = 16
     # Ops: a request waits at most this long for a pooled connection, then answers 503 (never 30 s).
     pool_timeout_seconds: float = Field(default=1.0, gt=0)
+    # The part of a process's pool one tenant's transactions may hold at once (fair shares).
+    pool_tenant_share: float = Field(default=0.5, gt=0, le=1)
     # Deployment-wide views (system-wide metrics, detailed health): a bearer token compared in constant
     # time. Unset means those views are closed. SecretStr keeps it out of reprs and logs.
     operator_token: SecretStr | None = None

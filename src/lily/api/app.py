@@ -82,6 +82,7 @@ def create_app(
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             timeout=settings.pool_timeout_seconds,
+            tenant_share=settings.pool_tenant_share,
         )
         await db.open()
         waiter = AppliedWaiter(db)

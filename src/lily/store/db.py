@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from lily.store.breaker import Breaker, means_unavailable
+from lily.store.shares import TenantShares
 
 APP_ROLE = "lily_app"
 PIPELINE_ROLE = "lily_pipeline"
@@ -47,8 +48,18 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
 class Database:
     """The process's connection pool and its transaction scopes."""
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 16,
+        timeout: float = 1.0,
+        tenant_share: float = 0.5,
+    ) -> None:
         self.url = url
+        # One tenant's transactions hold at most this part of the pool (see lily.store.shares).
+        self.shares = TenantShares(int(max_size * tenant_share), wait_seconds=timeout)
         self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             url,
             min_size=min_size,
@@ -95,7 +106,7 @@ class Database:
     @asynccontextmanager
     async def tenant(self, tenant_id: str) -> AsyncIterator[Conn]:
         """A transaction that sees only ``tenant_id``'s rows (enforced by RLS, not only by our WHEREs)."""
-        async with self._checkout() as conn:
+        async with self.shares.hold(tenant_id), self._checkout() as conn:
             # BEGIN and the tenant setting in one round trip: a parameterless multi-statement query goes
             # by the simple protocol, so the tenant id travels as a quoted literal. Nested
             # ``conn.transaction()`` blocks inside become savepoints, as psycopg sees a transaction open.
