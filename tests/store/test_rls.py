@@ -226,7 +226,7 @@ async def test_auth_lookups_leave_no_tenant_behind_on_the_connection(app: Any, t
 
 
 def test_the_search_role_is_confined_to_reading_assets_through_its_functions(database_url: str) -> None:
-    """lily_search bypasses RLS so search predicates can use their indexes (migration 0008): it must be
+    """lily_search bypasses RLS so search predicates can use their indexes (migration 0006): it must be
     reachable only through its functions, which take the tenant from lily.tenant_id and nowhere else."""
     with psycopg.connect(database_url, row_factory=dict_row) as conn:
         role = conn.execute(

@@ -1,4 +1,4 @@
-"""The search functions (migration 0008): their plans use the indexes when called as ``lily_app``, and
+"""The search functions (migration 0006): their plans use the indexes when called as ``lily_app``, and
 a tenant's rows are unreachable through every search parameter, facet and count — by the database."""
 
 from __future__ import annotations

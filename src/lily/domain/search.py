@@ -1,6 +1,6 @@
 """Search requests: filters, sorts, facets, the bounds on ranking and counting, cursor positions.
 
-Pure rules; the SQL is in ``lily.store.search`` (functions of migration 0008).
+Pure rules; the SQL is in ``lily.store.search`` (functions of migration 0006).
 """
 
 from __future__ import annotations

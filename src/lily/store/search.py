@@ -1,4 +1,4 @@
-"""Search over assets through the ``lily_search_*`` functions (migration 0008).
+"""Search over assets through the ``lily_search_*`` functions (migration 0006).
 
 The functions run as ``lily_search`` so that text, tag, trigram and prefix predicates can use their
 indexes (under RLS none of them could: they are not LEAKPROOF); they take the tenant only from the
