@@ -7,12 +7,12 @@ import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
-from uuid import UUID
 
 import orjson
 from fastapi import Query
 
 from lily.domain.errors import Invalid
+from lily.domain.ids import is_uuid_text
 
 # Cursors this API issues are short; a longer one is not ours (and is not decoded at all).
 Cursor = Annotated[
@@ -44,16 +44,6 @@ def positive_int(position: Any) -> bool:
     return type(position) is int and 0 < position < 2**63
 
 
-def _uuid(value: Any) -> bool:
-    if not isinstance(value, str) or len(value) != 36:
-        return False
-    try:
-        UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 def rank_and_id(position: Any) -> bool:
     """A search position: ``[rank, asset id]``."""
     return (
@@ -62,7 +52,7 @@ def rank_and_id(position: Any) -> bool:
         and type(position[0]) in (int, float)
         and math.isfinite(position[0])
         and abs(position[0]) < 2**63
-        and _uuid(position[1])
+        and is_uuid_text(position[1])
     )
 
 
@@ -74,7 +64,7 @@ def time_and_id(position: Any) -> bool:
         datetime.fromisoformat(position[0])
     except ValueError:
         return False
-    return _uuid(position[1])
+    return is_uuid_text(position[1])
 
 
 def page(items: list[Any], limit: int, position_of: Any) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-from uuid import UUID
 
 from lily.domain.errors import Invalid
+from lily.domain.ids import is_uuid_text
 
 # Relevance ranks at most this many matches (plus every name-prefix match up to the same number): a
 # common word matches a large share of a tenant, and ranking all of it costs time proportional to that.
@@ -88,20 +88,12 @@ def parse_facets(raw: list[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _uuid(value: Any) -> bool:
-    if not isinstance(value, str) or len(value) != 36:
-        return False
-    try:
-        UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 def position_valid(sort: Sort, position: Any) -> bool:
     """A cursor's position is ``[sort, key, asset_id]``; the key's type follows the sort, and a cursor
     issued for one sort is not valid for another."""
-    if not (isinstance(position, list) and len(position) == 3 and position[0] == sort.value and _uuid(position[2])):
+    if not (
+        isinstance(position, list) and len(position) == 3 and position[0] == sort.value and is_uuid_text(position[2])
+    ):
         return False
     key = position[1]
     if sort is Sort.relevance:

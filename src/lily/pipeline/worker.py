@@ -216,14 +216,9 @@ class Worker:
             # A lone tenant is known to fail already: trying again would only cost another batch.
             exc: BaseException | None = failure if len(groups) == 1 else None
             if exc is None:
-                tried = [PipelineEvent.from_row(copy.deepcopy(row)) for row in rows]
-                try:
-                    async with conn.transaction():
-                        await self._apply(conn, tried)
-                except Exception as tenant_exc:
-                    await as_pipeline(conn)
-                    exc = tenant_exc
-                else:
+                tried = _copies(rows)
+                exc = await self._attempt(conn, tried)
+                if exc is None:
                     outcome.applied.extend(tried)
             if exc is not None:
                 by_partition: dict[int, list[dict[str, Any]]] = {}
@@ -456,11 +451,8 @@ class Worker:
         ready = self._hold_parked(events, outcome, parked, from_held=False)
         if not ready:
             return
-        try:
-            async with conn.transaction():
-                await self._apply(conn, ready)
-        except Exception as exc:
-            await as_pipeline(conn)
+        exc = await self._attempt(conn, ready)
+        if exc is not None:
             fresh = await store_log.read_events(conn, [e.event_id for e in ready])
             groups: dict[str, list[dict[str, Any]]] = {}
             for row in fresh:
@@ -469,12 +461,9 @@ class Worker:
                 await self._to_lane(conn, partition, next(iter(groups)), fresh, exc, outcome)
                 return
             for tenant_id, rows in sorted(groups.items(), key=lambda g: len(g[1])):  # the few first
-                tried = [PipelineEvent.from_row(copy.deepcopy(row)) for row in rows]
-                try:
-                    async with conn.transaction():
-                        await self._apply(conn, tried)
-                except Exception as tenant_exc:
-                    await as_pipeline(conn)
+                tried = _copies(rows)
+                tenant_exc = await self._attempt(conn, tried)
+                if tenant_exc is not None:
                     await self._to_lane(conn, partition, tenant_id, rows, tenant_exc, outcome)
                 else:
                     outcome.done(tried, from_held=False)
@@ -564,12 +553,9 @@ class Worker:
         ready = self._hold_parked(events, outcome, parked, from_held=from_held)
         if not ready:
             return
-        try:
-            async with conn.transaction():
-                await self._apply(conn, ready)
-        except Exception as exc:
+        exc = await self._attempt(conn, ready)
+        if exc is not None:
             log.info("%s: batch of %s on partition %s failed, isolating", self.name, len(ready), ready[0].partition)
-            await as_pipeline(conn)
             fresh = await store_log.read_events(conn, [e.event_id for e in ready])
             await self._isolate(conn, fresh, exc, outcome, parked, from_held=from_held)
             return
@@ -598,16 +584,9 @@ class Worker:
         if not ready:
             return
         if failure is None:
-            # A failed attempt may have changed the events in hand (hooks may edit payloads): each
-            # attempt works on its own copies of the rows read from the log.
-            events = [PipelineEvent.from_row(copy.deepcopy(row)) for row in ready]
-            try:
-                async with conn.transaction():
-                    await self._apply(conn, events)
-            except Exception as exc:
-                await as_pipeline(conn)
-                failure = exc
-            else:
+            events = _copies(ready)
+            failure = await self._attempt(conn, events)
+            if failure is None:
                 outcome.done(events, from_held=from_held)
                 return
         if len(ready) == 1:
@@ -669,6 +648,17 @@ class Worker:
         outcome.side_changed = True
         if not from_held:
             outcome.held.append(event.seq)
+
+    async def _attempt(self, conn: Conn, events: list[PipelineEvent]) -> BaseException | None:
+        """Apply ``events`` in a savepoint: None if they applied, else the error (their effects rolled
+        back, the connection back in the pipeline role for the bookkeeping that follows)."""
+        try:
+            async with conn.transaction():
+                await self._apply(conn, events)
+        except Exception as exc:
+            await as_pipeline(conn)
+            return exc
+        return None
 
     async def _apply(self, conn: Conn, events: list[PipelineEvent]) -> None:
         """Run the stages over a batch and record its outcomes and follow-ups, in the caller's
@@ -762,3 +752,9 @@ def _by_tenant(events: list[PipelineEvent]) -> dict[str, list[PipelineEvent]]:
     for event in events:
         groups.setdefault(event.tenant_id, []).append(event)
     return groups
+
+
+def _copies(rows: list[dict[str, Any]]) -> list[PipelineEvent]:
+    """Fresh events from rows read from the log: a failed attempt may have changed the events in hand
+    (hooks may edit payloads), so each attempt works on its own copies."""
+    return [PipelineEvent.from_row(copy.deepcopy(row)) for row in rows]
