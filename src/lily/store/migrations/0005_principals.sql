@@ -54,8 +54,10 @@ DECLARE
     v_now timestamptz := clock_timestamp();
     v_tokens double precision;
 BEGIN
-    -- Re-checked on the newest row version when it waited for a concurrent request's lock, so two
-    -- requests never take the same last token.
+    -- One taker of a bucket at a time: the statements below then each see what the previous taker
+    -- committed, so concurrent requests can never take more than the bucket holds — including when
+    -- the bucket does not exist yet and several requests race to create it.
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant || ' ' || p_bucket, 0));
     UPDATE rate_buckets b
     SET tokens = least(p_capacity, b.tokens + greatest(0, extract(epoch FROM v_now - b.at)) * p_rate) - 1,
         at = greatest(b.at, v_now)
