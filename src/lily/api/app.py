@@ -7,11 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from lily import __version__
 from lily.api import errors
 from lily.api.limits import BodyLimitMiddleware
+from lily.api.query import refuse_unknown_query
 from lily.api.responses import FastJSON
 from lily.api.routers import (
     api_keys,
@@ -122,7 +123,7 @@ def create_app(
     )
     app.state.plugins = plugins
     for router in API_ROUTERS:
-        app.include_router(router, prefix=BASE_PATH)
+        app.include_router(router, prefix=BASE_PATH, dependencies=[Depends(refuse_unknown_query)])
     large_bodies = mount_connectors(app, plugins)
     errors.install(app)
     app.add_middleware(

@@ -117,6 +117,12 @@ def _allowed(request: Request, *, fixed_only: bool = False) -> str:
     return ", ".join(sorted({m.upper() for t in chosen for m in paths[t]}))
 
 
+def fixed_path_methods(request: Request) -> str:
+    """The methods of a fixed path (``/metadata/search``) that matches this request's URL, or "" when
+    none does: a request there taken by a ``/{id}`` route is answered 405, not judged as an id."""
+    return _allowed(request, fixed_only=True)
+
+
 def _path_patterns(app: FastAPI) -> list[tuple[str, re.Pattern[str]]]:
     cached: list[tuple[str, re.Pattern[str]]] | None = getattr(app.state, "path_patterns", None)
     if cached is None:
