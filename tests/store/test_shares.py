@@ -67,3 +67,16 @@ async def test_a_waiting_request_gets_the_first_connection_its_tenant_frees(data
         await holder
     finally:
         await db.close()
+
+
+async def test_a_request_after_the_pool_closed_is_told_to_retry(database_url: str) -> None:
+    """Shutting down, a request still in flight gets 503 with Retry-After, never a 500."""
+    from lily.domain.errors import ServiceUnavailable
+
+    db = Database(database_url, min_size=1, max_size=2)
+    await db.open()
+    await db.close()
+    with pytest.raises(ServiceUnavailable) as refused:
+        async with db.tenant("a"):
+            pass
+    assert refused.value.extra["retry_after_seconds"] == 1

@@ -21,8 +21,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from lily.domain.errors import ServiceUnavailable
 from lily.store.breaker import Breaker, means_unavailable
 from lily.store.shares import TenantShares
 
@@ -102,6 +103,9 @@ class Database:
                     raise
         except PoolTimeout as exc:
             raise self.breaker.suspect(exc) from exc
+        except PoolClosed as exc:
+            # The process is shutting down: a request still in flight is told to retry elsewhere.
+            raise ServiceUnavailable("this server is shutting down; retry", retry_after_seconds=1) from exc
 
     @asynccontextmanager
     async def tenant(self, tenant_id: str) -> AsyncIterator[Conn]:
