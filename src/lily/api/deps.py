@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from lily.api.pagination import short_name
 from lily.api.runtime import Runtime
 from lily.auth import tokens
 from lily.domain.errors import Forbidden, Invalid, TooManyRequests, Unauthorized
@@ -67,7 +68,7 @@ _REFUSED = {
 
 
 def _storable(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable()
+    return short_name(value, 256)
 
 
 async def authenticate(

@@ -40,6 +40,12 @@ def decode(cursor: str | None, *, field: str = "cursor", valid: Callable[[Any], 
     return position
 
 
+def short_name(value: Any, max_length: int) -> bool:
+    """A non-empty printable string of at most ``max_length`` characters: what a user name, a key id or a
+    name-keyed cursor can be. Anything else names nothing and never reaches SQL."""
+    return isinstance(value, str) and 0 < len(value) <= max_length and value.isprintable()
+
+
 def positive_int(position: Any) -> bool:
     return type(position) is int and 0 < position < 2**63
 

@@ -132,18 +132,6 @@ class Asset:
 ASSET_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Asset))
 
 
-class AssetVersion(BaseModel):
-    version: int
-    action: str
-    changes: dict[str, Any]
-    snapshot: dict[str, Any]
-    actor: str
-    request_id: str | None
-    event_id: UUID | None
-    origin: dict[str, Any] | None = None
-    changed_at: datetime
-
-
 def _json_expression(name: str, hint: Any) -> str:
     """Python source spelling field ``name`` of ``a`` as a JSON value."""
     kinds = set(get_args(hint)) - {type(None)} or {hint}

@@ -47,7 +47,7 @@ def _out(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _key_cursor(position: Any) -> bool:
-    return isinstance(position, str) and 0 < len(position) <= MAX_KEY_ID and position.isprintable()
+    return pagination.short_name(position, MAX_KEY_ID)
 
 
 @router.get("", response_model=ApiKeyPage, responses=problem_responses(404))
@@ -80,7 +80,7 @@ async def revoke_api_key(
 ) -> Response:
     """Revoke the key. Refused (409) for the tenant's last admin credential."""
     own_tenant(principal, tenant_id)
-    if not key_id or len(key_id) > MAX_KEY_ID or not key_id.isprintable():
+    if not pagination.short_name(key_id, MAX_KEY_ID):
         raise NotFound("no such API key")
     await accounts.revoke_api_key(runtime.db, tenant_id, key_id, actor=principal.actor, request_id=request_id)
     return Response(status_code=204)

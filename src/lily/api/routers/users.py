@@ -45,7 +45,7 @@ def own_tenant(principal: Principal, tenant_id: str) -> str:
 
 def _known_name(username: str) -> str:
     # A name no user can have is simply not there (and never reaches SQL).
-    if not username or len(username) > MAX_NAME or not username.isprintable():
+    if not pagination.short_name(username, MAX_NAME):
         raise NotFound("no such user")
     return username
 
@@ -55,7 +55,7 @@ def _out(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _username_cursor(position: Any) -> bool:
-    return isinstance(position, str) and 0 < len(position) <= MAX_NAME and position.isprintable()
+    return pagination.short_name(position, MAX_NAME)
 
 
 @router.get("", response_model=UserPage, responses=problem_responses(404))
