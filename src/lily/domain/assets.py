@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 from uuid import UUID, uuid5
@@ -111,6 +111,10 @@ class Asset:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
+    # Every classification of the asset and of its columns, parents included (``PII.Email`` gives ``PII``
+    # and ``PII.Email``), sorted. Read-only: kept by the classification handler from its own table (see
+    # :mod:`lily.pipeline.apply.classification`), never by an asset write, so the upsert leaves it alone.
+    classifications: list[str] = field(default_factory=list)
 
     @property
     def live(self) -> bool:

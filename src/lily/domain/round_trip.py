@@ -27,6 +27,7 @@ ASSET_READ_ONLY = (
     "created_at",
     "updated_at",
     "deleted_at",
+    "classifications",
 )
 
 
@@ -44,6 +45,9 @@ class AssetReplaceDocument(AssetReplace):
     created_at: datetime | None = Field(default=None, description="Read-only")
     updated_at: datetime | None = Field(default=None, description="Read-only")
     deleted_at: datetime | None = Field(default=None, description="Read-only")
+    classifications: list[str] | None = Field(
+        default=None, description="Read-only: set through /metadata/governance/classification"
+    )
     history: dict[str, Any] | None = Field(default=None, description="Read-only: a page of history as GET gave it")
 
     def mutable(self) -> dict[str, Any]:

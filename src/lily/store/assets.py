@@ -40,9 +40,12 @@ def _sql_type(hint: Any) -> str:
 ASSET_COLUMNS = ", ".join(ASSET_FIELDS)
 # The shape of one asset in the JSON document ``write`` sends (``jsonb_to_recordset`` column list).
 _ASSET_RECORD = ", ".join(f"{name} {_sql_type(hint)}" for name, hint in get_type_hints(Asset).items())
-# What a later version may change: everything but the identity and the creation time.
+# What a later version may change: everything but the identity, the creation time and the
+# classifications (kept by the classification handler alone, from its table, in its own statement).
 _UPDATED = ", ".join(
-    f"{c} = EXCLUDED.{c}" for c in ASSET_FIELDS if c not in ("asset_id", "qualified_name", "created_at")
+    f"{c} = EXCLUDED.{c}"
+    for c in ASSET_FIELDS
+    if c not in ("asset_id", "qualified_name", "created_at", "classifications")
 )
 _UPSERT = (
     f"INSERT INTO assets (tenant_id, {ASSET_COLUMNS})"
