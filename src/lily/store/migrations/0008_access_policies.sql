@@ -1,0 +1,220 @@
+-- Access policies: per-asset allow/deny of read, write and govern for principals, on top of the role
+-- baseline (viewer reads, editor writes, steward governs; admin is never locked out).
+--
+-- Reads are enforced by the database. An API transaction sets, next to lily.tenant_id, the caller's role
+-- (lily.access_role) and the names policies match (lily.access_names, a text[] literal: everyone, role:R,
+-- user:U, group:G, apikey:K). A RESTRICTIVE row-level-security policy on assets for lily_app then hides
+-- every row a deny-read policy of the caller selects, so each read (GET, history, audit, lineage nodes,
+-- listings, bulk errors, impact) treats a denied asset exactly like a missing one. The caller's deny-read
+-- selectors are computed once per statement (an uncorrelated sub-select, i.e. an InitPlan), and with none
+-- of them no per-row function runs at all. With no lily.access_role set (the pipeline, the scheduler,
+-- admin commands: no caller) nothing is hidden; lily_pipeline is not subject to the policy at all.
+--
+-- Search runs in SECURITY DEFINER functions that bypass RLS (0006): lily_search_where now appends the
+-- same rule compiled to a literal predicate (lily_read_predicate), one arm per criterion, so counts,
+-- facets and pages exclude denied assets inside the query that reads the indexes.
+--
+-- Writes are checked by the API when it accepts them (the pipeline applies what was accepted), with the
+-- same selectors (lily.domain.access mirrors lily_access_selects).
+
+-- Normally added by 0007 (classifications); kept here so the selector's column always exists.
+ALTER TABLE assets ADD COLUMN IF NOT EXISTS classifications text[] NOT NULL DEFAULT '{}';
+
+CREATE TABLE access_policies (
+    tenant_id              text NOT NULL REFERENCES tenants,
+    policy_id              uuid NOT NULL DEFAULT gen_random_uuid(),
+    name                   text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    description            text CHECK (length(description) <= 2000),
+    effect                 text NOT NULL CHECK (effect IN ('allow', 'deny')),
+    actions                text[] NOT NULL CHECK (cardinality(actions) > 0 AND actions <@ '{read,write,govern}'),
+    principals             text[] NOT NULL CHECK (cardinality(principals) > 0),
+    except_principals      text[] NOT NULL DEFAULT '{}',
+    -- The selector: every criterion given (non-NULL) must match; within a list, any element.
+    asset_ids              uuid[],
+    qualified_name_prefix  text,
+    types                  text[],
+    tags                   text[],
+    classifications        text[],
+    version                integer NOT NULL DEFAULT 1,
+    created_by             text NOT NULL,
+    created_at             timestamptz NOT NULL DEFAULT now(),
+    updated_by             text NOT NULL,
+    updated_at             timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, policy_id),
+    UNIQUE (tenant_id, name),
+    CONSTRAINT access_policies_selects CHECK (
+        num_nonnulls(asset_ids, qualified_name_prefix, types, tags, classifications) > 0)
+);
+SELECT lily_protect_tenant_table('access_policies');
+
+-- One selector of a policy, as the row-level rule carries it.
+CREATE TYPE lily_access_selector AS (
+    asset_ids              uuid[],
+    qualified_name_prefix  text,
+    types                  text[],
+    tags                   text[],
+    classifications        text[]
+);
+
+-- The caller's names (lily.access_names), empty when unset.
+CREATE FUNCTION lily_access_names() RETURNS text[]
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('lily.access_names', true), ''), '{}')::text[]
+$$;
+
+-- The selectors of the deny-read policies that apply to the caller, or NULL when nothing is hidden from
+-- it: no caller set (internal work) or an admin. Reads the policies of lily.tenant_id only, also when run
+-- by lily_search (which bypasses RLS).
+CREATE FUNCTION lily_read_denials() RETURNS lily_access_selector[]
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN coalesce(current_setting('lily.access_role', true), '') IN ('', 'admin') THEN NULL
+        ELSE coalesce((
+            SELECT array_agg(ROW(p.asset_ids, p.qualified_name_prefix, p.types, p.tags, p.classifications)
+                             ::public.lily_access_selector)
+            FROM public.access_policies p
+            WHERE p.tenant_id = current_setting('lily.tenant_id', true)
+              AND p.effect = 'deny' AND 'read' = ANY (p.actions)
+              AND p.principals && public.lily_access_names()
+              AND NOT p.except_principals && public.lily_access_names()), '{}')
+    END
+$$;
+
+-- Whether a selector picks the asset with these columns. lily.domain.access.selects is the same rule.
+CREATE FUNCTION lily_access_selects(
+    s lily_access_selector, p_asset_id uuid, p_qualified_name text, p_type text, p_tags text[], p_classifications text[]
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (s.asset_ids IS NULL OR p_asset_id = ANY (s.asset_ids))
+       AND (s.qualified_name_prefix IS NULL OR starts_with(p_qualified_name, s.qualified_name_prefix))
+       AND (s.types IS NULL OR p_type = ANY (s.types))
+       AND (s.tags IS NULL OR coalesce(p_tags, '{}') && s.tags)
+       AND (s.classifications IS NULL OR coalesce(p_classifications, '{}') && s.classifications)
+$$;
+
+-- Whether no selector of ``denials`` picks the asset (NULL denials: nothing is hidden).
+CREATE FUNCTION lily_asset_undenied(
+    denials lily_access_selector[], p_asset_id uuid, p_qualified_name text, p_type text, p_tags text[],
+    p_classifications text[]
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT denials IS NULL OR NOT EXISTS (
+        SELECT 1 FROM unnest(denials) s
+        WHERE public.lily_access_selects(s, p_asset_id, p_qualified_name, p_type, p_tags, p_classifications))
+$$;
+
+-- Whether the caller (the transaction's settings) may read the asset with these columns; for code that
+-- bypasses RLS and must apply the rule itself.
+CREATE FUNCTION lily_asset_readable(
+    p_asset_id uuid, p_qualified_name text, p_type text, p_tags text[], p_classifications text[]
+) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT public.lily_asset_undenied(public.lily_read_denials(), p_asset_id, p_qualified_name, p_type, p_tags,
+                                      p_classifications)
+$$;
+
+-- The same rule as SQL text over the row alias ``alias``, for generated queries (search): 'true' when
+-- nothing is hidden, else NOT (…) with the selectors as literals, so the planner sees plain predicates.
+-- Selectors of a single criterion are merged per criterion (100 "deny tag x" policies make one &&), the
+-- others stay one conjunction each.
+CREATE FUNCTION lily_read_predicate(alias text DEFAULT 'a') RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    denials public.lily_access_selector[] := public.lily_read_denials();
+    s public.lily_access_selector;
+    arms text[] := '{}';
+    parts text[];
+    ids uuid[] := '{}';
+    prefixes text[] := '{}';
+    kinds text[] := '{}';
+    labels text[] := '{}';
+    classes text[] := '{}';
+BEGIN
+    IF denials IS NULL OR cardinality(denials) = 0 THEN
+        RETURN 'true';
+    END IF;
+    FOREACH s IN ARRAY denials LOOP
+        IF num_nonnulls(s.asset_ids, s.qualified_name_prefix, s.types, s.tags, s.classifications) = 1 THEN
+            ids := ids || coalesce(s.asset_ids, '{}');
+            prefixes := prefixes || s.qualified_name_prefix;
+            kinds := kinds || coalesce(s.types, '{}');
+            labels := labels || coalesce(s.tags, '{}');
+            classes := classes || coalesce(s.classifications, '{}');
+            CONTINUE;
+        END IF;
+        parts := '{}';
+        IF s.asset_ids IS NOT NULL THEN
+            parts := parts || format('%I.asset_id = ANY (%L::uuid[])', alias, s.asset_ids);
+        END IF;
+        IF s.qualified_name_prefix IS NOT NULL THEN
+            parts := parts || format('starts_with(%I.qualified_name, %L)', alias, s.qualified_name_prefix);
+        END IF;
+        IF s.types IS NOT NULL THEN
+            parts := parts || format('%I.type = ANY (%L::text[])', alias, s.types);
+        END IF;
+        IF s.tags IS NOT NULL THEN
+            parts := parts || format('%I.tags && %L::text[]', alias, s.tags);
+        END IF;
+        IF s.classifications IS NOT NULL THEN
+            parts := parts || format('coalesce(%I.classifications, ''{}'') && %L::text[]', alias, s.classifications);
+        END IF;
+        arms := arms || ('(' || array_to_string(parts, ' AND ') || ')');
+    END LOOP;
+    prefixes := array_remove(prefixes, NULL);
+    IF cardinality(ids) > 0 THEN
+        arms := arms || format('%I.asset_id = ANY (%L::uuid[])', alias, ids);
+    END IF;
+    IF cardinality(prefixes) > 0 THEN
+        arms := arms || format('%I.qualified_name LIKE ANY (%L::text[])', alias,
+            ARRAY(SELECT replace(replace(replace(p, '\', '\\'), '%', '\%'), '_', '\_') || '%'
+                  FROM unnest(prefixes) p));
+    END IF;
+    IF cardinality(kinds) > 0 THEN
+        arms := arms || format('%I.type = ANY (%L::text[])', alias, kinds);
+    END IF;
+    IF cardinality(labels) > 0 THEN
+        arms := arms || format('%I.tags && %L::text[]', alias, labels);
+    END IF;
+    IF cardinality(classes) > 0 THEN
+        arms := arms || format('coalesce(%I.classifications, ''{}'') && %L::text[]', alias, classes);
+    END IF;
+    RETURN 'NOT (' || array_to_string(arms, ' OR ') || ')';
+END
+$$;
+
+-- Every read of assets by the application role hides what the caller may not read. RESTRICTIVE: it is
+-- ANDed with the tenant policy. FOR SELECT covers the rows UPDATE/DELETE/RETURNING read as well; the API
+-- never writes assets itself (the pipeline does, as lily_pipeline or lily_app without a caller set).
+CREATE POLICY access_read ON assets AS RESTRICTIVE FOR SELECT TO lily_app
+USING (
+    (SELECT public.lily_read_denials()) IS NULL
+    OR cardinality((SELECT public.lily_read_denials())) = 0
+    OR public.lily_asset_undenied((SELECT public.lily_read_denials()), asset_id, qualified_name, type, tags,
+                                  classifications)
+);
+
+-- Search (0006): the filters' WHERE keeps its body under a new name; lily_search_where, which every
+-- search path (pages, the candidate ids, counts, facets, the typo fallback's probe) calls, now adds the
+-- caller's read rule to it.
+ALTER FUNCTION lily_search_where(jsonb) RENAME TO lily_search_filters;
+
+CREATE FUNCTION lily_search_where(f jsonb) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w text := public.lily_search_filters(f);
+    readable text;
+BEGIN
+    IF w IS NULL THEN
+        RETURN NULL;
+    END IF;
+    readable := public.lily_read_predicate('a');
+    IF readable = 'true' THEN
+        RETURN w;
+    END IF;
+    RETURN w || ' AND ' || readable;
+END
+$$;
+
+GRANT SELECT ON access_policies TO lily_search;
+ALTER FUNCTION lily_search_where(jsonb) OWNER TO lily_search;
+REVOKE ALL ON FUNCTION lily_search_where(jsonb) FROM PUBLIC;
