@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from lily.config import Settings
+    from lily.domain.events import NewEvent
     from lily.pipeline.context import BatchContext
     from lily.pipeline.model import PipelineEvent
     from lily.pipeline.writer import Writer
@@ -144,23 +145,76 @@ class WebContext(Protocol):
 
 
 @dataclass(slots=True)
-class ConnectorRun:
-    """What one run of a polling or crawling connector reports to the scheduler."""
+class Observed:
+    """One object a crawl saw, as the asset it becomes.
 
-    events: int = 0
+    ``qualified_name`` follows the OpenLineage dataset naming spec (``postgres://host:5432/db.schema.table``)
+    so crawls, CDC, dbt and OpenLineage events of one table meet on one asset. ``asset`` is the
+    ``asset.upsert`` payload (type, name, description, attributes …); ``lineage`` an optional
+    ``lineage.upsert`` payload that has this object as its downstream (a view and what it reads).
+    The run machinery appends both to the log only when they differ from what the last run wrote.
+    """
+
+    qualified_name: str
+    asset: dict[str, Any]
+    lineage: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What one run of a connector reports to the run machinery.
+
+    A crawler returns ``objects``: every object in the connector's scope. With ``complete`` (the
+    default) an object a previous run saw and this one did not is stale and is soft-deleted, unless the
+    fail-safe holds (see the README, Connectors). A source that reports deltas (CDC) may instead have
+    appended its own events through ``ctx.append`` and return ``objects=None``: then nothing is
+    compared or removed. ``errors`` are per-object problems of a run that still succeeded (an object
+    skipped); ``detail`` is recorded with the run.
+    """
+
+    objects: list[Observed] | None = None
+    complete: bool = True
+    errors: list[str] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+class ConnectorRunContext(Protocol):
+    """What a run of a connector instance gets (built by the run machinery, one per run)."""
+
+    tenant_id: str
+    connector_id: str
+    run_id: str
+    source: str  # ``connector:<connector_id>``: the source of every event the run appends
+    config: BaseModel  # the instance's ``Config``, validated, its secret fields opened
+    state: dict[str, Any]  # the instance's own state between runs (a CDC position); saved when the run succeeds
+    settings: Settings
+
+    def check_target(self, host: str, port: int, database: str | None = None) -> None:
+        """Refuse a target the address guard forbids (loopback, private, link-local unless
+        ``LILY_ALLOW_PRIVATE_TARGETS``) or that is Lily's own database: raises ``lily.domain.errors.Invalid``
+        naming the config field. Call it before connecting."""
+
+    async def append(self, events: Sequence[NewEvent]) -> None:
+        """Append events to the log now (stamped with this run's source and actor), for sources that
+        report deltas rather than snapshots."""
+
+    async def heartbeat(self) -> None:
+        """Renew the instance's lease; long runs call it now and then (the machinery also does)."""
 
 
 class Connector(Protocol):
     """An inbound source. ``name`` is its type (``openlineage``, ``postgres``, ``mysql``, …).
 
     A connector may serve HTTP routes (a webhook receiver, a foreign API such as OpenLineage's), bring
-    event handlers for the event kinds it appends, and — for crawlers and pollers — run on a schedule
-    with a per-instance ``Config`` (the connector registry of a tenant stores those instances).
+    event handlers for the event kinds it appends, and — for crawlers and pollers — be registered per
+    tenant in the connector registry with a per-instance ``Config`` and run by Lily's scheduler.
+    Secret fields of ``Config`` are typed ``pydantic.SecretStr``: Lily seals them at rest and never
+    returns them (see :mod:`lily.crypto`).
 
     Optional: ``large_bodies: tuple[str, ...]``, path prefixes of its routes whose request bodies may be
     as large as a bulk load (``LILY_MAX_BULK_BODY_BYTES``) instead of a single write's; and ``run``
-    (see :class:`PollingConnector`), checked when present.
+    (see :class:`RunnableConnector`), checked when present. Only connectors with ``run`` can be
+    registered as instances.
     """
 
     name: str
@@ -173,11 +227,12 @@ class Connector(Protocol):
         """Event handlers for the kinds this connector appends (may be empty)."""
 
 
-class PollingConnector(Connector, Protocol):
-    """A connector the scheduler runs: crawlers, pollers, CDC readers."""
+class RunnableConnector(Connector, Protocol):
+    """A connector the registry runs: crawlers, pollers, CDC readers."""
 
-    async def run(self, ctx: JobContext, tenant_id: str, config: BaseModel) -> ConnectorRun:
-        """Read the source once and append what changed to the log."""
+    async def run(self, ctx: ConnectorRunContext) -> RunResult:
+        """Read the source once. Raise to fail the run (it is retried with backoff); the message is
+        recorded on the run, so it must not hold a credential."""
 
 
 # -- outbound ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any, ClassVar, get_args, get_origin
 
-from lily.plugins.protocols import HOOK_PHASES, PROTOCOLS, HookPhase, PollingConnector
+from lily.plugins.protocols import HOOK_PHASES, PROTOCOLS, HookPhase, RunnableConnector
 
 # Names appear in LILY_HOOKS / LILY_PLUGINS_DISABLED (comma-separated, ``kind:name``) and in URLs.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
@@ -153,7 +153,7 @@ def _connector_problems(plugin: Any) -> list[str]:
             out.append("'large_bodies' must hold absolute path prefixes ('/api/...')")
     run = getattr(plugin, "run", None)
     if run is not None:
-        problem = _signature_problem(run, PollingConnector.run, "run()")
+        problem = _signature_problem(run, RunnableConnector.run, "run()")
         if problem:
             out.append(problem)
     return out
