@@ -98,6 +98,28 @@ class Settings(BaseSettings):
     idempotency_key_ttl_seconds: int = Field(default=86_400, ge=3600, description="Age at which keys are pruned.")
     job_runs_retention_days: int = Field(default=30, ge=1, description="Finished job runs older than this are pruned.")
 
+    # Secrets at rest and outbound delivery (see README, Notifications).
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated Fernet keys: the first encrypts, all decrypt. Unset: generated into LILY_HOME.",
+    )
+    allow_private_targets: bool = Field(
+        default=False, description="Let outbound calls reach loopback, private and link-local addresses."
+    )
+    dispatcher_in_serve: bool = Field(default=True, description="Run a dispatcher inside `lily serve`.")
+    delivery_retry_schedule: str = Field(
+        default="0,5,300,1800,7200,18000,36000,36000",
+        description="Seconds before each delivery attempt (jittered); after the last, dead-lettered.",
+    )
+    delivery_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    delivery_concurrency: int = Field(default=64, ge=1, le=1024, description="Deliveries one dispatcher sends at once.")
+    delivery_concurrency_per_channel: int = Field(default=8, ge=1, le=256)
+    delivery_lease_seconds: float = Field(default=60.0, ge=1, description="A claimed delivery's lease.")
+    delivery_retention_days: int = Field(default=30, ge=1, description="Finished deliveries older than this are pruned.")
+    webhook_secret_overlap_seconds: int = Field(
+        default=86_400, ge=0, description="How long a rotated webhook secret keeps signing alongside the new one."
+    )
+
     def is_operator_token(self, token: str | None) -> bool:
         """Whether ``token`` is the operator token (constant-time compare; False when none is set)."""
         if self.operator_token is None or not token:
