@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 
 from lily.config import Settings
+from lily.domain.changes import ChangeEvent
 from lily.domain.errors import ServiceUnavailable
 from lily.domain.events import NewEvent
 from lily.pipeline import metrics
@@ -29,6 +30,7 @@ from lily.pipeline.context import BatchContext
 from lily.pipeline.failures import is_permanent
 from lily.pipeline.model import PipelineEvent
 from lily.pipeline.stages import Pipeline
+from lily.store import changes as store_changes
 from lily.store import log as store_log
 from lily.store.db import Conn, Database, as_app_for, as_pipeline, as_pipeline_relaxed
 
@@ -669,15 +671,20 @@ class Worker:
         around it rolls its settings back too, so callers need not set the role again."""
         now = datetime.now(UTC)
         follow_ups: list[NewEvent] = []
+        changes: list[ChangeEvent] = []
         for round_ in _rounds(events):
             for tenant_id, group in _by_tenant(round_).items():
                 await as_app_for(conn, tenant_id)
                 ctx = BatchContext(conn=conn, tenant_id=tenant_id, settings=self.settings, now=now)
                 await self.pipeline.run(ctx, group)
                 follow_ups.extend(ctx.follow_ups)
+                changes.extend(ctx.changes)
         await as_pipeline(conn)
         if follow_ups:
             await store_log.append(conn, follow_ups, self.settings.partitions)
+        if changes:
+            # With the changes they describe, in this transaction: every tenant's in one statement.
+            await store_changes.insert(conn, changes)
         await store_log.record_outcomes(
             conn,
             [e.event_id for e in events],

@@ -1,5 +1,5 @@
 """What every asset change writes: the asset's new state, a version holding the full snapshot and what
-changed, and an audit entry — collected per batch and written as sets."""
+changed, an audit entry and a change event — collected per batch and written as sets."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lily.domain import assets as rules
+from lily.domain import changes as change_types
 from lily.domain.audit import AuditEntry
 from lily.domain.versions import NextVersion, Writer
 from lily.pipeline.context import BatchContext
@@ -66,6 +67,44 @@ class ChangeSet:
                 detail=detail,
             )
         )
+        type_, changes = change_event_of(version)
+        self.ctx.emit_change(
+            type_, event, asset_id=after.asset_id, qualified_name=after.qualified_name, version=after.version,
+            changes=changes,
+        )  # fmt: skip
 
     async def write(self) -> None:
         await store.write(self.ctx.conn, self.ctx.tenant_id, self.rows, self.versions, self.audits)
+
+
+# A version's action → the change event's type (a replace is an update: the API's PUT of the whole asset).
+_TYPES = {
+    "asset.created": change_types.ASSET_CREATED,
+    "asset.placeholder_created": change_types.ASSET_CREATED,
+    "asset.updated": change_types.ASSET_UPDATED,
+    "asset.replaced": change_types.ASSET_UPDATED,
+    "asset.restored": change_types.ASSET_RESTORED,
+    "asset.deleted": change_types.ASSET_DELETED,
+    "asset.upstream_changed": change_types.ASSET_UPSTREAM_CHANGED,
+    "lineage.removed": change_types.LINEAGE_REMOVED,
+}
+
+
+def change_event_of(version: NextVersion) -> tuple[str, dict[str, Any]]:
+    """The change event type and ``changes`` of an asset version (shapes: README, "Change events")."""
+    type_ = _TYPES[version.action]
+    if version.action == "asset.placeholder_created":
+        after = version.asset
+        return type_, {
+            "type": {"from": None, "to": after.type},
+            "name": {"from": None, "to": after.name},
+            "placeholder": {"from": None, "to": True},
+        }
+    if type_ == change_types.LINEAGE_REMOVED:
+        removed = version.changes["lineage"]
+        return type_, {"direction": removed["direction"], "edges": change_types.cut(removed["removed"])}
+    if type_ == change_types.ASSET_UPSTREAM_CHANGED:
+        return type_, {"upstream": version.changes["upstream"]}
+    if type_ == change_types.ASSET_DELETED:
+        return type_, {"deleted": {"from": False, "to": True}}
+    return type_, change_types.member_changes(version.changes)

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
+from lily.domain import changes as change_types
 from lily.domain import lineage as graph
 from lily.domain.audit import AuditEntry
 from lily.domain.errors import Invalid, LilyError, NotFound, invalid_from
@@ -79,6 +80,7 @@ class LineageHandler:
 
     async def apply(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         for event in events:
+            mark = ctx.changes_mark()
             try:
                 # A savepoint per event: a failing statement must not abort the batch's transaction.
                 async with ctx.conn.transaction():
@@ -87,6 +89,7 @@ class LineageHandler:
                     else:
                         event.applied(await self._delete(ctx, event))
             except LilyError as err:
+                ctx.discard_changes_since(mark)  # what it emitted rolled back with the savepoint
                 event.reject(err)
 
     async def _upsert(self, ctx: BatchContext, event: PipelineEvent) -> dict[str, Any]:
@@ -117,9 +120,9 @@ class LineageHandler:
             )
             for down in dict.fromkeys(e.downstream_id for e in created)
         ]
+        mapped: dict[UUID, set[str]] = {}
         if columns.written or columns.removed:
             # On the downstream assets the mappings are about, not on every downstream of the request.
-            mapped: dict[UUID, set[str]] = {}
             for c in plan.columns:
                 mapped.setdefault(c.downstream_id, set()).add(c.downstream_column)
             audits += [
@@ -135,6 +138,7 @@ class LineageHandler:
                 for down, cols in mapped.items()
             ]
         await store_audit.write_audit(ctx.conn, ctx.tenant_id, audits)
+        _emit_added(ctx, event, request, created, by_id, mapped if columns.written or columns.removed else {}, columns)
         return {
             "edges": [
                 {
@@ -211,3 +215,34 @@ class LineageHandler:
         batch.add(event, version, detail={"removed": len(removed)})
         await batch.write()
         return {**result, "version": version.asset.version}
+
+
+def _emit_added(
+    ctx: BatchContext,
+    event: PipelineEvent,
+    request: graph.LineageIn,
+    created: list[Any],
+    by_id: dict[UUID, str],
+    mapped: dict[UUID, set[str]],
+    columns: Any,
+) -> None:
+    """``lineage.added`` on each downstream asset that got new edges, ``lineage.columns_changed`` on each
+    whose column mappings were written (shapes: README, "Change events")."""
+    process = request.process.qualified_name if request.process else None
+    for down in dict.fromkeys(e.downstream_id for e in created):
+        upstreams = sorted(by_id[e.upstream_id] for e in created if e.downstream_id == down)
+        ctx.emit_change(
+            change_types.LINEAGE_ADDED,
+            event,
+            asset_id=down,
+            qualified_name=by_id[down],
+            changes={"upstreams": change_types.cut(upstreams), "process": process},
+        )
+    for down, cols in mapped.items():
+        ctx.emit_change(
+            change_types.LINEAGE_COLUMNS_CHANGED,
+            event,
+            asset_id=down,
+            qualified_name=by_id.get(down),
+            changes={"columns": change_types.cut(sorted(cols)), "written": columns.written, "removed": columns.removed},
+        )
