@@ -98,6 +98,18 @@ class Settings(BaseSettings):
     idempotency_key_ttl_seconds: int = Field(default=86_400, ge=3600, description="Age at which keys are pruned.")
     job_runs_retention_days: int = Field(default=30, ge=1, description="Finished job runs older than this are pruned.")
 
+    # Connector registry (see README, Connectors).
+    connector_concurrency: int = Field(default=4, ge=1, le=256, description="Connector runs one process holds at once.")
+    connector_lease_seconds: float = Field(default=60.0, ge=5, description="A running connector's lease (renewed).")
+    connector_run_timeout_seconds: float = Field(default=3600.0, gt=0, description="Longest a connector run may take.")
+    connector_retry_base_seconds: float = Field(default=30.0, gt=0, description="First retry after a failed run.")
+    connector_retry_max_seconds: float = Field(default=3600.0, gt=0, description="Longest wait between retries.")
+    dbt_artifacts_root: Path | None = Field(
+        default=None, description="The only directory dbt connectors may read artifacts under (unset: uploads only)."
+    )
+    dbt_max_artifact_bytes: int = Field(default=100 * 1024 * 1024, ge=1024, description="Largest dbt artifact read.")
+    cdc_poll_seconds: float = Field(default=0.25, gt=0, le=10, description="How often a CDC consumer reads its slot.")
+
     # Secrets at rest and outbound delivery (see README, Notifications).
     secret_key: SecretStr | None = Field(
         default=None,

@@ -15,15 +15,21 @@ from lily.api.limits import BodyLimitMiddleware
 from lily.api.query import refuse_unknown_query
 from lily.api.responses import FastJSON
 from lily.api.routers import (
+    access,
     api_keys,
     auth,
     bulk,
+    changes,
+    classification,
+    connectors,
     dead_letters,
     events,
     jobs,
     lineage,
     metadata,
+    notifications,
     search,
+    sql_lineage,
     system,
     tenant_deletion,
     tenants,
@@ -32,11 +38,14 @@ from lily.api.routers import (
 from lily.api.runtime import Runtime
 from lily.api.web import web_context
 from lily.auth.tokens import TokenConfig
+from lily.changes.waker import ChangeWaker
 from lily.config import Settings
+from lily.crypto import Keyring
 from lily.pipeline.waiter import AppliedWaiter
 from lily.pipeline.writer import Writer
 from lily.plugins import PluginError, Plugins, load_plugins
 from lily.store.db import Database
+from lily.store.sealed import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +60,19 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     users.router,
     api_keys.router,
     events.router,
+    changes.router,
     dead_letters.router,
     jobs.router,
+    connectors.router,
+    notifications.router,
+    notifications.notify_router,
     metadata.router,
+    access.router,
     search.router,
+    sql_lineage.router,
     lineage.router,
     bulk.router,
+    classification.router,
     metadata.item_router,
 )
 
@@ -68,9 +84,11 @@ def create_app(
     run_workers: bool = True,
     plugins: Plugins | None = None,
     run_scheduler: bool = False,
+    run_dispatcher: bool = False,
 ) -> FastAPI:
     """Build the app. ``run_workers`` runs pipeline workers in this process (``lily serve``), and
-    ``run_scheduler`` a scheduler (``lily serve`` unless ``LILY_SCHEDULER_IN_SERVE=false``).
+    ``run_scheduler`` a scheduler (``lily serve`` unless ``LILY_SCHEDULER_IN_SERVE=false``), and
+    ``run_dispatcher`` an outbound dispatcher (``lily serve`` unless ``LILY_DISPATCHER_IN_SERVE=false``).
 
     The plugin registry is loaded here, once (unless given): a bad plugin stops the app from being built.
     """
@@ -86,12 +104,20 @@ def create_app(
             tenant_share=settings.pool_tenant_share,
         )
         await db.open()
+        # A process that cannot decrypt the secrets in the database refuses to start (SecretKeyError).
+        try:
+            app.state.keyring = keyring = Keyring.from_settings(settings)
+            await check_keys(db, keyring)
+        except BaseException:
+            await db.close()
+            raise
         waiter = AppliedWaiter(db)
         await waiter.start()
         tokens = TokenConfig(
             settings.resolved_jwt_secret(), settings.jwt_issuer, settings.jwt_audience, settings.jwt_ttl_seconds
         )
         runtime = Runtime(settings, db, Writer(db, settings, waiter), tokens)
+        runtime.change_waker = ChangeWaker(database_url)
         app.state.runtime = runtime
         stop = asyncio.Event()
         if run_workers:
@@ -104,6 +130,11 @@ def create_app(
             from lily.scheduler import start_scheduler
 
             runtime.background.append(start_scheduler(db, settings, plugins.jobs, stop))
+        if run_dispatcher:
+            from lily.dispatch.dispatcher import Dispatcher
+
+            dispatcher = Dispatcher(db, settings, plugins.channels, keyring)
+            runtime.background.append(asyncio.create_task(dispatcher.run(stop), name="dispatcher"))
         try:
             yield
         finally:
@@ -112,6 +143,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, timeout=10)
             await waiter.stop()
+            await runtime.change_waker.stop()
             await db.close()
 
     app = FastAPI(

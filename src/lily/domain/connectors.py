@@ -16,6 +16,9 @@ import orjson
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+# The event that makes the assets of a deleted connector instance passive (see lily.pipeline.apply.detached).
+SOURCE_DETACHED = "asset.source_detached"
+
 MIN_INTERVAL_SECONDS = 10
 MAX_INTERVAL_SECONDS = 366 * 86_400
 MAX_CONFIG_BYTES = 64 * 1024

@@ -83,7 +83,15 @@ class UpstreamChanged:
     origin: Mapping[str, Any]
 
 
-Change = Upsert | Replace | Delete | Placeholder | LineageRemoved | UpstreamChanged
+@dataclass(slots=True)
+class SourceDetached:
+    """The source that fed the asset is gone (a connector instance deleted): if that source wrote the
+    asset last, it is passive from now on; nothing otherwise (another source took it over)."""
+
+    source: str
+
+
+Change = Upsert | Replace | Delete | Placeholder | LineageRemoved | UpstreamChanged | SourceDetached
 
 
 @dataclass(slots=True)
@@ -118,6 +126,11 @@ def next_version(before: Asset | None, qualified_name: str, change: Change, writ
         current = require_asset(before, qualified_name, include_deleted=True)
         after = _successor(current, writer)
         return NextVersion(before, after, "lineage.removed", {"lineage": dict(change.removed)})
+    if isinstance(change, SourceDetached):
+        if before is None or before.source != change.source or not before.has_active_source:
+            return None
+        after = before.evolve(version=before.version + 1, updated_at=writer.now, has_active_source=False)
+        return NextVersion(before, after, "asset.source_detached", _system_changes(before, after))
     if before is None or not before.live:
         return None
     note = {

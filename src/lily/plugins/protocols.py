@@ -189,10 +189,11 @@ class ConnectorRunContext(Protocol):
     state: dict[str, Any]  # the instance's own state between runs (a CDC position); saved when the run succeeds
     settings: Settings
 
-    def check_target(self, host: str, port: int, database: str | None = None) -> None:
-        """Refuse a target the address guard forbids (loopback, private, link-local unless
-        ``LILY_ALLOW_PRIVATE_TARGETS``) or that is Lily's own database: raises ``lily.domain.errors.Invalid``
-        naming the config field. Call it before connecting."""
+    def check_target(self, host: str, port: int, database: str | None = None) -> list[str]:
+        """The addresses ``host`` resolves to, once the address guard (:mod:`lily.netguard`: no loopback,
+        private or link-local address unless ``LILY_ALLOW_PRIVATE_TARGETS``) and the own-database check
+        passed; raises ``lily.domain.errors.Invalid`` naming ``config`` otherwise. Call it before
+        connecting, and connect to one of the addresses it returns (so DNS cannot change in between)."""
 
     async def append(self, events: Sequence[NewEvent]) -> None:
         """Append events to the log now (stamped with this run's source and actor), for sources that
@@ -240,24 +241,48 @@ class RunnableConnector(Connector, Protocol):
 
 @dataclass(slots=True)
 class DeliveryResult:
-    """How a delivery attempt ended. ``permanent`` failures are not retried (a 4xx other than 408/429)."""
+    """How a delivery attempt ended. ``permanent`` failures are not retried (a 4xx other than 408/429);
+    ``disable`` says the destination is gone for good (a webhook's 410): the channel is disabled until
+    a steward re-enables it. ``response`` is the receiver's answer (Lily truncates it); never a secret."""
 
     ok: bool
     status: int | None = None
     error: str | None = None
     permanent: bool = False
     retry_after_seconds: float | None = None
+    disable: bool = False
+    response: str | None = None
+
+
+@dataclass(slots=True)
+class DeliveryContext:
+    """What one delivery attempt gets from the dispatcher besides the channel's config and the message."""
+
+    http: Any  # an httpx.AsyncClient: every request (and redirect hop) passes lily.netguard's address guard
+    timeout: float  # seconds for the whole attempt; the dispatcher also cancels an attempt past it
+    message_id: str  # stable across retries (the change event's id): Standard Webhooks' webhook-id
+    attempt: int  # 1 for the first attempt
+    tenant_id: str
+    channel_id: str
+    signing_secrets: tuple[str, ...] = ()  # ``whsec_…`` secrets to sign with, newest first (webhooks)
 
 
 class Channel(Protocol):
-    """An outbound destination type (``webhook``, ``slack``, ``jira``). ``Config`` holds a subscription's
-    settings for it (URL, secret, project key …); secrets in it are encrypted at rest by Lily."""
+    """An outbound destination type (``webhook``, ``slack``, ``jira``). ``Config`` holds a channel's
+    settings (URL, token, project key …); its ``pydantic.SecretStr`` fields are sealed at rest by Lily and
+    never returned by the API (see :mod:`lily.crypto`). Every channel takes a base-URL override.
+
+    ``message`` is a change event (``{"id", "type", "tenant_id", "asset_id", "qualified_name", "version",
+    "changes", "actor", "occurred_at", "origin"}``) or a notification (``type`` ``notification.sent``,
+    ``changes`` ``{"title", "message", "severity"}``).
+    """
 
     name: str
     Config: ClassVar[type[BaseModel]]
 
-    async def deliver(self, config: BaseModel, message: dict[str, Any]) -> DeliveryResult:
-        """Send one change event (or notification) and say how it went. Must not raise for HTTP errors."""
+    async def deliver(self, ctx: DeliveryContext, config: BaseModel, message: dict[str, Any]) -> DeliveryResult:
+        """Send it once and say how it went. Must not raise for HTTP errors or timeouts (a result with
+        ``ok=False``); ``permanent`` stops the retries, ``retry_after_seconds`` delays the next one."""
 
 
 # -- governance --------------------------------------------------------------------------------------

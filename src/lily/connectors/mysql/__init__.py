@@ -1,0 +1,1 @@
+"""The ``mysql`` crawler (:mod:`.plugin`, :mod:`.crawl`)."""

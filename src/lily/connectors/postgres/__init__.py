@@ -1,0 +1,1 @@
+"""The ``postgres`` crawler (:mod:`.plugin`, :mod:`.crawl`)."""
