@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from lily.auth.cache import CredentialCache
 from lily.auth.limits import LoginLimits, RateLimits
 from lily.auth.passwords import Hasher
 from lily.auth.tokens import TokenConfig
+from lily.changes.waker import ChangeWaker
 from lily.config import Settings
 from lily.pipeline.writer import Writer
 from lily.store.db import Database
@@ -20,6 +22,10 @@ class Runtime:
     writer: Writer
     tokens: TokenConfig
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # Wakes long-polling /changes readers (its LISTEN connection opens on the first wait).
+    change_waker: ChangeWaker | None = None
+    # Credentials this process has checked in full (see lily.auth.cache): never trusted without the epoch.
+    credentials: CredentialCache = field(default_factory=CredentialCache)
     hasher: Hasher = field(init=False)
     login_limits: LoginLimits = field(init=False)
     rate_limits: RateLimits = field(init=False)

@@ -75,29 +75,28 @@ async def feed(
     *,
     like: Sequence[str] | None,
     limit: int,
-) -> list[dict[str, Any]]:
-    """The tenant's change events after ``after`` in commit order, only those no later commit can precede.
+) -> tuple[int, list[dict[str, Any]]]:
+    """(horizon, rows): the tenant's change events after ``after`` in commit order, only those below the
+    horizon — the xmin of the snapshot this one statement reads with, so no later commit can come
+    before them — and of assets the caller may read (the join to ``assets`` goes through its row-level
+    security, access policies included; an event about no asset is always shown).
 
-    ``like``: LIKE patterns on the type (None: every type). One statement, so the xmin it compares with
-    is that of the snapshot it reads with.
+    ``like``: LIKE patterns on the type (None: every type).
     """
     cur = await conn.execute(
-        f"SELECT {_FEED_COLUMNS} FROM change_events c"
-        " WHERE c.tenant_id = %s AND (c.xid, c.seq) > (%s::text::xid8, %s)"
-        " AND c.xid < pg_snapshot_xmin(pg_current_snapshot())"
-        " AND (%s::text[] IS NULL OR c.type LIKE ANY(%s::text[]))"
-        " ORDER BY c.xid, c.seq LIMIT %s",
+        "SELECT h.horizon::text::bigint AS horizon, e.* FROM"
+        " (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) h"
+        f" LEFT JOIN LATERAL (SELECT {_FEED_COLUMNS} FROM change_events c"
+        "  WHERE c.tenant_id = %s AND (c.xid, c.seq) > (%s::text::xid8, %s) AND c.xid < h.horizon"
+        "  AND (%s::text[] IS NULL OR c.type LIKE ANY(%s::text[]))"
+        "  AND (c.asset_id IS NULL OR EXISTS ("
+        "   SELECT 1 FROM assets a WHERE a.tenant_id = c.tenant_id AND a.asset_id = c.asset_id))"
+        "  ORDER BY c.xid, c.seq LIMIT %s) e ON true",
         [tenant_id, str(after[0]), after[1], like, like, limit],
     )
-    return await cur.fetchall()
-
-
-async def horizon(conn: Conn) -> int:
-    """The current snapshot's xmin: every position a reader was served lies below it."""
-    cur = await conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin")
-    row = await cur.fetchone()
-    assert row is not None
-    return int(row["xmin"])
+    rows = await cur.fetchall()
+    horizon = int(rows[0]["horizon"])
+    return horizon, [r for r in rows if r["seq"] is not None]
 
 
 async def prune(conn: Conn, older_than: datetime, limit: int) -> int:
