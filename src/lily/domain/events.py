@@ -16,6 +16,13 @@ ASSET_DELETE = "asset.delete"
 LINEAGE_UPSERT = "lineage.upsert"
 LINEAGE_DELETE = "lineage.delete"
 UPSTREAM_CHANGED = "asset.upstream_changed"
+# Classification (lily.pipeline.apply.classification): a steward's set and remove, the classifiers'
+# proposals, and one lineage step of propagation or of its retraction.
+CLASSIFICATION_SET = "classification.set"
+CLASSIFICATION_REMOVE = "classification.remove"
+CLASSIFICATION_RULES = "classification.rules"
+CLASSIFICATION_PROPAGATE = "classification.propagate"
+CLASSIFICATION_RETRACT = "classification.retract"
 
 STATES = ("accepted", "applied", "failed", "dead_lettered")
 

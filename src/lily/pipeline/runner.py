@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def build_pipeline(settings: Settings, plugins: Plugins | None = None) -> Pipeline:
     """The stages over the registry's handlers and enabled hooks (loaded here unless given)."""
     loaded = plugins if plugins is not None else load_plugins(settings)
-    return Pipeline(handlers=loaded.handlers, hooks=loaded.hooks)
+    return Pipeline(handlers=loaded.handlers, hooks=loaded.hooks, classifiers=loaded.classifiers)
 
 
 def start_workers(

@@ -1,4 +1,5 @@
-"""The stage sequence applied to each batch: validate → pre-hooks → enrich → apply → post-hooks.
+"""The stage sequence applied to each batch: validate → pre-hooks → enrich → apply → classify → propagate
+→ post-hooks.
 
 Stages take one tenant's events with distinct subjects, so set-based writes never see two versions of
 one asset at once. A stage sets an event's outcome to reject it; later stages skip decided events.
@@ -14,19 +15,22 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lily.domain.errors import Invalid, LilyError
+from lily.pipeline.classify import classify
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
 from lily.pipeline.propagate import propagate
-from lily.plugins.protocols import EventHandler, HookPhase, PipelineHook
+from lily.plugins.protocols import Classifier, EventHandler, HookPhase, PipelineHook
 
 StageFn = Callable[[BatchContext, list[PipelineEvent]], Awaitable[None]]
-_AFTER_APPLY = frozenset({"propagate", "post_hooks"})
+_AFTER_APPLY = frozenset({"classify", "propagate", "post_hooks"})
 
 
 @dataclass(slots=True)
 class Pipeline:
     handlers: Mapping[str, EventHandler]
     hooks: Sequence[PipelineHook]
+    # Rule classification runs on asset changes after apply (see lily.pipeline.classify).
+    classifiers: Mapping[str, Classifier] = field(default_factory=dict)
     _stages: list[tuple[str, StageFn]] = field(init=False, repr=False)
     _post: list[HookPhase] = field(init=False, repr=False)
 
@@ -40,6 +44,7 @@ class Pipeline:
             ("pre_hooks", self._hook_phase("pre")),
             ("enrich", self._hook_phase("enrich")),
             ("apply", self._apply),
+            ("classify", self._classify),
             ("propagate", propagate),
             ("post_hooks", self._post_hooks),
         ]
@@ -87,6 +92,9 @@ class Pipeline:
             by_kind.setdefault(event.kind, []).append(event)
         for kind, group in by_kind.items():
             await self.handlers[kind].apply(ctx, group)
+
+    async def _classify(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
+        await classify(ctx, events, self.classifiers)
 
     async def _post_hooks(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         # Post-hooks see every event of the batch as decided (applied or rejected); a LilyError here

@@ -53,6 +53,9 @@ CREATE UNIQUE INDEX classifications_identity ON classifications (
     (coalesce(via_asset_id, '00000000-0000-0000-0000-000000000000'::uuid)), (coalesce(via_column, '')));
 -- The inventory: a name and its children (classification = 'PII' OR LIKE 'PII.%'), paged by place.
 CREATE INDEX classifications_by_name ON classifications (tenant_id, classification text_pattern_ops, asset_id);
+-- Retraction: the places a place's classification was passed on to.
+CREATE INDEX classifications_via ON classifications (tenant_id, via_asset_id, classification)
+    WHERE via_asset_id IS NOT NULL;
 
 -- What stewards removed from a place: rules and propagation never put it back (a steward adding it by
 -- hand again lifts the removal).

@@ -1,0 +1,131 @@
+"""The classify stage, after apply: rule classification and propagation into new lineage.
+
+- For every applied asset change that may change what the classifiers see (a new or restored asset, its
+  columns, name, type or description), the classifiers (``lily.classifiers`` plugins) propose
+  classifications. One query per batch compares the proposals with the rule rows and steward removals
+  of those assets; only an asset whose proposals differ gets a ``classification.rules`` event (same
+  subject, so after the change in the log), which the classification handler applies.
+- For every applied lineage write that created edges or column mappings, the classifications that
+  propagate from its upstream assets flow along the new lineage (steps the handler would take; one that
+  exists already changes nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from lily.domain import classification as cls
+from lily.domain.assets import Asset, asset_id_for, to_document
+from lily.domain.events import CLASSIFICATION_RULES, LINEAGE_UPSERT, NewEvent
+from lily.pipeline.apply.classification import Flow
+from lily.pipeline.context import BatchContext
+from lily.pipeline.model import PipelineEvent
+from lily.plugins.protocols import Classifier
+from lily.store import classifications as store
+
+log = logging.getLogger(__name__)
+
+RULE_ACTOR = "lily:classifier"
+RULE_SOURCE = "classifier"
+_SEEN_FIELDS = frozenset({"attributes", "name", "description", "type"})
+
+
+def _columns_changed(changes: dict[str, Any]) -> bool:
+    attrs = changes.get("attributes")
+    if attrs is None:
+        return bool(_SEEN_FIELDS & changes.keys())
+    return (attrs["from"] or {}).get("columns") != (attrs["to"] or {}).get("columns") or bool(
+        (_SEEN_FIELDS - {"attributes"}) & changes.keys()
+    )
+
+
+def proposals(classifiers: Mapping[str, Classifier], asset: Asset) -> list[dict[str, Any]]:
+    """What the classifiers propose for ``asset``, on its own columns, as the rules event carries it."""
+    doc = to_document(asset)
+    columns = {c["name"] for c in cls.asset_columns(asset.attributes)}
+    out = []
+    for name, classifier in classifiers.items():
+        try:
+            found = classifier.classify(doc)
+        except Exception:
+            # A classifier is a plugin: its bug must not hold up the asset's writes. Logged, skipped.
+            log.exception("classifier %s failed on %s", name, asset.qualified_name)
+            continue
+        for p in found:
+            if not cls.is_name(p.classification) or (p.column is not None and p.column not in columns):
+                continue
+            confidence = min(1.0, max(0.0, float(p.confidence)))
+            out.append(
+                {
+                    "column": p.column,
+                    "classification": p.classification,
+                    "confidence": confidence,
+                    "classifier": name,
+                    "reason": p.reason[:200],
+                }
+            )
+    return out
+
+
+async def classify(ctx: BatchContext, events: list[PipelineEvent], classifiers: Mapping[str, Classifier]) -> None:
+    candidates: list[tuple[PipelineEvent, Asset]] = []
+    lineage: list[PipelineEvent] = []
+    for event in events:
+        if event.outcome != "applied":
+            continue
+        if event.kind == LINEAGE_UPSERT:
+            lineage.append(event)
+            continue
+        change = event.notes.change
+        if change is None or not change.asset.live or not classifiers:
+            continue
+        if change.action in ("asset.created", "asset.restored") or _columns_changed(change.changes):
+            candidates.append((event, change.asset))
+    if candidates:
+        await _rules(ctx, candidates, classifiers)
+    if lineage:
+        await _reflow(ctx, lineage)
+
+
+async def _rules(
+    ctx: BatchContext, candidates: list[tuple[PipelineEvent, Asset]], classifiers: Mapping[str, Classifier]
+) -> None:
+    state = await store.rule_state(ctx.conn, ctx.tenant_id, [a.asset_id for _, a in candidates])
+    for event, asset in candidates:
+        proposed = proposals(classifiers, asset)
+        keys = {(p["column"], p["classification"]) for p in proposed}
+        rules, removed = state.get(asset.asset_id, (set(), set()))
+        if not (keys - rules - removed) and not (rules - keys):
+            continue  # nothing new, nothing gone: no event
+        ctx.follow_ups.append(
+            NewEvent(
+                ctx.tenant_id,
+                asset.qualified_name,
+                CLASSIFICATION_RULES,
+                {"proposals": proposed},
+                RULE_ACTOR,
+                event.request_id,
+                source=RULE_SOURCE,
+            )
+        )
+
+
+async def _reflow(ctx: BatchContext, events: list[PipelineEvent]) -> None:
+    for event in events:
+        result = event.result or {}
+        edges = result.get("edges") or []
+        if not any(e.get("created") for e in edges) and not (result.get("columns") or {}).get("written"):
+            continue
+        upstreams = {asset_id_for(ctx.tenant_id, e["upstream"]) for e in edges if isinstance(e.get("upstream"), str)}
+        if not upstreams:
+            continue
+        flow = Flow(ctx)
+        pending: list[tuple[str, str, dict[str, Any]]] = []
+        for row in await store.propagating(ctx.conn, ctx.tenant_id, sorted(upstreams)):
+            place = (row.asset_id, row.column)
+            origin = place if row.origin_asset_id is None else (row.origin_asset_id, row.origin_column)
+            await flow.step(pending, place, row.classification, origin, (row.distance or 0) + 1, row.confidence)
+        flow.keep(pending)
+        flow.queue(event)

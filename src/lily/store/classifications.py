@@ -1,0 +1,379 @@
+"""Classifications in SQL: the rows of each place (an asset or one of its columns), steward removals, the
+tenant taxonomy, the lineage steps propagation takes, and ``assets.classifications``.
+
+Writes run only in the pipeline (the classification handler), in the worker's transaction. A place is
+``(asset_id, column)`` with ``column`` None for the asset itself; SQL compares columns through
+``coalesce(column_name, '')``, the form the unique indexes use. Nothing here commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from lily.store.db import Conn
+
+_NIL = "00000000-0000-0000-0000-000000000000"
+_COLS = (
+    "asset_id, column_name, classification, source, origin_asset_id, origin_column, via_asset_id, via_column,"
+    " distance, confidence, propagate, applied_by, applied_at, detail"
+)
+
+
+@dataclass(slots=True)
+class Row:
+    """One way a place carries a classification (see migration 0007)."""
+
+    asset_id: UUID
+    column: str | None
+    classification: str
+    source: str
+    origin_asset_id: UUID | None = None
+    origin_column: str | None = None
+    via_asset_id: UUID | None = None
+    via_column: str | None = None
+    distance: int | None = None
+    confidence: float = 1.0
+    propagate: bool = False
+    applied_by: str = ""
+    applied_at: datetime | None = None
+    detail: dict[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What an audit entry, a version's changes and a change event say about the row."""
+        out: dict[str, Any] = {"classification": self.classification, "column": self.column, "source": self.source}
+        if self.origin_asset_id is not None:
+            out["propagated_from"] = {
+                "asset_id": str(self.origin_asset_id),
+                "column": self.origin_column,
+                "distance": self.distance,
+                "via": {"asset_id": str(self.via_asset_id), "column": self.via_column},
+            }
+        return out
+
+
+def _row(r: dict[str, Any]) -> Row:
+    return Row(
+        r["asset_id"],
+        r["column_name"],
+        r["classification"],
+        r["source"],
+        r["origin_asset_id"],
+        r["origin_column"],
+        r["via_asset_id"],
+        r["via_column"],
+        r["distance"],
+        r["confidence"],
+        r["propagate"],
+        r["applied_by"],
+        r["applied_at"],
+        r["detail"],
+    )
+
+
+async def of_asset(conn: Conn, tenant_id: str, asset_id: UUID) -> list[Row]:
+    """Every row of the asset and its columns: the asset's first, then by column, name, source."""
+    cur = await conn.execute(
+        f"SELECT {_COLS} FROM classifications WHERE tenant_id = %s AND asset_id = %s"
+        " ORDER BY column_name NULLS FIRST, classification, source, distance NULLS FIRST, classification_id",
+        [tenant_id, asset_id],
+    )
+    return [_row(r) for r in await cur.fetchall()]
+
+
+async def at(conn: Conn, tenant_id: str, asset_id: UUID, column: str | None, classification: str) -> list[Row]:
+    """The rows by which one place carries one classification (locked: the caller changes them)."""
+    cur = await conn.execute(
+        f"SELECT {_COLS} FROM classifications WHERE tenant_id = %s AND asset_id = %s"
+        " AND coalesce(column_name, '') = coalesce(%s, '') AND classification = %s FOR UPDATE",
+        [tenant_id, asset_id, column, classification],
+    )
+    return [_row(r) for r in await cur.fetchall()]
+
+
+async def insert(conn: Conn, tenant_id: str, row: Row, event_id: UUID) -> bool:
+    """Add ``row``; False when that very row (place, name, source, path) exists already.
+
+    A manual or external row given again takes the new ``propagate`` and ``confidence`` (and counts as
+    unchanged unless they differ)."""
+    cur = await conn.execute(
+        "INSERT INTO classifications (tenant_id, asset_id, column_name, classification, source, origin_asset_id,"
+        " origin_column, via_asset_id, via_column, distance, confidence, propagate, applied_by, applied_at,"
+        " event_id, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (tenant_id, asset_id, (coalesce(column_name, '')), classification, source,"
+        f" (coalesce(origin_asset_id, '{_NIL}'::uuid)), (coalesce(origin_column, '')),"
+        f" (coalesce(via_asset_id, '{_NIL}'::uuid)), (coalesce(via_column, '')))"
+        " DO UPDATE SET propagate = EXCLUDED.propagate, confidence = EXCLUDED.confidence,"
+        " applied_by = EXCLUDED.applied_by, applied_at = EXCLUDED.applied_at, event_id = EXCLUDED.event_id"
+        " WHERE classifications.source IN ('manual', 'external')"
+        " AND (classifications.propagate, classifications.confidence)"
+        " IS DISTINCT FROM (EXCLUDED.propagate, EXCLUDED.confidence)"
+        " RETURNING (xmax = 0) AS inserted",
+        [
+            tenant_id,
+            row.asset_id,
+            row.column,
+            row.classification,
+            row.source,
+            row.origin_asset_id,
+            row.origin_column,
+            row.via_asset_id,
+            row.via_column,
+            row.distance,
+            row.confidence,
+            row.propagate,
+            row.applied_by,
+            row.applied_at,
+            event_id,
+            Jsonb(row.detail or {}),
+        ],
+    )
+    return await cur.fetchone() is not None
+
+
+async def delete(conn: Conn, tenant_id: str, rows: Sequence[Row]) -> None:
+    """Remove exactly these rows (as :func:`at` or :func:`of_asset` read them)."""
+    for row in rows:
+        await conn.execute(
+            "DELETE FROM classifications WHERE tenant_id = %s AND asset_id = %s"
+            " AND coalesce(column_name, '') = coalesce(%s, '') AND classification = %s AND source = %s"
+            " AND origin_asset_id IS NOT DISTINCT FROM %s AND origin_column IS NOT DISTINCT FROM %s"
+            " AND via_asset_id IS NOT DISTINCT FROM %s AND via_column IS NOT DISTINCT FROM %s",
+            [
+                tenant_id,
+                row.asset_id,
+                row.column,
+                row.classification,
+                row.source,
+                row.origin_asset_id,
+                row.origin_column,
+                row.via_asset_id,
+                row.via_column,
+            ],
+        )
+
+
+async def refresh(conn: Conn, tenant_id: str, asset_id: UUID) -> list[str]:
+    """Rewrite ``assets.classifications`` from the rows (parents expanded); the new value."""
+    cur = await conn.execute(
+        "UPDATE assets a SET classifications = lily_classification_closure(coalesce(ARRAY("
+        "  SELECT DISTINCT c.classification FROM classifications c"
+        "  WHERE c.tenant_id = a.tenant_id AND c.asset_id = a.asset_id), '{}'))"
+        " WHERE a.tenant_id = %s AND a.asset_id = %s RETURNING a.classifications",
+        [tenant_id, asset_id],
+    )
+    row = await cur.fetchone()
+    return list(row["classifications"]) if row else []
+
+
+# -- steward removals --------------------------------------------------------------------------------
+
+
+async def removed(conn: Conn, tenant_id: str, asset_id: UUID, column: str | None, classification: str) -> bool:
+    cur = await conn.execute(
+        "SELECT 1 FROM classification_removals WHERE tenant_id = %s AND asset_id = %s"
+        " AND coalesce(column_name, '') = coalesce(%s, '') AND classification = %s",
+        [tenant_id, asset_id, column, classification],
+    )
+    return await cur.fetchone() is not None
+
+
+async def record_removal(
+    conn: Conn,
+    tenant_id: str,
+    asset_id: UUID,
+    column: str | None,
+    classification: str,
+    by: str,
+    at: datetime,
+    event_id: UUID,
+) -> None:
+    await conn.execute(
+        "INSERT INTO classification_removals (tenant_id, asset_id, column_name, classification, removed_by,"
+        " removed_at, event_id) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (tenant_id, asset_id, (coalesce(column_name, '')), classification)"
+        " DO UPDATE SET removed_by = EXCLUDED.removed_by, removed_at = EXCLUDED.removed_at,"
+        " event_id = EXCLUDED.event_id",
+        [tenant_id, asset_id, column, classification, by, at, event_id],
+    )
+
+
+async def lift_removal(conn: Conn, tenant_id: str, asset_id: UUID, column: str | None, classification: str) -> None:
+    await conn.execute(
+        "DELETE FROM classification_removals WHERE tenant_id = %s AND asset_id = %s"
+        " AND coalesce(column_name, '') = coalesce(%s, '') AND classification = %s",
+        [tenant_id, asset_id, column, classification],
+    )
+
+
+async def rule_state(
+    conn: Conn, tenant_id: str, asset_ids: Sequence[UUID]
+) -> dict[UUID, tuple[set[tuple[str | None, str]], set[tuple[str | None, str]]]]:
+    """Per asset, the (column, name) pairs a rule carries and those a steward removed: what a
+    classifier's proposals are compared with before the pipeline bothers with an event."""
+    cur = await conn.execute(
+        "SELECT true AS rule, asset_id, column_name, classification FROM classifications"
+        " WHERE tenant_id = %s AND asset_id = ANY(%s) AND source = 'rule'"
+        " UNION ALL SELECT false, asset_id, column_name, classification FROM classification_removals"
+        " WHERE tenant_id = %s AND asset_id = ANY(%s)",
+        [tenant_id, list(asset_ids), tenant_id, list(asset_ids)],
+    )
+    out: dict[UUID, tuple[set[tuple[str | None, str]], set[tuple[str | None, str]]]] = {}
+    for r in await cur.fetchall():
+        rules, removed = out.setdefault(r["asset_id"], (set(), set()))
+        (rules if r["rule"] else removed).add((r["column_name"], r["classification"]))
+    return out
+
+
+# -- propagation -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Step:
+    """One lineage step from a place: the downstream place and what the job on the edge blocks."""
+
+    asset_id: UUID
+    qualified_name: str
+    column: str | None
+    process_attributes: dict[str, Any] | None
+
+
+async def steps(conn: Conn, tenant_id: str, asset_id: UUID, column: str | None) -> list[Step]:
+    """The places one step downstream of a place: a column's derived columns (column lineage), or an
+    asset's downstream assets (table lineage). Deleted assets are not reached."""
+    if column is None:
+        cur = await conn.execute(
+            "SELECT d.asset_id, d.qualified_name, NULL::text AS column_name, p.attributes AS process_attributes"
+            " FROM lineage_edges e"
+            " JOIN assets d ON d.tenant_id = e.tenant_id AND d.asset_id = e.downstream_id AND d.deleted_at IS NULL"
+            " LEFT JOIN assets p ON p.tenant_id = e.tenant_id AND p.asset_id = e.process_id"
+            " WHERE e.tenant_id = %s AND e.upstream_id = %s",
+            [tenant_id, asset_id],
+        )
+    else:
+        cur = await conn.execute(
+            "SELECT d.asset_id, d.qualified_name, cl.downstream_column AS column_name,"
+            " p.attributes AS process_attributes"
+            " FROM lineage_edges e"
+            " JOIN column_lineage cl ON cl.tenant_id = e.tenant_id AND cl.edge_id = e.edge_id"
+            "  AND cl.upstream_column = %s"
+            " JOIN assets d ON d.tenant_id = e.tenant_id AND d.asset_id = e.downstream_id AND d.deleted_at IS NULL"
+            " LEFT JOIN assets p ON p.tenant_id = e.tenant_id AND p.asset_id = e.process_id"
+            " WHERE e.tenant_id = %s AND e.upstream_id = %s",
+            [column, tenant_id, asset_id],
+        )
+    return [
+        Step(r["asset_id"], r["qualified_name"], r["column_name"], r["process_attributes"])
+        for r in await cur.fetchall()
+    ]
+
+
+@dataclass(slots=True)
+class Carried:
+    """A downstream row that one place's classification put there (for retraction)."""
+
+    asset_id: UUID
+    qualified_name: str
+    column: str | None
+
+
+async def carried_from(
+    conn: Conn,
+    tenant_id: str,
+    via_asset_id: UUID,
+    via_column: str | None,
+    classification: str,
+    origin_asset_id: UUID,
+    origin_column: str | None,
+) -> list[Carried]:
+    """The places holding ``classification`` from ``origin`` through the place ``via`` (their rows, not
+    today's lineage: a retraction follows exactly where the classification went)."""
+    cur = await conn.execute(
+        "SELECT DISTINCT c.asset_id, a.qualified_name, c.column_name FROM classifications c"
+        " JOIN assets a ON a.tenant_id = c.tenant_id AND a.asset_id = c.asset_id"
+        " WHERE c.tenant_id = %s AND c.via_asset_id = %s AND coalesce(c.via_column, '') = coalesce(%s, '')"
+        " AND c.classification = %s AND c.origin_asset_id = %s"
+        " AND coalesce(c.origin_column, '') = coalesce(%s, '') AND c.source = 'propagated'",
+        [tenant_id, via_asset_id, via_column, classification, origin_asset_id, origin_column],
+    )
+    return [Carried(r["asset_id"], r["qualified_name"], r["column_name"]) for r in await cur.fetchall()]
+
+
+async def propagating(conn: Conn, tenant_id: str, asset_ids: Sequence[UUID]) -> list[Row]:
+    """The rows of these assets that flow downstream: set with ``propagate``, or propagated themselves."""
+    cur = await conn.execute(
+        f"SELECT {_COLS} FROM classifications WHERE tenant_id = %s AND asset_id = ANY(%s)"
+        " AND (propagate OR source = 'propagated')",
+        [tenant_id, list(asset_ids)],
+    )
+    return [_row(r) for r in await cur.fetchall()]
+
+
+# -- reads for the API -------------------------------------------------------------------------------
+
+
+async def inventory(
+    conn: Conn, tenant_id: str, name: str | None, after: tuple[str, str, str] | None, limit: int
+) -> list[dict[str, Any]]:
+    """Every classified place of live assets (one row per place and name, with all its sources), ordered
+    by (asset_id, column, name); ``name`` matches itself and its children."""
+    where = ["c.tenant_id = %s"]
+    args: list[Any] = [tenant_id]
+    if name is not None:
+        where.append("(c.classification = %s OR c.classification LIKE %s)")
+        args += [name, name.replace("_", "\\_") + ".%"]
+    if after is not None:
+        where.append("(c.asset_id, coalesce(c.column_name, ''), c.classification) > (%s::uuid, %s, %s)")
+        args += list(after)
+    args += [limit]
+    cur = await conn.execute(
+        "SELECT c.asset_id, a.qualified_name, a.type, c.column_name AS column, c.classification,"
+        " array_agg(DISTINCT c.source ORDER BY c.source) AS sources"
+        " FROM classifications c JOIN assets a ON a.tenant_id = c.tenant_id AND a.asset_id = c.asset_id"
+        f" AND a.deleted_at IS NULL WHERE {' AND '.join(where)}"
+        " GROUP BY c.asset_id, a.qualified_name, a.type, c.column_name, c.classification"
+        " ORDER BY c.asset_id, coalesce(c.column_name, ''), c.classification LIMIT %s",
+        args,
+    )
+    return list(await cur.fetchall())
+
+
+async def taxonomy(conn: Conn, tenant_id: str) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT name, description, created_by, created_at FROM classification_taxonomy WHERE tenant_id = %s"
+        " ORDER BY name",
+        [tenant_id],
+    )
+    return list(await cur.fetchall())
+
+
+async def taxonomy_known(conn: Conn, tenant_id: str, names: Sequence[str]) -> set[str]:
+    """Which of ``names`` the tenant has added to its taxonomy."""
+    cur = await conn.execute(
+        "SELECT name FROM classification_taxonomy WHERE tenant_id = %s AND name = ANY(%s)",
+        [tenant_id, list(names)],
+    )
+    return {r["name"] for r in await cur.fetchall()}
+
+
+async def taxonomy_add(
+    conn: Conn, tenant_id: str, name: str, description: str | None, by: str
+) -> dict[str, Any] | None:
+    """Add a name; None when the tenant has it already."""
+    cur = await conn.execute(
+        "INSERT INTO classification_taxonomy (tenant_id, name, description, created_by) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT DO NOTHING RETURNING name, description, created_by, created_at",
+        [tenant_id, name, description, by],
+    )
+    return await cur.fetchone()
+
+
+async def taxonomy_size(conn: Conn, tenant_id: str) -> int:
+    cur = await conn.execute("SELECT count(*) AS n FROM classification_taxonomy WHERE tenant_id = %s", [tenant_id])
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
