@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     )
     idempotency_key_ttl_seconds: int = Field(default=86_400, ge=3600, description="Age at which keys are pruned.")
     job_runs_retention_days: int = Field(default=30, ge=1, description="Finished job runs older than this are pruned.")
+    change_events_retention_days: int = Field(
+        default=30, ge=1, description="Change events older than this are pruned (the /changes feed's reach)."
+    )
 
     # Connector registry (see README, Connectors).
     connector_concurrency: int = Field(default=4, ge=1, le=256, description="Connector runs one process holds at once.")
