@@ -190,5 +190,33 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(out)
 
 
+def health_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An instance's health from its registry row joined with its last runs (see the store's list)."""
+    now = row.get("db_now") or datetime.now(UTC)
+    if not row["active"]:
+        state = "disabled"
+    elif row.get("running"):
+        state = "running"
+    elif row.get("queued"):
+        state = "queued"
+    elif row.get("last_outcome") is None:
+        state = "never_run"
+    else:
+        state = "failing" if row["last_outcome"] == "failed" else "healthy"
+    success = row.get("last_success_at")
+    return {
+        "state": state,
+        "last_run_id": row.get("last_run_id"),
+        "last_run_at": row.get("last_run_at"),
+        "last_outcome": row.get("last_outcome"),
+        "last_error": row.get("last_error") if row.get("last_outcome") == "failed" else None,
+        "last_success_at": success,
+        "lag_seconds": round((now - success).total_seconds(), 3) if success else None,
+        "consecutive_failures": int(row["failures"]),
+        "next_run_at": row["next_run_at"],
+        "detail": (row["state"] or {}).get("health"),
+    }
+
+
 def trimmed_error(text: str) -> str:
     return text[:RUN_ERROR_CHARS]

@@ -130,7 +130,7 @@ def next_version(before: Asset | None, qualified_name: str, change: Change, writ
         if before is None or before.source != change.source or not before.has_active_source:
             return None
         after = before.evolve(version=before.version + 1, updated_at=writer.now, has_active_source=False)
-        return NextVersion(before, after, "asset.source_detached", _system_changes(before, after))
+        return NextVersion(before, after, "asset.updated", _system_changes(before, after))
     if before is None or not before.live:
         return None
     note = {

@@ -358,3 +358,29 @@ async def record_seen(
 
 def _json(value: Mapping[str, Any] | None) -> Jsonb | None:
     return Jsonb(dict(value)) if value is not None else None
+
+
+# -- the tenant's sources and channels (as the tenant) -------------------------------------------------
+
+
+async def channels_with_health(conn: Conn, tenant_id: str) -> list[dict[str, Any]] | None:
+    """The tenant's outbound channels with their delivery health; None where the notifications
+    schema (migration 0010) is not installed."""
+    cur = await conn.execute("SELECT to_regclass('notification_channels') IS NOT NULL AS present")
+    row = await cur.fetchone()
+    if not row or not row["present"]:
+        return None
+    cur = await conn.execute(
+        "SELECT c.channel_id, c.name, c.type, c.enabled, c.disabled_reason, c.created_at,"
+        " d.pending, d.dead, d.last_delivered_at, f.last_error, f.last_failed_at"
+        " FROM notification_channels c"
+        " LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE x.state = 'pending') AS pending,"
+        "   count(*) FILTER (WHERE x.state = 'dead') AS dead, max(x.delivered_at) AS last_delivered_at"
+        "   FROM deliveries x WHERE x.tenant_id = c.tenant_id AND x.channel_id = c.channel_id) d ON true"
+        " LEFT JOIN LATERAL (SELECT x.last_error, x.updated_at AS last_failed_at FROM deliveries x"
+        "   WHERE x.tenant_id = c.tenant_id AND x.channel_id = c.channel_id AND x.last_error IS NOT NULL"
+        "   ORDER BY x.updated_at DESC LIMIT 1) f ON true"
+        " WHERE c.tenant_id = %s ORDER BY c.created_at, c.channel_id",
+        [tenant_id],
+    )
+    return await cur.fetchall()

@@ -161,31 +161,7 @@ def _validated(plugin: Connector, raw: Mapping[str, Any]) -> BaseModel:
 
 def _document(row: Mapping[str, Any], plugin: Connector | None, secrets: list[str]) -> dict[str, Any]:
     config = redacted(plugin.Config, row["config"]) if plugin is not None else dict(row["config"])
-    now = row.get("db_now") or datetime.now(UTC)
-    failures = int(row["failures"])
-    if not row["active"]:
-        state = "disabled"
-    elif row.get("running"):
-        state = "running"
-    elif row.get("queued"):
-        state = "queued"
-    elif row.get("last_outcome") is None:
-        state = "never_run"
-    else:
-        state = "failing" if row["last_outcome"] == "failed" else "healthy"
-    success = row.get("last_success_at")
-    health = {
-        "state": state,
-        "last_run_id": row.get("last_run_id"),
-        "last_run_at": row.get("last_run_at"),
-        "last_outcome": row.get("last_outcome"),
-        "last_error": row.get("last_error") if row.get("last_outcome") == "failed" else None,
-        "last_success_at": success,
-        "lag_seconds": round((now - success).total_seconds(), 3) if success else None,
-        "consecutive_failures": failures,
-        "next_run_at": row["next_run_at"],
-        "detail": (row["state"] or {}).get("health"),
-    }
+    health = rules.health_of(row)
     return {
         "connector_id": row["connector_id"],
         "tenant_id": row["tenant_id"],
@@ -203,6 +179,11 @@ def _document(row: Mapping[str, Any], plugin: Connector | None, secrets: list[st
 
 def _secret_names(ring: Keyring, sealed: str | None) -> list[str]:
     return sorted(ring.open(sealed)) if sealed else []
+
+
+def _name_taken(name: str) -> Conflict:
+    detail = f"a connector named {name!r} exists already"
+    return Conflict(detail, errors=[{"field": "name", "message": detail}])
 
 
 def _run(tenant_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -239,7 +220,7 @@ async def create_connector(
             next_run_at=_first_due(body),
         )
         if connector_id is None:
-            raise Conflict(f"a connector named {body.name!r} exists already", field="name")
+            raise _name_taken(body.name)
         row = await store.get(conn, tenant_id, connector_id)
     assert row is not None
     return _document(row, plugin, sorted(hidden))
@@ -322,7 +303,7 @@ async def replace_connector(
             next_run_at=_first_due(body),
         )
         if not ok:
-            raise Conflict(f"a connector named {body.name!r} exists already", field="name")
+            raise _name_taken(body.name)
         fresh = await store.get(conn, tenant_id, connector_id)
     assert fresh is not None
     return _document(fresh, plugin, sorted(hidden))

@@ -14,10 +14,12 @@ from lily.api.deps import Admin, Principal, RequestId, RuntimeDep, Viewer
 from lily.api.errors import problem_responses
 from lily.api.models import TenantConfigDocument, TenantSources
 from lily.domain import audit as audit_rules
+from lily.domain import connectors as connector_rules
 from lily.domain.errors import Invalid, NotFound
 from lily.domain.round_trip import TENANT_READ_ONLY, TenantConfigDocumentIn, changed_read_only
 from lily.domain.tenants import TenantConfig
 from lily.store import audit, identity
+from lily.store import connectors as store_connectors
 
 router = APIRouter(prefix="/tenants", tags=["tenants"])
 
@@ -77,34 +79,52 @@ async def replace_config(
 
 @router.get("/{tenant_id}/sources", response_model=TenantSources, responses=problem_responses(404))
 async def sources(tenant_id: str, principal: Viewer, runtime: RuntimeDep) -> dict[str, Any]:
+    """What feeds the tenant (API keys, connector instances with their health) and what it feeds
+    (notification channels with their delivery health)."""
     _own(principal, tenant_id)
     async with runtime.db.tenant(tenant_id) as conn:
         keys = await identity.list_api_keys(conn, tenant_id)
-        connectors = await identity.list_connectors(conn, tenant_id)
+        instances = await store_connectors.list_all(conn, tenant_id)
+        channels = await store_connectors.channels_with_health(conn, tenant_id)
     inbound = [
         {"kind": "api_key", "id": k["key_id"], "name": k["name"], "role": k["role"], "created_at": k["created_at"]}
         for k in keys
     ]
     inbound += [
         {
-            "kind": c["kind"],
+            "kind": "connector",
+            "type": c["kind"],
             "id": str(c["connector_id"]),
             "name": c["name"],
             "active": c["active"],
             "created_at": c["created_at"],
+            "health": connector_rules.health_of(c),
         }
-        for c in connectors
-        if c["direction"] == "inbound"
+        for c in instances
     ]
     outbound = [
         {
-            "kind": c["kind"],
-            "id": str(c["connector_id"]),
+            "kind": "channel",
+            "type": c["type"],
+            "id": str(c["channel_id"]),
             "name": c["name"],
-            "active": c["active"],
+            "active": c["enabled"],
             "created_at": c["created_at"],
+            "health": {
+                "state": "disabled" if not c["enabled"] else ("failing" if c["dead"] or c["last_error"] else "healthy"),
+                "disabled_reason": c["disabled_reason"],
+                "pending": c["pending"],
+                "dead": c["dead"],
+                "last_delivered_at": c["last_delivered_at"],
+                "last_error": c["last_error"],
+                "last_failed_at": c["last_failed_at"],
+            },
         }
-        for c in connectors
-        if c["direction"] == "outbound"
+        for c in channels or []
     ]
-    return {"tenant_id": tenant_id, "inbound": inbound, "outbound": outbound}
+    return {
+        "tenant_id": tenant_id,
+        "inbound": inbound,
+        "outbound": outbound,
+        "channels_installed": channels is not None,
+    }
