@@ -214,6 +214,28 @@ async def test_schema_changes_arrive_within_seconds_across_restarts(cdc: Cdc) ->
     assert state["ddl"] >= 5 and state["lag_bytes"] is not None
 
 
+async def test_health_shows_the_slot_and_its_lag(cdc: Cdc, client: Any, tenant: Any) -> None:
+    r = await client.post(
+        f"/connectors/{cdc.tenant_id}",
+        json={"name": "shop", "type": "postgres-cdc", "config": {"dsn": cdc.dsn, "include_schemas": ["shop"]}},
+        headers=tenant.headers("admin"),
+    )
+    assert r.status_code == 201, r.text
+    cdc.connector_id = UUID(r.json()["connector_id"])
+    await cdc.crawl()
+    await cdc.start()
+    cdc.ddl("ALTER TABLE shop.orders ADD COLUMN note text")
+    await cdc.until("orders", lambda a: "note" in columns(a))
+    r = await client.get(f"/connectors/{cdc.tenant_id}/{cdc.connector_id}", headers=tenant.headers("admin"))
+    assert r.status_code == 200
+    body = r.json()
+    detail = body["health"]["detail"]
+    assert detail["slot"] == slot_name(str(cdc.connector_id))
+    assert isinstance(detail["lag_bytes"], int) and detail["ddl"] == 1 and detail["error"] is None
+    assert body["config"]["dsn"] is None  # write-only
+    assert cdc.dsn not in r.text
+
+
 async def test_renamed_table_moves_to_its_new_name(cdc: Cdc) -> None:
     await cdc.create()
     await cdc.crawl()

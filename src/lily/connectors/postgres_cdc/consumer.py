@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from lily.config import Settings
 from lily.connectors.postgres_cdc import catalog, source
 from lily.connectors.postgres_cdc.decoding import Transaction, affected
-from lily.connectors.postgres_cdc.plugin import CdcConfig, clear_slot_state, connect, namespace_of
+from lily.connectors.postgres_cdc.plugin import CdcConfig, clear_slot_state, connect, namespace_of, with_health
 from lily.crypto import Keyring
 from lily.domain import connectors as rules
 from lily.domain.assets import asset_id_for
@@ -143,6 +143,7 @@ class Consumer:
             return await store.load_for_run(conn, self.tenant_id, self.connector_id) is None
 
     async def _save(self, state: dict[str, Any]) -> None:
+        state = with_health(state)
         async with self.db.tenant(self.tenant_id) as conn:
             await store.save_state(conn, self.tenant_id, self.connector_id, state)
         self.state = state
@@ -253,6 +254,7 @@ class Consumer:
             if seen or removed:
                 await store.record_seen(lconn, self.tenant_id, self.connector_id, seen, removed)
             state["events"] = int(self.state.get("events") or 0) + len(events)
+            state = with_health(state)
             await store.save_state(lconn, self.tenant_id, self.connector_id, state)
         self.state = state
 
@@ -290,7 +292,8 @@ class Consumer:
                 await source.drop_slot(conn, slot)
         finally:
             async with self.db.tenant(self.tenant_id) as lconn:
-                await store.save_state(lconn, self.tenant_id, self.connector_id, clear_slot_state(self.state, why))
+                cleared = with_health(clear_slot_state(self.state, why))
+                await store.save_state(lconn, self.tenant_id, self.connector_id, cleared)
                 await store.request_run(lconn, self.tenant_id, self.connector_id, self.source)
                 await store_cdc.release(lconn, self.tenant_id, self.connector_id, self.node)
 

@@ -109,6 +109,7 @@ class PostgresCdcConnector:
         if created or "lsn" not in ctx.state:
             ctx.state["lsn"] = position
         ctx.state.update(slot=slot, since=datetime.now(UTC).isoformat(), fallback=None)
+        ctx.state.update(with_health(ctx.state))
         result.detail["slot"] = slot
         result.detail["slot_created"] = created
         return result
@@ -119,3 +120,13 @@ def clear_slot_state(state: dict[str, Any], why: str) -> dict[str, Any]:
     out = {k: v for k, v in state.items() if k not in ("slot", "lsn")}
     out["fallback"] = {"at": datetime.now(UTC).isoformat(), "why": why}
     return out
+
+
+HEALTH = ("slot", "lag_bytes", "confirmed_at", "ddl", "events", "error", "error_at", "fallback")
+
+
+def with_health(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its ``health``: what the registry shows as the connector's health detail (the
+    slot, its lag in bytes, when the consumer last confirmed a position, DDL and events applied, the
+    last error, the last fall-back to a crawl and why)."""
+    return {**state, "health": {k: state.get(k) for k in HEALTH}}
