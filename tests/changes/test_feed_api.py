@@ -41,7 +41,9 @@ async def changes(client: Any, tenant: Any, role: str = "viewer", **params: Any)
     return body
 
 
-async def collect(client: Any, tenant: Any, count: int, timeout: float = 20.0, **params: Any) -> list[dict[str, Any]]:
+async def collect(
+    client: Any, tenant: Any, count: int, timeout: float = 20.0, role: str = "viewer", **params: Any
+) -> list[dict[str, Any]]:
     """Read the feed from the start until ``count`` events came (long-polling, bounded), then check that
     nothing more is there."""
     items: list[dict[str, Any]] = []
@@ -49,10 +51,10 @@ async def collect(client: Any, tenant: Any, count: int, timeout: float = 20.0, *
     deadline = time.monotonic() + timeout
     while len(items) < count:
         assert time.monotonic() < deadline, f"only {len(items)} of {count} events: {[i['type'] for i in items]}"
-        page = await changes(client, tenant, cursor=cursor or "", wait=2, **params)
+        page = await changes(client, tenant, role, cursor=cursor or "", wait=2, **params)
         items += page["items"]
         cursor = page["next_cursor"]
-    extra = await changes(client, tenant, cursor=cursor, wait=0.2, **params)
+    extra = await changes(client, tenant, role, cursor=cursor, wait=0.2, **params)
     assert extra["items"] == [], [i["type"] for i in extra["items"]]
     return items
 
