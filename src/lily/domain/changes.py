@@ -60,8 +60,14 @@ class ChangeEvent:
     origin: dict[str, Any] = field(default_factory=dict)  # {"source", "event_id", "request_id"}
 
     def __post_init__(self) -> None:
-        if not TYPE_PATTERN.match(self.type) or len(self.type) > 100:
-            raise ValueError(f"change event type {self.type!r} is not <subject>.<verb>")
+        if self.type not in _CHECKED_TYPES:
+            if not TYPE_PATTERN.match(self.type) or len(self.type) > 100:
+                raise ValueError(f"change event type {self.type!r} is not <subject>.<verb>")
+            if len(_CHECKED_TYPES) < 1000:
+                _CHECKED_TYPES.add(self.type)
+
+
+_CHECKED_TYPES: set[str] = set()  # types seen valid: the regex runs once per type, not per event
 
 
 def type_matches(type_: str, patterns: list[str]) -> bool:
@@ -77,6 +83,8 @@ def type_matches(type_: str, patterns: list[str]) -> bool:
 def bound(changes: Mapping[str, Any]) -> dict[str, Any]:
     """``changes`` with every member larger than :data:`MEMBER_MAX_BYTES` of JSON replaced by
     ``{"truncated": true, "bytes": n}``."""
+    if len(orjson.dumps(changes, default=str)) <= MEMBER_MAX_BYTES:
+        return dict(changes)  # the usual case: one serialisation, no member can be over
     out: dict[str, Any] = {}
     for key, value in changes.items():
         size = len(orjson.dumps(value, default=str))
@@ -91,12 +99,13 @@ def cut(items: list[Any]) -> dict[str, Any]:
 
 def member_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     """A version's ``{member: {"from", "to"}}`` as a change event's: ``attributes`` narrowed to the keys
-    that changed (a key absent on one side is null there), then :func:`bound`."""
+    that changed (a key absent on one side is null there). :meth:`emit_change` bounds it."""
+    attrs = changes.get("attributes")
+    if attrs is None:
+        return dict(changes)
     out = dict(changes)
-    attrs = out.get("attributes")
-    if isinstance(attrs, Mapping) and isinstance(attrs.get("from"), Mapping | None):
-        old, new = attrs.get("from") or {}, attrs.get("to") or {}
-        if isinstance(new, Mapping):
-            keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-            out["attributes"] = {"from": {k: old.get(k) for k in keys}, "to": {k: new.get(k) for k in keys}}
-    return bound(out)
+    old, new = attrs.get("from") or {}, attrs.get("to") or {}
+    if type(old) is dict and type(new) is dict:  # (exact types: an ABC isinstance costs more, per event)
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        out["attributes"] = {"from": {k: old.get(k) for k in keys}, "to": {k: new.get(k) for k in keys}}
+    return out

@@ -50,7 +50,7 @@ class BatchContext:
             qualified_name=qualified_name,
             version=version,
             changes=bound(changes or {}),
-            origin={"source": event.source, "event_id": str(event.event_id), "request_id": event.request_id},
+            origin={"source": event.source, "event_id": event.event_id, "request_id": event.request_id},
         )
         self.changes.append(change)
         return change
