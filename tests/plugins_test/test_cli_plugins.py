@@ -46,7 +46,7 @@ def test_json_output_is_one_object_per_plugin(every_kind: ModuleType, env: dict[
     result = CliRunner().invoke(main, ["plugins", "--json"], env=env)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
-    channel = next(r for r in rows if r["kind"] == "channel")
+    channel = next(r for r in rows if r["kind"] == "channel" and r["name"] == "test_echo")
     assert channel == {
         "kind": "channel",
         "name": "test_echo",

@@ -11,7 +11,7 @@ from lily.config import Settings
 from lily.domain.errors import Invalid
 from lily.plugins import PluginError, load_plugins
 from lily.plugins.config import plugin_config
-from lily.plugins.protocols import KIND_GROUPS, JobContext
+from lily.plugins.protocols import KIND_GROUPS, DeliveryContext, JobContext
 from lily.store.db import Database
 
 TEST_DIST = ("lily-test-plugins", "0.1")
@@ -64,7 +64,8 @@ async def test_channel_check_classifier_and_job_work_with_their_typed_config(
     channel = plugins.channels["test_echo"]
     config = plugin_config(channel, {"url": "https://hooks.example.com/x", "prefix": "lily"})
     assert isinstance(config, every_kind.EchoConfig)
-    result = await channel.deliver(config, {"type": "asset.updated"})
+    ctx = DeliveryContext(http=None, timeout=1, message_id="m-1", attempt=1, tenant_id="t", channel_id="c")
+    result = await channel.deliver(ctx, config, {"type": "asset.updated"})
     assert result.ok and every_kind.DELIVERED == [("https://hooks.example.com/x", {"type": "asset.updated"})]
 
     asset = {"qualified_name": "pg://db/s.users", "attributes": {"columns": [{"name": "id"}, {"name": "Email"}]}}

@@ -30,6 +30,7 @@ from lily.plugins.protocols import (
     AppRuntime,
     Caller,
     CheckResult,
+    DeliveryContext,
     DeliveryResult,
     EventHandler,
     JobContext,
@@ -139,7 +140,7 @@ class EchoChannel:
     name = "test_echo"
     Config: ClassVar[type[BaseModel]] = EchoConfig
 
-    async def deliver(self, config: BaseModel, message: dict[str, Any]) -> DeliveryResult:
+    async def deliver(self, ctx: DeliveryContext, config: BaseModel, message: dict[str, Any]) -> DeliveryResult:
         assert isinstance(config, EchoConfig)
         DELIVERED.append((str(config.url), message))
         return DeliveryResult(ok=True, status=200)

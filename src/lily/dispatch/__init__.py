@@ -1,0 +1,1 @@
+"""Outbound delivery: channels (plugins), the retry schedule, and the dispatcher that sends deliveries."""

@@ -1,0 +1,1 @@
+"""Lily's built-in channels, registered through the ``lily.channels`` entry points like any plugin's."""

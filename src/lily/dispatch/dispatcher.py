@@ -1,0 +1,263 @@
+"""The dispatcher: change events become deliveries, deliveries are sent, outcomes recorded.
+
+Any number of dispatchers (``lily dispatcher``, and one inside ``lily serve``) share the work through
+PostgreSQL alone: a tenant's fan-out is one dispatcher's at a time (its position row, SKIP LOCKED), and
+each due delivery is claimed by one dispatcher with a lease (:func:`lily.store.notifications.claim`).
+A dispatcher killed mid-send leaves its deliveries leased; when the lease ends they come due again and
+are sent again with the same ``webhook-id``: at least once, never lost.
+
+Three loops run side by side: fan-out (change events → deliveries), sending (claim what is due, one task
+per delivery, at most ``LILY_DELIVERY_CONCURRENCY`` at once, at most ``…_PER_CHANNEL`` per channel and
+half of all per tenant, so one tenant's slow receiver never holds the others up), and recording
+(outcomes of finished attempts written in batches: deliveries per second are not transactions per second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from lily.config import Settings
+from lily.crypto import Keyring, SecretKeyError
+from lily.dispatch import fanout
+from lily.dispatch.channels.http import truncated
+from lily.domain.errors import Invalid
+from lily.domain.notifications import next_step, parse_schedule
+from lily.netguard import guarded_client
+from lily.plugins.config import plugin_config
+from lily.plugins.protocols import Channel, DeliveryContext, DeliveryResult
+from lily.store import notifications as store
+from lily.store.db import Database, as_pipeline
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 0.05  # how long an idle loop sleeps before looking again (a wake-up cuts it short)
+CLAIM_BATCH = 200
+
+
+class Dispatcher:
+    def __init__(self, db: Database, settings: Settings, channels: Mapping[str, Channel], keyring: Keyring) -> None:
+        self.db = db
+        self.settings = settings
+        self.channels = channels
+        self.keyring = keyring
+        self.schedule = parse_schedule(settings.delivery_retry_schedule)
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.limit = settings.delivery_concurrency
+        self.per_channel = settings.delivery_concurrency_per_channel
+        self.per_tenant = max(1, self.limit // 2)
+        self.in_flight: dict[UUID, asyncio.Task[None]] = {}
+        self.by_channel: Counter[UUID] = Counter()
+        self.by_tenant: Counter[str] = Counter()
+        self.outcomes: list[dict[str, Any]] = []
+        self.disable: list[tuple[str, UUID, str]] = []
+        self._recorded = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._outcome_ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        http = guarded_client(
+            allow_private=self.settings.allow_private_targets, timeout=self.settings.delivery_timeout_seconds
+        )
+        log.info("dispatcher %s started", self.name)
+        loops = [
+            asyncio.create_task(self._loop(stop, self._fan_out_once), name="dispatch-fanout"),
+            asyncio.create_task(self._send_loop(stop, http), name="dispatch-send"),
+            asyncio.create_task(self._record_loop(stop), name="dispatch-record"),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            for task in loops[:2]:
+                task.cancel()
+            for task in loops[:2]:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            # Attempts in flight finish (each is bounded by its timeout), then their outcomes are recorded;
+            # any not recorded come due again when their lease ends.
+            if self.in_flight:
+                await asyncio.wait(list(self.in_flight.values()), timeout=self.settings.delivery_timeout_seconds + 2)
+            loops[2].cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loops[2]
+            with contextlib.suppress(Exception):
+                await self._flush()
+            await http.aclose()
+            log.info("dispatcher %s stopped", self.name)
+
+    async def _loop(self, stop: asyncio.Event, step: Any) -> None:
+        while not stop.is_set():
+            try:
+                busy = await step()
+            except Exception:
+                log.exception("dispatcher step failed; retrying")
+                busy = False
+                await asyncio.sleep(1)
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), IDLE_SECONDS)
+
+    # -- fan-out ---------------------------------------------------------------------------------------
+
+    async def _fan_out_once(self) -> bool:
+        async with self.db.system() as conn:
+            await as_pipeline(conn)
+            tenants = await store.tenants_with_changes(conn)
+        done = 0
+        for tenant_id in tenants:
+            done += await fanout.fan_out(self.db, tenant_id, self.schedule[0])
+        return done > 0
+
+    # -- sending ---------------------------------------------------------------------------------------
+
+    async def _send_loop(self, stop: asyncio.Event, http: Any) -> None:
+        while not stop.is_set():
+            free = self.limit - len(self.in_flight)
+            claimed = 0
+            if free > 0:
+                try:
+                    claimed = await self._claim(http, min(free, CLAIM_BATCH))
+                except Exception:
+                    log.exception("claiming deliveries failed; retrying")
+                    await asyncio.sleep(1)
+            if claimed == 0 or len(self.in_flight) >= self.limit:
+                self._slot_free.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_free.wait(), IDLE_SECONDS)
+
+    async def _claim(self, http: Any, count: int) -> int:
+        busy = [c for c, n in self.by_channel.items() if n >= self.per_channel]
+        busy_tenants = [t for t, n in self.by_tenant.items() if n >= self.per_tenant]
+        async with self.db.system() as conn:
+            await as_pipeline(conn)
+            rows = await store.claim(
+                conn,
+                owner=self.name,
+                limit=count,
+                per_channel=self.per_channel,
+                busy=busy,
+                busy_tenants=busy_tenants,
+                lease_seconds=self.settings.delivery_lease_seconds,
+            )
+        for row in rows:
+            self._start(http, row)
+        return len(rows)
+
+    def _start(self, http: Any, row: dict[str, Any]) -> None:
+        delivery_id: UUID = row["delivery_id"]
+        self.by_channel[row["channel_id"]] += 1
+        self.by_tenant[row["tenant_id"]] += 1
+        task = asyncio.create_task(self._send(http, row), name=f"deliver-{delivery_id}")
+        self.in_flight[delivery_id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self.in_flight.pop(delivery_id, None)
+            for counter, key in ((self.by_channel, row["channel_id"]), (self.by_tenant, row["tenant_id"])):
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
+            self._slot_free.set()
+
+        task.add_done_callback(done)
+
+    async def _send(self, http: Any, row: dict[str, Any]) -> None:
+        started_at = datetime.now(UTC)
+        started = time.monotonic()
+        result = await self._attempt(http, row)
+        tries = row["attempts"] - row["round_start"]
+        state, delay = next_step(
+            self.schedule, tries, ok=result.ok, permanent=result.permanent, retry_after=result.retry_after_seconds
+        )
+        if result.disable:
+            self.disable.append((row["tenant_id"], row["channel_id"], result.error or "the receiver answered 410"))
+        self.outcomes.append(
+            {
+                "tenant_id": row["tenant_id"],
+                "delivery_id": row["delivery_id"],
+                "attempt": row["attempts"],
+                "state": state,
+                "delay": delay,
+                "status": result.status,
+                "error": truncated(result.error, 500) if result.error else None,
+                "response": truncated(result.response) if result.response else None,
+                "started_at": started_at,
+                "duration_ms": int((time.monotonic() - started) * 1000),
+            }
+        )
+        self._outcome_ready.set()
+
+    async def _attempt(self, http: Any, row: dict[str, Any]) -> DeliveryResult:
+        channel = self.channels.get(row["channel_type"])
+        if channel is None:
+            return DeliveryResult(ok=False, error=f"no channel plugin {row['channel_type']!r} is installed")
+        try:
+            sealed = self.keyring.open(row["secrets_sealed"]) if row["secrets_sealed"] else {}
+        except SecretKeyError as exc:
+            return DeliveryResult(ok=False, error=str(exc))
+        raw = {**row["channel_config"], **(sealed.get("config") or {})}
+        try:
+            config = plugin_config(channel, raw)
+        except Invalid as exc:
+            return DeliveryResult(ok=False, error=f"the channel's config is invalid: {exc.detail}", permanent=True)
+        signing = list(sealed.get("signing") or [])
+        if not row["previous_secret_signs"]:
+            signing = signing[:1]
+        timeout = self.settings.delivery_timeout_seconds
+        ctx = DeliveryContext(
+            http=http,
+            timeout=timeout,
+            message_id=row["message_id"],
+            attempt=row["attempts"],
+            tenant_id=row["tenant_id"],
+            channel_id=str(row["channel_id"]),
+            signing_secrets=tuple(signing),
+        )
+        try:
+            # The channel bounds each request; this bounds the attempt as a whole (several requests).
+            return await asyncio.wait_for(channel.deliver(ctx, config, row["payload"]), timeout * 2)
+        except TimeoutError:
+            return DeliveryResult(ok=False, error=f"the attempt took longer than {timeout * 2:g} s")
+        except Exception as exc:
+            # A channel must not raise; if one does, its message might hold anything: log the type only.
+            log.warning("channel %s raised %s", row["channel_type"], type(exc).__name__)
+            return DeliveryResult(ok=False, error=f"the channel failed ({type(exc).__name__})")
+
+    # -- recording -------------------------------------------------------------------------------------
+
+    async def _record_loop(self, stop: asyncio.Event) -> None:
+        while True:
+            self._outcome_ready.clear()
+            if not self.outcomes and not self.disable:
+                await self._outcome_ready.wait()
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("recording delivery outcomes failed; retrying")
+                await asyncio.sleep(1)
+            self._recorded.set()
+
+    async def _flush(self) -> None:
+        outcomes, self.outcomes = self.outcomes, []
+        disable, self.disable = self.disable, []
+        if not outcomes and not disable:
+            return
+        try:
+            async with self.db.system() as conn:
+                await as_pipeline(conn)
+                for tenant_id, channel_id, reason in disable:
+                    await store.disable_channel(conn, tenant_id, channel_id, reason)
+                await store.record(conn, self.name, outcomes)
+        except BaseException:
+            self.outcomes[:0] = outcomes  # kept for the next try (the lease covers them meanwhile)
+            self.disable[:0] = disable
+            raise
