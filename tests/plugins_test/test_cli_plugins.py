@@ -15,10 +15,11 @@ from .support import only_broken
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    # `lily plugins` reads no database: it must work before one is configured.
+def env(server_home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    # `lily plugins` reads no database: it must work before one is configured. `lily worker` starts the
+    # embedded server before it loads plugins, so the home must be one that server can reach.
     monkeypatch.delenv("LILY_DATABASE_URL", raising=False)
-    return {"LILY_HOME": str(tmp_path)}
+    return {"LILY_HOME": str(server_home)}
 
 
 def test_lists_every_kind_with_its_origin(every_kind: ModuleType, env: dict[str, str]) -> None:
