@@ -76,6 +76,21 @@ CONFIG = schemathesis.Config.from_dict(
 )
 
 
+@schemathesis.hook
+def before_call(context: Any, case: Any, **kwargs: Any) -> None:
+    """``GET /changes`` long-polls up to ``wait`` seconds (30) when nothing is new, past the client's
+    timeout: a valid wait is cut to 0.2 s here (invalid ones stay, to be refused). Waiting itself is
+    tested in tests/changes."""
+    query = case.query
+    if case.operation.path.endswith("/changes") and isinstance(query, dict) and "wait" in query:
+        try:
+            wait = float(query["wait"])
+        except (TypeError, ValueError):
+            return
+        if 0.2 < wait <= 30:
+            query["wait"] = 0.2
+
+
 LIVE_DATABASES: dict[int, str] = {}  # port → database of the live server, for per-scenario tenants
 
 
