@@ -34,6 +34,25 @@ async def claim(conn: Conn, kind: str, node: str, limit: int, lease_seconds: flo
     return await cur.fetchall()
 
 
+async def claim_idle(conn: Conn, kind: str, node: str, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+    """Take the free leases of disabled instances of ``kind`` that still hold a slot nobody has read for
+    longer than their ``max_down_seconds`` (default 3600): the slot must go, or the source keeps WAL."""
+    cur = await conn.execute(
+        "WITH picked AS ("
+        "  SELECT c.tenant_id, c.connector_id FROM connectors c"
+        "  WHERE c.kind = %s AND NOT c.active AND c.direction = 'inbound' AND c.state ? 'slot'"
+        "  AND (c.lease_until IS NULL OR c.lease_until < now())"
+        "  AND coalesce(c.state->>'confirmed_at', c.state->>'since')::timestamptz"
+        "      < now() - make_interval(secs => coalesce((c.config->>'max_down_seconds')::int, 3600))"
+        "  LIMIT %s FOR UPDATE OF c SKIP LOCKED)"
+        " UPDATE connectors c SET lease_owner = %s, lease_until = now() + make_interval(secs => %s)"
+        " FROM picked p WHERE c.tenant_id = p.tenant_id AND c.connector_id = p.connector_id"
+        " RETURNING c.tenant_id, c.connector_id",
+        [kind, limit, node, lease_seconds],
+    )
+    return await cur.fetchall()
+
+
 async def needing_crawl(conn: Conn, kind: str, limit: int) -> list[dict[str, Any]]:
     """Enabled instances of ``kind`` with no slot yet (new, or fallen back) and no run waiting or
     running: each needs a crawl, which creates its slot first."""

@@ -284,3 +284,41 @@ async def test_a_slot_past_its_lag_bound_falls_back_to_a_crawl(cdc: Cdc) -> None
     await cdc.start()
     cdc.ddl("ALTER TABLE shop.orders ADD COLUMN late text")
     await cdc.until("orders", lambda a: "late" in columns(a))
+
+
+async def test_a_connector_down_too_long_drops_its_slot(cdc: Cdc) -> None:
+    await cdc.create(max_down_seconds=60)
+    await cdc.crawl()
+    assert cdc.connector_id is not None
+    slot = slot_name(str(cdc.connector_id))
+    stale = {**await cdc.state(), "confirmed_at": "2020-01-01T00:00:00+00:00"}
+
+    # Enabled: the consumer that finds it falls back to a crawl.
+    async with cdc.db.tenant(cdc.tenant_id) as conn:
+        await store.save_state(conn, cdc.tenant_id, cdc.connector_id, stale)
+    await cdc.consumers.start(cdc.db, cdc.settings)
+    end = time.monotonic() + DEADLINE
+    while "slot" in (state := await cdc.state()):
+        assert time.monotonic() < end, state
+        await asyncio.sleep(0.05)
+    assert "not read for more than 60 s" in state["health"]["fallback"]["why"]
+    assert (await cdc.runs())[0]["state"] == "queued"
+    async with await psycopg.AsyncConnection.connect(cdc.dsn, autocommit=True, row_factory=dict_row) as src:
+        assert await source.slot_position(src, slot) is None
+
+    # Disabled: the job drops the slot and queues nothing (the crawl comes when it is enabled again).
+    assert await ConnectorPolls().start_due(cdc.db, cdc.settings, wait=True) == 1
+    stale = {**await cdc.state(), "confirmed_at": "2020-01-01T00:00:00+00:00"}
+    assert "slot" in stale  # the crawl made a new one
+    async with cdc.db.tenant(cdc.tenant_id) as conn:
+        await store.save_state(conn, cdc.tenant_id, cdc.connector_id, stale)
+        await conn.execute(
+            "UPDATE connectors SET active = false WHERE tenant_id = %s AND connector_id = %s",
+            [cdc.tenant_id, cdc.connector_id],
+        )
+    report = await cdc.consumers.start(cdc.db, cdc.settings)
+    assert report["slots_dropped"] == 1 and report["started"] == 0
+    assert "slot" not in await cdc.state()
+    assert [r["state"] for r in await cdc.runs()] == ["succeeded", "succeeded"]
+    async with await psycopg.AsyncConnection.connect(cdc.dsn, autocommit=True, row_factory=dict_row) as src:
+        assert await source.slot_position(src, slot) is None

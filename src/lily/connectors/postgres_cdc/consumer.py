@@ -79,11 +79,16 @@ class CdcConsumers:
             claimed = await store_cdc.claim(
                 conn, KIND, self.node, settings.connector_concurrency * 8, settings.connector_lease_seconds
             )
+            idle = await store_cdc.claim_idle(conn, KIND, self.node, 10, settings.connector_lease_seconds)
         for row in crawl:
             async with db.tenant(row["tenant_id"]) as conn:
                 await store.request_run(conn, row["tenant_id"], row["connector_id"], f"connector:{row['connector_id']}")
-        if claimed and self._keyring is None:
+        if (claimed or idle) and self._keyring is None:
             self._keyring = Keyring.from_settings(settings)
+        for row in idle:
+            assert self._keyring is not None
+            consumer = Consumer(db, settings, self._keyring, self.node, row["tenant_id"], row["connector_id"])
+            await consumer.retire()
         for row in claimed:
             key = (row["tenant_id"], row["connector_id"])
             if key in self.running:
@@ -93,7 +98,12 @@ class CdcConsumers:
             task = asyncio.create_task(consumer.run(), name=f"lily-cdc-{row['connector_id']}")
             self.running[key] = task
             task.add_done_callback(lambda _t, k=key: self.running.pop(k, None))  # type: ignore[misc]
-        return {"running": len(self.running), "started": len(claimed), "crawls_requested": len(crawl)}
+        return {
+            "running": len(self.running),
+            "started": len(claimed),
+            "crawls_requested": len(crawl),
+            "slots_dropped": len(idle),
+        }
 
     async def stop(self) -> None:
         """Stop every consumer of this process and give their leases back (a clean shutdown)."""
@@ -148,10 +158,7 @@ class Consumer:
             await store.save_state(conn, self.tenant_id, self.connector_id, state)
         self.state = state
 
-    async def _stream(self) -> None:
-        row = await self._row()
-        if row is None or not row["active"]:
-            return
+    def _open(self, row: Mapping[str, Any]) -> CdcConfig:
         opened = self.keyring.open(row["config_sealed"]) if row["config_sealed"] else {}
         self.secrets = [str(v) for v in opened.values() if v]
         try:
@@ -160,6 +167,29 @@ class Consumer:
             raise ValueError(f"the stored config no longer validates: {exc.errors()[0].get('msg')}") from None
         self.config = config
         self.state = dict(row["state"] or {})
+        return config
+
+    async def retire(self) -> None:
+        """Drop the slot of a disabled connector nobody has read for too long (its lease is held); when
+        it is enabled again it crawls and makes a new one."""
+        try:
+            row = await self._row()
+            if row is None or row["active"]:
+                return
+            config = self._open(row)
+            await self._fall_back(
+                config, str(self.state["slot"]), "disabled for longer than max_down_seconds", crawl=False
+            )
+        except Exception as exc:
+            error = rules.trimmed_error(scrub(f"{type(exc).__name__}: {exc}", self.secrets))
+            log.warning("could not drop the slot of disabled CDC connector %s: %s", self.connector_id, error)
+            await self._release()
+
+    async def _stream(self) -> None:
+        row = await self._row()
+        if row is None or not row["active"]:
+            return
+        config = self._open(row)
         slot = str(self.state["slot"])
         last = self.state.get("confirmed_at") or self.state.get("since")
         if last and (datetime.now(UTC) - datetime.fromisoformat(last)).total_seconds() > config.max_down_seconds:
@@ -280,7 +310,9 @@ class Consumer:
                 out.append(self._new(name, LINEAGE_UPSERT, dict(obj.lineage)))
         return out
 
-    async def _fall_back(self, config: CdcConfig, slot: str, why: str, conn: source.Conn | None = None) -> None:
+    async def _fall_back(
+        self, config: CdcConfig, slot: str, why: str, conn: source.Conn | None = None, *, crawl: bool = True
+    ) -> None:
         """Drop the slot and ask for a crawl, which makes a new one (the source's disk comes first)."""
         log.warning("CDC connector %s falls back to a crawl: %s", self.connector_id, why)
         try:
@@ -294,7 +326,8 @@ class Consumer:
             async with self.db.tenant(self.tenant_id) as lconn:
                 cleared = with_health(clear_slot_state(self.state, why))
                 await store.save_state(lconn, self.tenant_id, self.connector_id, cleared)
-                await store.request_run(lconn, self.tenant_id, self.connector_id, self.source)
+                if crawl:
+                    await store.request_run(lconn, self.tenant_id, self.connector_id, self.source)
                 await store_cdc.release(lconn, self.tenant_id, self.connector_id, self.node)
 
 

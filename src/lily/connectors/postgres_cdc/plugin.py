@@ -108,7 +108,7 @@ class PostgresCdcConnector:
         result = await crawl(ctx, config)
         if created or "lsn" not in ctx.state:
             ctx.state["lsn"] = position
-        ctx.state.update(slot=slot, since=datetime.now(UTC).isoformat(), fallback=None)
+        ctx.state.update(slot=slot, since=datetime.now(UTC).isoformat(), lag_bytes=None)
         ctx.state.update(with_health(ctx.state))
         result.detail["slot"] = slot
         result.detail["slot_created"] = created
@@ -117,7 +117,7 @@ class PostgresCdcConnector:
 
 def clear_slot_state(state: dict[str, Any], why: str) -> dict[str, Any]:
     """The state of a connector whose slot was dropped: the next crawl makes a new one."""
-    out = {k: v for k, v in state.items() if k not in ("slot", "lsn")}
+    out = {k: v for k, v in state.items() if k not in ("slot", "lsn", "lag_bytes")}
     out["fallback"] = {"at": datetime.now(UTC).isoformat(), "why": why}
     return out
 
