@@ -34,9 +34,9 @@ CREATE POLICY pipeline_reads_changes ON change_events FOR SELECT TO lily_pipelin
 CREATE POLICY pipeline_prunes_changes ON change_events FOR DELETE TO lily_pipeline USING (true);
 GRANT SELECT, INSERT, DELETE ON change_events TO lily_pipeline;
 
--- The feed of all tenants in commit order (the dispatcher), and pruning by age (rows arrive in time order,
--- so a BRIN index is enough and costs the hot path next to nothing).
-CREATE INDEX change_events_order ON change_events (xid, seq);
+-- Readers go tenant by tenant (the feed, the dispatcher's per-tenant positions): the primary key is their
+-- index. Pruning goes by age; rows arrive in time order, so a BRIN index is enough and costs the hot path
+-- next to nothing.
 CREATE INDEX change_events_age ON change_events USING brin (occurred_at);
 
 -- Wake feed readers and dispatchers: one notification per tenant per statement, delivered at commit
