@@ -11,7 +11,8 @@ skewed vocabulary of 5,000 words. Loaded by COPY with the search indexes dropped
 VACUUM ANALYZE.
 
 Every query goes the way ``GET /metadata/search`` goes: ``lily.store.search`` on the application pool
-(``lily_app``, RLS on, one tenant transaction per call). p50/p99 at 1 client and at 8 concurrent clients
+(``lily_app``, RLS on, one tenant transaction per call, as a viewer with ``--policies N`` access
+policies in force, half of them applying to it). p50/p99 at 1 client and at 8 concurrent clients
 (one pool of 8). The reference: the rare-word predicate as raw SQL on a superuser connection.
 """
 
@@ -34,6 +35,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from lily.domain.access import Caller
 from lily.domain.search import Filters, Sort
 from lily.store import search
 from lily.store.db import Conn, Database
@@ -124,13 +126,43 @@ def pct(times: list[float], p: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * p + 0.999999) - 1))] * 1000
 
 
+# The searching principal, as the API sets it: every search then applies its access policies.
+CALLER = Caller("viewer", ("everyone", "group:analysts", "role:viewer", "user:bench"))
+
+
+def add_policies(url: str, n: int) -> None:
+    """Replace the tenant's access policies with ``n``: a fifth each deny reading a tag, deny reading a
+    qualified-name prefix, deny reading a type+tag pair, allow writes on a type, deny writes on a tag.
+    Every other policy names another user, so about half apply to the searching principal; none selects
+    every asset."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM access_policies WHERE tenant_id = %s", [TENANT])
+        for i in range(n):
+            who = ["group:analysts"] if i % 2 == 0 else [f"user:other{i}"]
+            kind = i % 5
+            tag = TAGS[(i // 5) % 48]
+            effect, actions, prefix, types, tags = {
+                0: ("deny", ["read"], None, None, [tag]),
+                1: ("deny", ["read"], f"{SYSTEMS[i % len(SYSTEMS)]}/s{i % 97}.", None, None),
+                2: ("deny", ["read"], None, [TYPES[-1 - i % 8]], [tag]),
+                3: ("allow", ["write"], None, [TYPES[-1 - i % 8]], None),
+                4: ("deny", ["write"], None, None, [tag]),
+            }[kind]
+            conn.execute(
+                "INSERT INTO access_policies (tenant_id, name, effect, actions, principals, qualified_name_prefix,"
+                " types, tags, created_by, updated_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'bench', 'bench')",
+                [TENANT, f"p{i}", effect, actions, who, prefix, types, tags],
+            )
+        conn.execute("ANALYZE access_policies")
+
+
 async def run(db: Database, call: Call, clients: int, per_client: int) -> list[float]:
     times: list[float] = []
 
     async def client() -> None:
         for _ in range(per_client):
             t0 = time.perf_counter()
-            async with db.tenant(TENANT) as conn:
+            async with db.tenant(TENANT, CALLER) as conn:
                 await call(conn)
             times.append(time.perf_counter() - t0)
 
@@ -196,7 +228,7 @@ async def measure(url: str, rounds: int) -> None:
                 f"{label:<42}{pct(one, 0.5):>14.1f}{pct(one, 0.99):>8.1f}"
                 f"{pct(eight, 0.5):>15.1f}{pct(eight, 0.99):>8.1f}"
             )
-        async with db.tenant(TENANT) as conn:
+        async with db.tenant(TENANT, CALLER) as conn:
             found = await search.page(conn, TENANT, Filters(q=common), sort=Sort.relevance, after=None, limit=21)
             total = await search.count(conn, Filters(q=common))
             print(f"common word: ranked {found.ranked} candidates (bounded), total {total}")
@@ -227,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--reuse", metavar="DBNAME")
+    parser.add_argument(
+        "--policies", type=int, default=0, help="access policies in force for the searching principal (0-500)"
+    )
     args = parser.parse_args(argv)
     name = args.reuse or f"lily_bench_search_{uuid.uuid4().hex[:8]}"
     url = make_conninfo("", **{**conninfo_to_dict(args.url), "dbname": name})
@@ -237,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.reuse:
             migrate(url, partitions=4)
             load(url, args.assets, args.seed)
+        add_policies(url, args.policies)
+        print(f"access policies: {args.policies}", flush=True)
         asyncio.run(measure(url, args.rounds))
     finally:
         if args.keep or args.reuse:

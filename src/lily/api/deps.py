@@ -18,10 +18,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from lily.api.pagination import short_name
 from lily.api.runtime import Runtime
 from lily.auth import tokens
+from lily.domain.access import Caller
 from lily.domain.errors import Forbidden, Invalid, TooManyRequests, Unauthorized
 from lily.domain.roles import Role
 from lily.domain.tenants import is_tenant_id
 from lily.store import identity
+from lily.store.db import CALLER
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -114,7 +116,11 @@ async def authenticate(
     else:
         # The token's claims, but the role and groups of now.
         claims = {**claims, "roles": [role.value], "groups": list(groups)}
-    return Principal(tenant_id, subject, role, claims, groups, row["key_name"])
+    principal = Principal(tenant_id, subject, role, claims, groups, row["key_name"])
+    # Access policies (migration 0008) depend on this: from here on, every tenant transaction of this
+    # request hides the assets the caller may not read.
+    CALLER.set(Caller(role.value, tuple(sorted(principal.names))))
+    return principal
 
 
 def require(role: Role) -> Any:

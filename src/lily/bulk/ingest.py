@@ -7,7 +7,7 @@ import hashlib
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -22,6 +22,10 @@ from lily.store import bulk as store
 from lily.store import idempotency
 from lily.store import log as store_log
 from lily.store.db import Conn, Database
+
+# Whether the caller may write this item: None if so, else why not. (Not given the job's connection:
+# that one is busy with the COPY that stages the items.)
+Admit = Callable[[dict[str, Any]], Awaitable[str | None]]
 
 
 @dataclass(slots=True)
@@ -42,8 +46,11 @@ async def receive(
     chunks: AsyncIterator[bytes],
     ndjson: bool,
     idempotency_key: str | None = None,
+    admit: Admit | None = None,
 ) -> Receipt:
     """Take a whole bulk body in one transaction; the log sees its items only if all of it arrived.
+
+    ``admit`` (the API's access check) may refuse an item: it is then reported like an invalid one.
 
     Any exception while the body streams in (the size limit, a broken JSON array, too many items)
     rolls back the transaction and with it every staged item: nothing is applied, no job exists.
@@ -83,6 +90,8 @@ async def receive(
                         payload_json = to_json(payload)
                     except Unstorable as exc:
                         payload = str(exc)
+                if not isinstance(payload, str) and admit is not None:
+                    payload = await admit(payload) or payload
                 if isinstance(payload, str):
                     rejected += 1
                     if len(errors) < store.MAX_KEPT_ERRORS:

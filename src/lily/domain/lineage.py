@@ -271,6 +271,22 @@ class LineageNode:
 
 
 @dataclass(slots=True)
+class RedactedNode:
+    """A node the caller may not read (an access policy hides it): where it is in the graph, nothing
+    else, so the graph's shape stays honest without telling what the asset is."""
+
+    asset_id: UUID
+    depth: int
+    redacted: bool = True
+
+    qualified_name = ""  # (a class constant, not a field) sorts first and labels nothing
+    placeholder = False
+
+
+REDACTED_LABEL = "(redacted)"
+
+
+@dataclass(slots=True)
 class ColumnEdge:
     downstream_column: str
     upstream_column: str
@@ -294,7 +310,7 @@ class LineageGraph(BaseModel):
     depth_reached: int  # the farthest node's distance
     node_limit: int
     truncated: bool  # the node (or edge) limit cut the answer short
-    nodes: list[LineageNode]
+    nodes: list[LineageNode | RedactedNode]
     # Stored edges (upstream → downstream, through a process). Both ends are nodes, except around a
     # process that is itself a node (the root job): its edges stand for upstream → job → downstream,
     # and walking one direction from the job only that half is in the answer, so the other end may
@@ -350,6 +366,10 @@ def _dot_string(text: str) -> str:
     return '"' + "".join(" " if ch < " " or ch == "\x7f" else ch for ch in escaped) + '"'
 
 
+def _label(node: LineageNode | RedactedNode) -> str:
+    return REDACTED_LABEL if isinstance(node, RedactedNode) else node.qualified_name
+
+
 def _node_ids(graph: LineageGraph) -> dict[UUID, str]:
     # Short positional ids: asset ids start with digits and carry hyphens, which Mermaid misreads.
     return {node.asset_id: f"n{i}" for i, node in enumerate(graph.nodes)}
@@ -378,7 +398,7 @@ def to_mermaid(graph: LineageGraph) -> str:
     """A Mermaid flowchart; paste it into any Mermaid renderer. Placeholders are drawn dashed."""
     ids = _node_ids(graph)
     lines = ["flowchart LR"]
-    lines += [f'    {ids[n.asset_id]}["{_mermaid_label(n.qualified_name)}"]' for n in graph.nodes]
+    lines += [f'    {ids[n.asset_id]}["{_mermaid_label(_label(n))}"]' for n in graph.nodes]
     for up, down, process in _drawable(graph, ids):
         label = f'|"{_mermaid_label(process)}"|' if process else ""
         lines.append(f"    {up} -->{label} {down}")
@@ -395,7 +415,7 @@ def to_dot(graph: LineageGraph) -> str:
     lines = ["digraph lineage {", "    rankdir=LR;", "    node [shape=box];"]
     for n in graph.nodes:
         style = ", style=dashed" if n.placeholder else ""
-        lines.append(f"    {ids[n.asset_id]} [label={_dot_string(n.qualified_name)}{style}];")
+        lines.append(f"    {ids[n.asset_id]} [label={_dot_string(_label(n))}{style}];")
     for up, down, process in _drawable(graph, ids):
         label = f" [label={_dot_string(process)}]" if process else ""
         lines.append(f"    {up} -> {down}{label};")

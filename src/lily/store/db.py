@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from lily.domain.access import Caller
 from lily.domain.errors import ServiceUnavailable
 from lily.store.breaker import Breaker, means_unavailable
 from lily.store.shares import TenantShares
@@ -31,6 +33,12 @@ APP_ROLE = "lily_app"
 PIPELINE_ROLE = "lily_pipeline"
 
 Conn = psycopg.AsyncConnection[dict[str, Any]]
+
+# The API caller a request's tenant transactions read for (set once it is authenticated, see
+# lily.api.deps.authenticate): every transaction the request opens then hides what the caller may not
+# read, including those of code that does not know about access policies. Unset (None) in the pipeline,
+# the scheduler and admin commands, which read everything.
+CALLER: ContextVar[Caller | None] = ContextVar("lily_caller", default=None)
 
 
 def _dumps(obj: Any) -> str:
@@ -108,15 +116,20 @@ class Database:
             raise ServiceUnavailable("this server is shutting down; retry", retry_after_seconds=1) from exc
 
     @asynccontextmanager
-    async def tenant(self, tenant_id: str) -> AsyncIterator[Conn]:
-        """A transaction that sees only ``tenant_id``'s rows (enforced by RLS, not only by our WHEREs)."""
+    async def tenant(self, tenant_id: str, caller: Caller | None = None) -> AsyncIterator[Conn]:
+        """A transaction that sees only ``tenant_id``'s rows (enforced by RLS, not only by our WHEREs),
+        and of the assets only those ``caller`` (default: the request's, :data:`CALLER`) may read."""
+        caller = caller or CALLER.get()
         async with self.shares.hold(tenant_id), self._checkout() as conn:
-            # BEGIN and the tenant setting in one round trip: a parameterless multi-statement query goes
-            # by the simple protocol, so the tenant id travels as a quoted literal. Nested
+            # BEGIN and the settings in one round trip: a parameterless multi-statement query goes
+            # by the simple protocol, so the values travel as quoted literals. Nested
             # ``conn.transaction()`` blocks inside become savepoints, as psycopg sees a transaction open.
-            await conn.execute(
-                sql.SQL("BEGIN; SELECT set_config('lily.tenant_id', {}, true)").format(sql.Literal(tenant_id))
-            )
+            begin = sql.SQL("BEGIN; SELECT set_config('lily.tenant_id', {}, true)").format(sql.Literal(tenant_id))
+            if caller is not None:
+                begin += sql.SQL(
+                    ", set_config('lily.access_role', {}, true), set_config('lily.access_names', {}, true)"
+                ).format(sql.Literal(caller.role), sql.Literal(caller.names_literal()))
+            await conn.execute(begin)
             try:
                 yield conn
             except BaseException:

@@ -39,6 +39,7 @@ from lily.domain.lineage import (
     LineageGraph,
     LineageNode,
     PathStep,
+    RedactedNode,
     Step,
     clamp_depth,
     clamp_node_limit,
@@ -411,12 +412,16 @@ async def traverse(
     rows = await _node_rows(conn, tenant_id, [*walk.distance, *processes])
     if root not in rows:
         raise NotFound(f"asset {asset_id} not found")
-    nodes = [
+    # Reached through an edge but not read back: an asset the caller may not read (row-level security
+    # hid it; an edge's ends always exist, barring a purge in between). It stays, redacted.
+    hidden = {key for key in walk.distance if key not in rows}
+    nodes: list[LineageNode | RedactedNode] = [
         LineageNode(a, qn, t, n, ph, walk.distance[key], dl)
         for key, (a, qn, t, n, ph, dl) in rows.items()
         if key in walk.distance
     ]
-    nodes.sort(key=lambda n: (n.depth, n.qualified_name))
+    nodes += [RedactedNode(UUID(key), walk.distance[key]) for key in hidden]
+    nodes.sort(key=lambda n: (n.depth, n.qualified_name, str(n.asset_id)))
     columns = await _columns(conn, tenant_id, list(walk.edges)) if with_columns else None
     # Edges stay in the order the walk met them (nearest first, and stable for the same data): sorting
     # them by name cost more than building them on a 10k-node answer.
@@ -424,14 +429,14 @@ async def traverse(
     reached = walk.distance
     for edge_id, (up, down, proc) in walk.edges.items():
         u, d = rows.get(up), rows.get(down)
-        if u is None or d is None:
+        if (u is None and up not in hidden) or (d is None and down not in hidden):
             # An asset purged between the walk and the node query takes its edges out of the answer,
             # except for an edge read through its process (the root job): it stands for up → job →
             # down, and walking one way from the job only one half is in the answer (downstream of
             # a job, its inputs are not), so the other end is not a node.
             if proc not in reached or proc not in rows:
                 continue
-            if not ((u is not None and up in reached) or (d is not None and down in reached)):
+            if not ((up in reached and up in rows) or (down in reached and down in rows)):
                 continue
         process = rows.get(proc) if proc is not None else None
         edges.append(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
 
-from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
+from lily.api import access
+from lily.api.deps import RequestId, RuntimeDep, Viewer
 from lily.api.errors import problem_responses
 from lily.api.models import BulkReceipt, BulkStatus, IdempotencyKeyHeader
 from lily.api.responses import FastJSON
@@ -51,7 +53,7 @@ _BODY_DOC = {
 )
 async def submit(
     request: Request,
-    principal: Editor,
+    principal: Viewer,
     runtime: RuntimeDep,
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -61,17 +63,25 @@ async def submit(
     The body is read as a stream. Invalid items are refused one by one and reported in the job's
     status; the valid ones go through the event log. A body over the size limit applies nothing (413).
     """
-    # A bulk slot (deployment-wide, a fair share per tenant) is taken inside; 429 with Retry-After when none.
-    receipt = await ingest.receive(
-        runtime.db,
-        runtime.settings,
-        tenant_id=principal.tenant_id,
-        actor=principal.actor,
-        request_id=request_id,
-        chunks=request.stream(),
-        ndjson=is_ndjson(request.headers.get("content-type")),
-        idempotency_key=request.headers.get("idempotency-key"),
-    )
+    admission = access.BulkAdmission(principal)
+    async with runtime.db.tenant(principal.tenant_id) as conn:
+        await admission.load(conn)
+    async with contextlib.AsyncExitStack() as stack:
+        if admission.needed():
+            # Items are checked on a transaction of their own (the job's is busy staging them).
+            admission.conn = await stack.enter_async_context(runtime.db.tenant(principal.tenant_id))
+        # A bulk slot (deployment-wide, a fair share per tenant) is taken inside; 429 with Retry-After when none.
+        receipt = await ingest.receive(
+            runtime.db,
+            runtime.settings,
+            tenant_id=principal.tenant_id,
+            actor=principal.actor,
+            request_id=request_id,
+            chunks=request.stream(),
+            ndjson=is_ndjson(request.headers.get("content-type")),
+            idempotency_key=request.headers.get("idempotency-key"),
+            admit=admission if admission.needed() else None,
+        )
     url = STATUS_PATH.format(receipt.job_id)
     return FastJSON(
         {

@@ -8,8 +8,8 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from lily.api import writes
-from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
+from lily.api import access, writes
+from lily.api.deps import Principal, RequestId, RuntimeDep, Viewer
 from lily.api.errors import problem_responses
 from lily.api.models import WRITE_RESPONSES, IdempotencyKeyHeader, LineageWritten
 from lily.api.responses import FastJSON
@@ -27,7 +27,9 @@ DEPTH_HEADER = "Lily-Lineage-Depth"  # the depth used, after clamping to graph.M
 TRUNCATED_HEADER = "Lily-Lineage-Truncated"  # "true" when the node limit cut the answer short
 
 
-async def _names(runtime: Any, tenant_id: str, refs: list[graph.AssetRef]) -> dict[graph.AssetRef, str]:
+async def _names(
+    runtime: Any, principal: Principal, refs: list[graph.AssetRef], writes: list[graph.AssetRef]
+) -> dict[graph.AssetRef, str]:
     """Qualified name per reference. Ids must name assets of the caller's tenant (else 404); names may
     be new — the pipeline creates placeholders for them.
 
@@ -41,6 +43,7 @@ async def _names(runtime: Any, tenant_id: str, refs: list[graph.AssetRef]) -> di
     by_name = [r.qualified_name for r in refs if r.qualified_name is not None]
     found: dict[UUID, Asset] = {}
     named: dict[str, Asset] = {}
+    tenant_id = principal.tenant_id
     async with runtime.db.tenant(tenant_id) as conn:
         for asset_id in by_id:
             found[asset_id] = require_asset(
@@ -48,6 +51,10 @@ async def _names(runtime: Any, tenant_id: str, refs: list[graph.AssetRef]) -> di
             )
         if by_name:
             named = await store_assets.current_by_names(conn, tenant_id, by_name)
+        # Lineage changes its downstreams and its process; its upstreams must only be readable.
+        qn = {r: found[r.asset_id].qualified_name if r.asset_id is not None else r.qualified_name or "" for r in refs}
+        written = list(dict.fromkeys(qn[r] for r in writes))
+        await access.check_named(conn, principal, written, read=[qn[r] for r in refs if qn[r] not in written])
     refuse_deleted_links(
         (f"{ref.asset_id} ({found[ref.asset_id].qualified_name})", found[ref.asset_id])
         if ref.asset_id is not None
@@ -66,12 +73,14 @@ async def _names(runtime: Any, tenant_id: str, refs: list[graph.AssetRef]) -> di
 async def record_lineage(
     body: graph.LineageIn,
     request: Request,
-    principal: Editor,
+    principal: Viewer,
     runtime: RuntimeDep,
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    names = await _names(runtime, principal.tenant_id, body.refs())
+    names = await _names(
+        runtime, principal, body.refs(), [*body.downstreams, *([body.process] if body.process else [])]
+    )
     # Mappings may name an asset by id where the lists give its name (or the reverse): compare names.
     graph.check_mappings(body, names.__getitem__)
     downstreams = [names[r] for r in body.downstreams]
@@ -154,7 +163,7 @@ async def impact(
 async def remove_lineage(
     asset_id: UUID,
     request: Request,
-    principal: Editor,
+    principal: Viewer,
     runtime: RuntimeDep,
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -167,6 +176,7 @@ async def remove_lineage(
             asset_id,
             include_deleted=True,
         )
+        await access.check_asset(conn, principal, row)
     payload = {"asset_id": str(asset_id), "direction": direction}
     event = NewEvent(principal.tenant_id, row.qualified_name, LINEAGE_DELETE, payload, principal.actor, request_id)
 

@@ -8,8 +8,8 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from lily.api import pagination, writes
-from lily.api.deps import Editor, RequestId, RuntimeDep, Viewer
+from lily.api import access, pagination, writes
+from lily.api.deps import Principal, RequestId, RuntimeDep, Viewer
 from lily.api.errors import problem_responses
 from lily.api.models import WRITE_RESPONSES, AssetDocument, AssetWithHistory, AuditPage, IdempotencyKeyHeader
 from lily.api.responses import FastJSON
@@ -62,13 +62,15 @@ def render_version(runtime: Any, tenant_id: str) -> writes.Render:
 async def create_or_update(
     body: rules.AssetIn,
     request: Request,
-    principal: Editor,
+    principal: Viewer,
     runtime: RuntimeDep,
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     payload = body.model_dump(mode="json", exclude_unset=True)
     payload["qualified_name"], payload["type"] = body.qualified_name, body.type
+    async with runtime.db.tenant(principal.tenant_id) as conn:
+        await access.check_named(conn, principal, [body.qualified_name], type=body.type, tags=payload.get("tags"))
     event = NewEvent(principal.tenant_id, body.qualified_name, ASSET_UPSERT, payload, principal.actor, request_id)
     return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
 
@@ -106,6 +108,7 @@ async def get_asset(
             asset_id,
             include_deleted=include_deleted,
         )
+        await access.audit_admin_read(conn, principal, row)
         versions = await store.history(
             conn, principal.tenant_id, asset_id, before_version=before, limit=history_limit + 1
         )
@@ -122,7 +125,7 @@ async def replace_asset(
     asset_id: UUID,
     body: AssetReplaceDocument,
     request: Request,
-    principal: Editor,
+    principal: Viewer,
     runtime: RuntimeDep,
     request_id: RequestId,
     if_match: Annotated[str | None, Header(max_length=200, description="ETag of the version this replaces")] = None,
@@ -131,7 +134,7 @@ async def replace_asset(
     """Replace every mutable field. The body may be the document ``GET`` returned: its read-only
     members (``asset_id``, ``version``, timestamps, ``history`` …) must then be unchanged (else 422
     naming them), and ``version`` acts as ``If-Match``."""
-    subject = await _subject(runtime, principal.tenant_id, asset_id, if_match)
+    subject = await _subject(runtime, principal, asset_id, if_match, type=body.type, tags=body.tags)
     await _check_read_only(runtime, principal.tenant_id, asset_id, body)
     if_version = rules.parse_if_match(if_match, asset_id) if if_match else body.version
     payload = {"asset_id": str(asset_id), "fields": body.mutable(), "if_version": if_version}
@@ -147,25 +150,35 @@ async def replace_asset(
 async def delete_asset(
     asset_id: UUID,
     request: Request,
-    principal: Editor,
+    principal: Viewer,
     runtime: RuntimeDep,
     request_id: RequestId,
     if_match: Annotated[str | None, Header(max_length=200)] = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    subject = await _subject(runtime, principal.tenant_id, asset_id, if_match)
+    subject = await _subject(runtime, principal, asset_id, if_match)
     payload = {"asset_id": str(asset_id), "if_version": rules.parse_if_match(if_match, asset_id) if if_match else None}
     event = NewEvent(principal.tenant_id, subject, ASSET_DELETE, payload, principal.actor, request_id)
     return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
 
 
-async def _subject(runtime: Any, tenant_id: str, asset_id: UUID, if_match: str | None) -> str:
-    """The asset's qualified name (its log subject); fails early on unknown ids and stale ETags.
+async def _subject(
+    runtime: Any,
+    principal: Principal,
+    asset_id: UUID,
+    if_match: str | None,
+    *,
+    type: str | None = None,
+    tags: list[str] | None = None,
+) -> str:
+    """The asset's qualified name (its log subject); fails early on unknown (or unreadable) ids, on an
+    asset the caller may not write (as it is, or as ``type`` and ``tags`` would leave it) and stale ETags.
 
     The pipeline checks the version again when it applies, since another write may land in between.
     """
-    async with runtime.db.tenant(tenant_id) as conn:
-        asset = require_asset(await store.get(conn, tenant_id, asset_id), asset_id)
+    async with runtime.db.tenant(principal.tenant_id) as conn:
+        asset = require_asset(await store.get(conn, principal.tenant_id, asset_id), asset_id)
+        await access.check_asset(conn, principal, asset, type=type, tags=tags)
     check_if_match(rules.parse_if_match(if_match, asset_id) if if_match is not None else None, asset.version)
     return asset.qualified_name
 

@@ -218,3 +218,16 @@ $$;
 GRANT SELECT ON access_policies TO lily_search;
 ALTER FUNCTION lily_search_where(jsonb) OWNER TO lily_search;
 REVOKE ALL ON FUNCTION lily_search_where(jsonb) FROM PUBLIC;
+
+-- Which of these names are assets of the tenant that the caller may not read. Writes name assets by
+-- qualified name, and the API must refuse a write to a hidden asset without showing whether it exists
+-- (the caller's own RLS-filtered reads cannot see it). Owned by lily_search, which may read assets.
+CREATE FUNCTION lily_hidden_names(p_names text[]) RETURNS SETOF text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.qualified_name FROM public.assets a
+    WHERE a.tenant_id = current_setting('lily.tenant_id', true) AND a.qualified_name = ANY (p_names)
+      AND NOT public.lily_asset_readable(a.asset_id, a.qualified_name, a.type, a.tags, a.classifications)
+$$;
+ALTER FUNCTION lily_hidden_names(text[]) OWNER TO lily_search;
+REVOKE ALL ON FUNCTION lily_hidden_names(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lily_hidden_names(text[]) TO lily_app;

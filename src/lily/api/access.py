@@ -1,0 +1,191 @@
+"""Access checks the API makes itself: writes, when it accepts them (the pipeline applies what was
+accepted), and the audit of an admin reading past a deny. Reads need nothing here: the database hides
+what the caller may not read (``lily.store.db.CALLER``, migration 0008).
+
+A write to an asset the caller may read but not write is 403. A write naming, by qualified name, an
+asset the caller may not read is the same 403 whether or not it exists; by id, it is the 404 of a
+missing id. The asset must stay readable and writable for the caller as the write leaves it, so a
+write cannot move an asset out of a policy's reach (or into a hidden one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from lily.api.deps import Principal
+from lily.domain.access import AssetFacts, Decision, Policy, applies, decide
+from lily.domain.assets import Asset
+from lily.domain.errors import Forbidden
+from lily.domain.roles import Role
+from lily.store import access as store
+from lily.store import assets as store_assets
+from lily.store import audit as store_audit
+from lily.store.db import Conn
+
+
+def refused(qualified_name: str) -> Forbidden:
+    return Forbidden(f"you may not write asset {qualified_name[:200]!r}", qualified_name=qualified_name[:200])
+
+
+def facts(asset: Asset) -> AssetFacts:
+    return AssetFacts(asset.asset_id, asset.qualified_name, asset.type, asset.tags, asset.classifications)
+
+
+def proposed(
+    qualified_name: str, existing: Asset | None, *, type: str | None = None, tags: Sequence[str] | None = None
+) -> AssetFacts:
+    """The asset as a write would leave it (what it does not set stays as it is)."""
+    return AssetFacts(
+        existing.asset_id if existing else None,
+        qualified_name,
+        type if type is not None else (existing.type if existing else ""),
+        list(tags) if tags is not None else (existing.tags if existing else []),
+        existing.classifications if existing else [],
+    )
+
+
+class Checker:
+    """The tenant's policies, read once, deciding for one caller (a request or a bulk job)."""
+
+    def __init__(self, principal: Principal, policies: Iterable[Policy]) -> None:
+        self.principal = principal
+        self.policies = [p for p in policies if applies(p, principal.names)]
+
+    @classmethod
+    async def load(cls, conn: Conn, principal: Principal) -> Checker:
+        rows = await store.all_policies(conn, principal.tenant_id)
+        return cls(principal, (Policy.from_row(r) for r in rows))
+
+    def decide(self, asset: AssetFacts) -> dict[str, Decision]:
+        return decide(self.principal.role, self.principal.names, self.policies, asset)
+
+    def may_write_somewhere(self) -> bool:
+        """Whether the caller can write any asset at all (its role, or an allow-write policy)."""
+        return self.principal.role.allows(Role.editor) or any(
+            p.effect == "allow" and "write" in p.actions for p in self.policies
+        )
+
+    def writable(self, *states: AssetFacts) -> list[Decision]:
+        """The write decisions of every state, or :class:`Forbidden` when any state is not readable and
+        writable. Decisions an admin overrode come back (to be audited)."""
+        overridden = []
+        for state in states:
+            decided = self.decide(state)
+            if not (decided["read"].allowed and decided["write"].allowed):
+                raise refused(state.qualified_name)
+            overridden += [d for d in (decided["read"], decided["write"]) if d.reason == "admin" and d.policy_id]
+        return overridden
+
+
+Target = tuple[str, Asset | None, Sequence[AssetFacts]]
+
+
+async def check_write(
+    conn: Conn,
+    principal: Principal,
+    targets: Sequence[Target],
+    *,
+    read: Sequence[str] = (),
+    checker: Checker | None = None,
+) -> None:
+    """Refuse (403) unless every target may be written. A target is (qualified name, the row the caller
+    sees or None, the states to check). A name that is an asset the caller may not read is refused alike;
+    the names in ``read`` must only be readable."""
+    hidden = await store.hidden_names(conn, [*(name for name, _, _ in targets), *read])
+    if hidden:
+        raise refused(sorted(hidden)[0])
+    checker = checker or await Checker.load(conn, principal)
+    for _, existing, states in targets:
+        overridden = checker.writable(*states)
+        if overridden and existing is not None:
+            await audit_override(conn, principal, existing.asset_id, "write", overridden)
+
+
+async def check_named(
+    conn: Conn,
+    principal: Principal,
+    names: Sequence[str],
+    *,
+    type: str | None = None,
+    tags: Sequence[str] | None = None,
+    read: Sequence[str] = (),
+    checker: Checker | None = None,
+) -> None:
+    """A write to assets named by qualified name (setting ``type`` and ``tags`` when given): each must be
+    writable as it is and as the write leaves it; the names in ``read`` only readable."""
+    existing = await store_assets.current_by_names(conn, principal.tenant_id, list(names))
+    targets = []
+    for name in dict.fromkeys(names):
+        now = existing.get(name)
+        states = [proposed(name, now, type=type, tags=tags), *([facts(now)] if now is not None else [])]
+        targets.append((name, now, states))
+    await check_write(conn, principal, targets, read=read, checker=checker)
+
+
+async def check_asset(
+    conn: Conn, principal: Principal, asset: Asset, *, type: str | None = None, tags: Sequence[str] | None = None
+) -> None:
+    """A write to an asset the caller read by id (RLS: one it may not read was a 404 already)."""
+    after = proposed(asset.qualified_name, asset, type=type, tags=tags)
+    await check_write(conn, principal, [(asset.qualified_name, asset, [facts(asset), after])])
+
+
+async def audit_override(conn: Conn, principal: Principal, asset_id: Any, action: str, by: Sequence[Decision]) -> None:
+    """Record that an admin acted on an asset a deny policy would have kept it from."""
+    await store_audit.write_audit(
+        conn,
+        principal.tenant_id,
+        [
+            {
+                "action": "access.admin_override",
+                "actor": principal.actor,
+                "asset_id": asset_id,
+                "at": datetime.now(UTC),
+                "detail": {
+                    "access": action,
+                    "policies": sorted({str(d.policy_id) for d in by}),
+                },
+            }
+        ],
+    )
+
+
+async def audit_admin_read(conn: Conn, principal: Principal, asset: Asset) -> None:
+    """An admin read an asset: audit it when a deny-read policy would have hidden it from the admin."""
+    if principal.role is not Role.admin:
+        return
+    decided = (await Checker.load(conn, principal)).decide(facts(asset))["read"]
+    if decided.reason == "admin" and decided.policy_id is not None:
+        await audit_override(conn, principal, asset.asset_id, "read", [decided])
+
+
+class BulkAdmission:
+    """A bulk job's per-item check (``lily.bulk.ingest.Admit``), on a connection of its own. With no
+    policy applying to an editor, there is nothing to check per item (:meth:`needed` is False)."""
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+        self.checker: Checker | None = None
+        self.conn: Conn | None = None
+
+    async def load(self, conn: Conn) -> None:
+        """Read the policies; 403 for the whole job when the caller can write nothing at all."""
+        self.checker = await Checker.load(conn, self.principal)
+        if not self.checker.may_write_somewhere():
+            raise Forbidden(f"this needs the editor role or a policy allowing writes; you have {self.principal.role}")
+
+    def needed(self) -> bool:
+        return self.checker is None or bool(self.checker.policies) or not self.principal.role.allows(Role.editor)
+
+    async def __call__(self, item: dict[str, Any]) -> str | None:
+        assert self.conn is not None and self.checker is not None
+        try:
+            await check_named(
+                self.conn, self.principal, [item["qualified_name"]], type=item.get("type"), tags=item.get("tags"),
+                checker=self.checker,
+            )  # fmt: skip
+        except Forbidden as exc:
+            return exc.detail
+        return None
