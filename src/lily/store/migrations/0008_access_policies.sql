@@ -231,3 +231,13 @@ $$;
 ALTER FUNCTION lily_hidden_names(text[]) OWNER TO lily_search;
 REVOKE ALL ON FUNCTION lily_hidden_names(text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION lily_hidden_names(text[]) TO lily_app;
+
+-- Classifications (0007) name their asset: the personal-data inventory lists them across assets, so a row
+-- of an asset the caller may not read is hidden with it. The EXISTS reads assets under the caller's
+-- rules (the policy above); for internal work (no caller set) it only asks that the asset exists.
+CREATE POLICY access_read ON classifications AS RESTRICTIVE FOR SELECT TO lily_app
+USING (
+    (SELECT public.lily_read_denials()) IS NULL
+    OR EXISTS (SELECT 1 FROM public.assets a
+               WHERE a.tenant_id = classifications.tenant_id AND a.asset_id = classifications.asset_id)
+);

@@ -1,0 +1,97 @@
+"""The read rule of access policies in the database (migration 0008): who it hides rows from, who it
+never touches, and that the caller's policies are computed once per statement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from lily.domain.access import Caller
+from lily.store.db import Database
+
+A, B = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
+
+
+def seed(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('t1', 't1'), ('t2', 't2')")
+        for tenant in ("t1", "t2"):
+            conn.execute(
+                "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, version, created_at,"
+                " updated_at, tags) VALUES (%s, %s, 'pg://x/a', 'table', 'a', 1, now(), now(), '{pii}'),"
+                " (%s, %s, 'pg://x/b', 'table', 'b', 1, now(), now(), '{}')",
+                [tenant, A, tenant, B],
+            )
+            conn.execute(
+                "INSERT INTO classifications (tenant_id, asset_id, classification, source, applied_by, applied_at)"
+                " VALUES (%s, %s, 'PII', 'manual', 'x', now()), (%s, %s, 'PII', 'manual', 'x', now())",
+                [tenant, A, tenant, B],
+            )
+        conn.execute(
+            "INSERT INTO access_policies (tenant_id, name, effect, actions, principals, except_principals, tags,"
+            " created_by, updated_by) VALUES ('t1', 'no pii', 'deny', '{read}', '{everyone}', '{group:privacy}',"
+            " '{pii}', 'x', 'x')"
+        )
+
+
+async def names(db: Database, sql: str, caller: Caller | None) -> list[Any]:
+    async with db.tenant("t1", caller) as conn:
+        return [r["asset_id"] for r in await (await conn.execute(sql)).fetchall()]
+
+
+async def test_hidden_from_callers_the_policy_names_only(database_url):
+    seed(database_url)
+    db = Database(database_url, min_size=1, max_size=2)
+    await db.open()
+    try:
+        viewer = Caller("viewer", ("everyone", "role:viewer", "user:v"))
+        privacy = Caller("viewer", ("everyone", "role:viewer", "user:p", "group:privacy"))
+        admin = Caller("admin", ("everyone", "role:admin", "user:root"))
+        for table in ("assets", "classifications"):
+            sql = f"SELECT asset_id::text FROM {table} ORDER BY asset_id"
+            assert await names(db, sql, viewer) == [B], table
+            assert await names(db, sql, privacy) == [A, B], table
+            assert await names(db, sql, admin) == [A, B], table
+            assert await names(db, sql, None) == [A, B], table  # internal work (no caller) sees all
+        # The same asset of another tenant is untouched by this tenant's policy.
+        async with db.tenant("t2", viewer) as conn:
+            cur = await conn.execute("SELECT count(*) AS n FROM assets")
+            assert (await cur.fetchone())["n"] == 2
+    finally:
+        await db.close()
+
+
+def test_the_rule_binds_the_application_role_only(database_url):
+    """The pipeline reads assets as lily_app with no caller set (covered above) or as lily_pipeline:
+    neither is ever narrowed by a caller's policies."""
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        rows = conn.execute(
+            "SELECT polrelid::regclass::text AS tbl, polpermissive, polcmd,"
+            " ARRAY(SELECT r::regrole::text FROM unnest(polroles) r) AS roles"
+            " FROM pg_policy WHERE polname = 'access_read' ORDER BY 1"
+        ).fetchall()
+    assert rows == [
+        {"tbl": "assets", "polpermissive": False, "polcmd": "r", "roles": ["lily_app"]},
+        {"tbl": "classifications", "polpermissive": False, "polcmd": "r", "roles": ["lily_app"]},
+    ]
+
+
+def test_policies_are_read_once_per_statement_and_the_primary_key_still_serves(database_url):
+    seed(database_url)
+    with psycopg.connect(database_url, row_factory=dict_row) as conn, conn.transaction():
+        conn.execute("SET LOCAL ROLE lily_app")
+        conn.execute(
+            "SELECT set_config('lily.tenant_id', 't1', true), set_config('lily.access_role', 'viewer', true),"
+            " set_config('lily.access_names', '{everyone}', true)"
+        )
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(
+            r["QUERY PLAN"]
+            for r in conn.execute(
+                f"EXPLAIN SELECT * FROM assets WHERE tenant_id = 't1' AND asset_id = '{B}'"
+            ).fetchall()
+        )
+    assert "InitPlan" in plan and "Index" in plan, plan
+    assert "SubPlan" not in plan, plan  # nothing re-evaluated per row
