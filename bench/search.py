@@ -126,19 +126,21 @@ def pct(times: list[float], p: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * p + 0.999999) - 1))] * 1000
 
 
-# The searching principal, as the API sets it: every search then applies its access policies.
+# The searching principal, as the API sets it: every search then applies its access policies. With
+# --policies N every query is timed, interleaved, as CALLER (all N policies apply to it) and as
+# UNBOUND (a viewer none of them names: the search without policies), so both see the same load.
 CALLER = Caller("viewer", ("everyone", "group:analysts", "role:viewer", "user:bench"))
+UNBOUND = Caller("viewer", ("everyone", "role:viewer", "user:nobody"))
 
 
 def add_policies(url: str, n: int) -> None:
     """Replace the tenant's access policies with ``n``: a fifth each deny reading a tag, deny reading a
     qualified-name prefix, deny reading a type+tag pair, allow writes on a type, deny writes on a tag.
-    Every other policy names another user, so about half apply to the searching principal; none selects
-    every asset."""
+    All of them apply to the searching principal (CALLER), none to UNBOUND; none selects every asset."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DELETE FROM access_policies WHERE tenant_id = %s", [TENANT])
         for i in range(n):
-            who = ["group:analysts"] if i % 2 == 0 else [f"user:other{i}"]
+            who = ["group:analysts"] if i % 2 == 0 else ["user:bench"]
             kind = i % 5
             tag = TAGS[(i // 5) % 48]
             effect, actions, prefix, types, tags = {
@@ -156,15 +158,19 @@ def add_policies(url: str, n: int) -> None:
         conn.execute("ANALYZE access_policies")
 
 
-async def run(db: Database, call: Call, clients: int, per_client: int) -> list[float]:
-    times: list[float] = []
+async def run(
+    db: Database, call: Call, clients: int, per_client: int, callers: Sequence[Caller] = (CALLER,)
+) -> list[list[float]]:
+    """Times per caller; each client calls once as each caller in turn, ``per_client`` times."""
+    times: list[list[float]] = [[] for _ in callers]
 
     async def client() -> None:
         for _ in range(per_client):
-            t0 = time.perf_counter()
-            async with db.tenant(TENANT, CALLER) as conn:
-                await call(conn)
-            times.append(time.perf_counter() - t0)
+            for i, caller in enumerate(callers):
+                t0 = time.perf_counter()
+                async with db.tenant(TENANT, caller) as conn:
+                    await call(conn)
+                times[i].append(time.perf_counter() - t0)
 
     await asyncio.gather(*(client() for _ in range(clients)))
     return times
@@ -206,7 +212,7 @@ def mix(words: dict[str, str]) -> dict[str, Call]:
     }
 
 
-async def measure(url: str, rounds: int) -> None:
+async def measure(url: str, rounds: int, policies: int = 0) -> None:
     with psycopg.connect(url) as conn:
         counts = conn.execute(
             "SELECT word, ndoc FROM ts_stat($$SELECT to_tsvector('simple', description) FROM assets"
@@ -219,15 +225,17 @@ async def measure(url: str, rounds: int) -> None:
     db = Database(url, min_size=8, max_size=8, timeout=30)
     await db.open()
     try:
-        print(f"{'query':<42}{'1 client p50':>14}{'p99':>8}{'8 clients p50':>15}{'p99':>8}   ms")
+        print(f"{'query':<58}{'1 client p50':>14}{'p99':>8}{'8 clients p50':>15}{'p99':>8}   ms")
+        callers = {"": CALLER} if not policies else {" [no policy]": UNBOUND, f" [{policies} policies]": CALLER}
         for label, call in mix(words).items():
-            await run(db, call, 1, 5)  # warm-up
-            one = await run(db, call, 1, rounds)
-            eight = await run(db, call, 8, rounds)
-            print(
-                f"{label:<42}{pct(one, 0.5):>14.1f}{pct(one, 0.99):>8.1f}"
-                f"{pct(eight, 0.5):>15.1f}{pct(eight, 0.99):>8.1f}"
-            )
+            await run(db, call, 1, 5, list(callers.values()))  # warm-up
+            ones = await run(db, call, 1, rounds, list(callers.values()))
+            eights = await run(db, call, 8, rounds, list(callers.values()))
+            for suffix, one, eight in zip(callers, ones, eights, strict=True):
+                print(
+                    f"{label + suffix:<58}{pct(one, 0.5):>14.1f}{pct(one, 0.99):>8.1f}"
+                    f"{pct(eight, 0.5):>15.1f}{pct(eight, 0.99):>8.1f}"
+                )
         async with db.tenant(TENANT, CALLER) as conn:
             found = await search.page(conn, TENANT, Filters(q=common), sort=Sort.relevance, after=None, limit=21)
             total = await search.count(conn, Filters(q=common))
@@ -274,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             load(url, args.assets, args.seed)
         add_policies(url, args.policies)
         print(f"access policies: {args.policies}", flush=True)
-        asyncio.run(measure(url, args.rounds))
+        asyncio.run(measure(url, args.rounds, args.policies))
     finally:
         if args.keep or args.reuse:
             print(f"database kept: {name}", file=sys.stderr)
