@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from lily.api.pagination import short_name
 from lily.api.runtime import Runtime
 from lily.auth import tokens
+from lily.auth.cache import Checked
 from lily.domain.access import Caller
 from lily.domain.errors import Forbidden, Invalid, TooManyRequests, Unauthorized
 from lily.domain.roles import Role
@@ -26,7 +27,8 @@ from lily.store import identity
 from lily.store.db import CALLER
 
 
-def get_runtime(request: Request) -> Runtime:
+# async: a plain ``def`` dependency would run in a worker thread on every request, for one attribute read.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -78,30 +80,45 @@ async def authenticate(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """Verify the bearer token, then check it against the database and the rate limits in one round trip:
-    a role change, deletion, disabling, key revocation or tenant deletion applies to the next request."""
+    a role change, deletion, disabling, key revocation or tenant deletion applies to the next request.
+
+    A credential this process has checked before (``runtime.credentials``) skips the signature check and
+    the lookups, but not the round trip: it carries the tenant's auth epoch of that check, and any change
+    since makes the database check it in full again (``lily.auth.cache``)."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized("missing bearer token")
     token = credentials.credentials
-    api_key = tokens.parse_api_key(token)
+    cache = runtime.credentials
     claims: dict[str, Any]
-    if api_key is not None:
-        tenant_id, name, secret = api_key
-        kind, jti, sid, secret_hash = "key", None, None, tokens.hash_secret(secret)
-        subject = f"key:{name}"
-    else:
-        claims = tokens.verify(runtime.tokens, token)
-        tenant_id, subject = claims["tenant_id"], claims["sub"]
-        if not isinstance(subject, str) or not subject.startswith("user:"):
-            raise Unauthorized("invalid token")
-        kind, name, jti, sid, secret_hash = "user", subject.removeprefix("user:"), claims["jti"], claims["sid"], None
-    if not (isinstance(tenant_id, str) and is_tenant_id(tenant_id) and _storable(name)):
-        raise Unauthorized(_REFUSED["unknown"])
-    if kind == "user" and not (_storable(jti) and _storable(sid)):
-        raise Unauthorized("invalid token")
-    async with runtime.db.connection() as conn:
-        row = await identity.authenticate(
-            conn, tenant_id, kind=kind, name=name, jti=jti, sid=sid, secret_hash=secret_hash, limits=runtime.rate_limits
+    known = cache.get(token)
+    if known is not None:
+        row = await _check(
+            runtime, known.tenant_id, known.kind, known.name, known.jti, known.sid, known.secret_hash, known.epoch
         )
+        if row["status"] == "cached":
+            return _principal(known)
+        if row["status"] != "limited":  # refused, or checked anew: the entry is stale either way
+            cache.drop(token)
+        tenant_id, kind, name, claims = known.tenant_id, known.kind, known.name, known.claims
+        jti, sid, secret_hash = known.jti, known.sid, known.secret_hash
+    else:
+        api_key = tokens.parse_api_key(token)
+        if api_key is not None:
+            tenant_id, name, secret = api_key
+            kind, jti, sid, secret_hash = "key", None, None, tokens.hash_secret(secret)
+            claims = {}
+        else:
+            claims = tokens.verify(runtime.tokens, token)
+            tenant_id, subject = claims["tenant_id"], claims["sub"]
+            if not isinstance(subject, str) or not subject.startswith("user:"):
+                raise Unauthorized("invalid token")
+            kind, name, secret_hash = "user", subject.removeprefix("user:"), None
+            jti, sid = claims["jti"], claims["sid"]
+        if not (isinstance(tenant_id, str) and is_tenant_id(tenant_id) and _storable(name)):
+            raise Unauthorized(_REFUSED["unknown"])
+        if kind == "user" and not (_storable(jti) and _storable(sid)):
+            raise Unauthorized("invalid token")
+        row = await _check(runtime, tenant_id, kind, name, jti, sid, secret_hash, None)
     status = row["status"]
     if status == "limited":
         raise TooManyRequests(
@@ -109,14 +126,58 @@ async def authenticate(
         )
     if status != "ok":
         raise Unauthorized(_REFUSED.get(status, _REFUSED["unknown"]))
-    role = Role(row["role"])
-    groups = tuple(row["groups"] or ())
-    if kind == "key":
-        claims = {"sub": subject, "tenant_id": tenant_id, "roles": [role.value], "key_name": row["key_name"]}
+    checked = Checked(
+        tenant_id=tenant_id,
+        kind=kind,
+        name=name,
+        jti=jti,
+        sid=sid,
+        secret_hash=secret_hash,
+        claims=claims,
+        expires_at=float(claims["exp"]) if kind == "user" else None,
+        epoch=row["epoch"],
+        role=row["role"],
+        groups=tuple(row["groups"] or ()),
+        key_name=row["key_name"],
+    )
+    cache.put(token, checked)
+    return _principal(checked)
+
+
+async def _check(
+    runtime: Runtime,
+    tenant_id: str,
+    kind: str,
+    name: str,
+    jti: str | None,
+    sid: str | None,
+    secret_hash: str | None,
+    known_epoch: int | None,
+) -> dict[str, Any]:
+    async with runtime.db.connection() as conn:
+        return await identity.authenticate(
+            conn,
+            tenant_id,
+            kind=kind,
+            name=name,
+            jti=jti,
+            sid=sid,
+            secret_hash=secret_hash,
+            limits=runtime.rate_limits,
+            known_epoch=known_epoch,
+        )
+
+
+def _principal(checked: Checked) -> Principal:
+    role = Role(checked.role)
+    if checked.kind == "key":
+        subject = f"key:{checked.name}"
+        claims = {"sub": subject, "tenant_id": checked.tenant_id, "roles": [role.value], "key_name": checked.key_name}
     else:
+        subject = f"user:{checked.name}"
         # The token's claims, but the role and groups of now.
-        claims = {**claims, "roles": [role.value], "groups": list(groups)}
-    principal = Principal(tenant_id, subject, role, claims, groups, row["key_name"])
+        claims = {**checked.claims, "roles": [role.value], "groups": list(checked.groups)}
+    principal = Principal(checked.tenant_id, subject, role, claims, checked.groups, checked.key_name)
     # Access policies (migration 0008) depend on this: from here on, every tenant transaction of this
     # request hides the assets the caller may not read.
     CALLER.set(Caller(role.value, tuple(sorted(principal.names))))

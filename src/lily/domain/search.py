@@ -22,7 +22,7 @@ TOTAL_BOUND = 1000
 # Facets count over at most this many matching rows; beyond it they are flagged as sampled.
 FACET_BOUND = 5000
 FACET_TOP = 10
-FACETS = ("type", "tag", "owner", "source")
+FACETS = ("type", "tag", "owner", "source", "classification")
 
 
 class Sort(StrEnum):
@@ -33,12 +33,14 @@ class Sort(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Filters:
-    """What a search matches. Every field narrows; list fields match any of their values, except tags
-    (all of them)."""
+    """What a search matches. Every field narrows; list fields match any of their values, except tags and
+    classifications (all of them)."""
 
     q: str | None = None
     types: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    # Classification names, all of them; a parent matches its children (PII matches PII.Email).
+    classifications: tuple[str, ...] = ()
     owners: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     qualified_name: str | None = None
@@ -50,6 +52,7 @@ class Filters:
         doc: dict[str, Any] = {
             "types": list(self.types),
             "tags": list(self.tags),
+            "classifications": list(self.classifications),
             "owners": list(self.owners),
             "sources": list(self.sources),
         }

@@ -156,6 +156,33 @@ async def history(
     return await cur.fetchall()
 
 
+async def get_with_history(
+    conn: Conn,
+    tenant_id: str,
+    asset_id: UUID,
+    *,
+    include_deleted: bool,
+    before_version: int | None,
+    limit: int,
+) -> tuple[Asset | None, list[dict[str, Any]]]:
+    """:func:`get` and :func:`history` in one round trip: the two statements are pipelined."""
+    asset_cur = conn.cursor(row_factory=_AS_ASSET)
+    history_cur = conn.cursor()
+    async with conn.pipeline():
+        await asset_cur.execute(
+            f"SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = %s AND asset_id = %s"
+            + ("" if include_deleted else " AND deleted_at IS NULL"),
+            [tenant_id, asset_id],
+        )
+        await history_cur.execute(
+            "SELECT version, action, changes, snapshot, actor, request_id, event_id, origin, changed_at"
+            " FROM asset_versions WHERE tenant_id = %s AND asset_id = %s AND version < %s"
+            " ORDER BY version DESC LIMIT %s",
+            [tenant_id, asset_id, before_version or 2**31 - 1, limit],
+        )
+    return await asset_cur.fetchone(), await history_cur.fetchall()
+
+
 async def exists_ever(conn: Conn, tenant_id: str, asset_id: UUID) -> bool:
     cur = await conn.execute("SELECT 1 FROM assets WHERE tenant_id = %s AND asset_id = %s", [tenant_id, asset_id])
     return await cur.fetchone() is not None

@@ -217,13 +217,17 @@ async def authenticate(
     sid: str | None,
     secret_hash: str | None,
     limits: RateLimits,
+    known_epoch: int | None = None,
 ) -> dict[str, Any]:
-    """Check a credential and take one request from its rate limits, in one round trip (``lily_authenticate``
-    in migration 0005): ``status``, the current ``role`` and ``groups``, ``key_name``, ``retry_after``.
-    ``conn`` must not be in a transaction: the function sets the tenant for its own implicit one."""
+    """Check a credential and take one request from its rate limits, in one round trip
+    (``lily_authenticate_at``, migration 0012): ``status``, the current ``role`` and ``groups``,
+    ``key_name``, ``retry_after`` and the tenant's auth ``epoch``. With ``known_epoch`` (the epoch this
+    process last checked the credential at) still current, the status is ``cached`` (or ``limited``) and
+    the lookups are skipped. ``conn`` must not be in a transaction: the function sets the tenant for its
+    own implicit one."""
     cur = await conn.execute(
-        "SELECT status, role, groups, key_name, retry_after"
-        " FROM lily_authenticate(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "SELECT status, role, groups, key_name, retry_after, epoch"
+        " FROM lily_authenticate_at(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         [
             tenant_id,
             kind,
@@ -235,6 +239,7 @@ async def authenticate(
             limits.per_principal.capacity,
             limits.per_tenant.rate,
             limits.per_tenant.capacity,
+            known_epoch,
         ],
     )
     row = await cur.fetchone()

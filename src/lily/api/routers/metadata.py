@@ -103,15 +103,16 @@ async def get_asset(
 ) -> Response:
     before = pagination.decode(history_cursor, field="history_cursor", valid=pagination.positive_int)
     async with runtime.db.tenant(principal.tenant_id) as conn:
-        row = require_asset(
-            await store.get(conn, principal.tenant_id, asset_id, include_deleted=include_deleted),
+        found, versions = await store.get_with_history(
+            conn,
+            principal.tenant_id,
             asset_id,
             include_deleted=include_deleted,
+            before_version=before,
+            limit=history_limit + 1,
         )
+        row = require_asset(found, asset_id, include_deleted=include_deleted)
         await access.audit_admin_read(conn, principal, row)
-        versions = await store.history(
-            conn, principal.tenant_id, asset_id, before_version=before, limit=history_limit + 1
-        )
     history = pagination.page(versions, history_limit, lambda v: v["version"])
     return asset_response(rules.to_document(row), history=history)
 

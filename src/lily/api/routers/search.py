@@ -67,6 +67,9 @@ async def search(
     qualified_name_prefix: Annotated[str | None, Query(max_length=1024, pattern=rules.NO_NUL)] = None,
     type: Annotated[list[Term], Query(description="Asset types; repeat for any of several")] = [],  # noqa: B006
     tag: Annotated[list[Term], Query(description="Tags; repeat to require all")] = [],  # noqa: B006
+    classification: Annotated[
+        list[Term], Query(description="Classifications; repeat to require all. PII matches PII.Email")
+    ] = [],  # noqa: B006
     owner: Annotated[list[Term], Query(description="Owners; repeat for any of several")] = [],  # noqa: B006
     source: Annotated[list[Term], Query(description="Sources; repeat for any of several")] = [],  # noqa: B006
     updated_since: Annotated[IsoDatetime | None, Query(description="ISO 8601 with a time zone")] = None,
@@ -85,6 +88,7 @@ async def search(
         q=q,
         types=tuple(t.lower() for t in type),
         tags=tuple(tag),
+        classifications=tuple(classification),
         owners=tuple(owner),
         sources=tuple(source),
         qualified_name=qualified_name,

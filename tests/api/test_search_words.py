@@ -1,0 +1,95 @@
+"""Search after migration 0012: typo matching through the tenant's name words, the classification filter
+(a parent matches its children) and facet, and isolation through both."""
+
+from __future__ import annotations
+
+import psycopg
+
+from .test_search_features import names, post, search
+
+
+def classify(database_url: str, tenant_id: str, name: str, classifications: list[str]) -> None:
+    """Set the denormalised column as the classification pipeline does (each name with its parents)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        updated = conn.execute(
+            "UPDATE assets SET classifications = %s WHERE tenant_id = %s AND name = %s",
+            [classifications, tenant_id, name],
+        ).rowcount
+        assert updated == 1
+
+
+def words(database_url: str, tenant_id: str) -> set[str]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT word FROM asset_name_words WHERE tenant_id = %s", [tenant_id]).fetchall()
+    return {r[0] for r in rows}
+
+
+async def test_name_words_are_kept_for_typo_matching(client, tenant, database_url):
+    h = tenant.headers("editor")
+    await post(client, h, "pg://wh/x.fct_shipments_daily_2024", name="fct_shipments_daily_2024")
+    kept = words(database_url, tenant.tenant_id)
+    # Words of three characters or more, lower case; numbers are not words.
+    assert {"fct", "shipments", "daily"} <= kept and "2024" not in kept
+    v = tenant.headers("viewer")
+    assert await names(client, v, q="shipmnets") == ["fct_shipments_daily_2024"]
+    # A renamed asset's new words are found too (the update trigger); POST upserts by qualified name.
+    r = await client.post(
+        "/metadata",
+        json={"qualified_name": "pg://wh/x.fct_shipments_daily_2024", "type": "table", "name": "warehouse_parcels"},
+        headers=h,
+    )
+    assert r.status_code in (200, 201), r.text
+    assert "parcels" in words(database_url, tenant.tenant_id)
+    assert await names(client, v, q="parcles") == ["warehouse_parcels"]
+    # A stale word (the old name's) matches nothing, rather than the renamed asset.
+    assert await names(client, v, q="shipmnets") == []
+
+
+async def test_typo_matches_rank_the_nearest_word_first(client, tenant):
+    h = tenant.headers("editor")
+    for name in ("orders_archive", "border_events", "recorders"):
+        await post(client, h, f"pg://wh/x.{name}", name=name)
+    got = await names(client, tenant.headers("viewer"), q="ordrs")
+    assert got[0] == "orders_archive", got
+
+
+async def test_classification_filter_matches_children_and_facets_count_them(client, tenant, database_url):
+    h = tenant.headers("editor")
+    for name in ("emails", "phones", "plain"):
+        await post(client, h, f"pg://wh/c.{name}", name=name, description="contact data")
+    classify(database_url, tenant.tenant_id, "emails", ["PII", "PII.Email"])
+    classify(database_url, tenant.tenant_id, "phones", ["PII", "PII.Phone", "Sensitivity", "Sensitivity.High"])
+    v = tenant.headers("viewer")
+    assert sorted(await names(client, v, classification="PII")) == ["emails", "phones"]
+    assert await names(client, v, classification="PII.Email") == ["emails"]
+    # Repeated: all of them.
+    assert await names(client, v, classification=["PII", "Sensitivity.High"]) == ["phones"]
+    assert await names(client, v, classification="PII.Emai") == []
+    # With text, a sort and a total.
+    body = await search(client, v, q="contact", classification="PII", total="true", facets="classification")
+    assert body["total"] == 2
+    assert body["facets"]["classification"] == [
+        {"value": "PII", "count": 2},
+        {"value": "PII.Email", "count": 1},
+        {"value": "PII.Phone", "count": 1},
+        {"value": "Sensitivity", "count": 1},
+        {"value": "Sensitivity.High", "count": 1},
+    ]
+
+
+async def test_words_and_classifications_of_another_tenant_are_unreachable(client, tenant, other_tenant, database_url):
+    await post(client, other_tenant.headers("editor"), "pg://om/x.zanzibar_ledger", name="zanzibar_ledger")
+    classify(database_url, other_tenant.tenant_id, "zanzibar_ledger", ["Secret", "Secret.Omega"])
+    await post(client, tenant.headers("editor"), "pg://al/x.plain", name="plain")
+    v = tenant.headers("viewer")
+    assert "zanzibar" not in words(database_url, tenant.tenant_id)
+    for params in ({"q": "zanzibr"}, {"q": "zanzibar"}, {"classification": "Secret"}):
+        body = await search(client, v, **params, total="true", facets="classification,type")
+        assert body["items"] == [] and body["total"] == 0, params
+        assert all(values == [] for values in body["facets"].values()), params
+    body = await search(client, v, facets="classification", total="true")
+    assert body["total"] == 1 and body["facets"]["classification"] == []
+    # The same searches find the other tenant's asset for the other tenant: they are not vacuous.
+    theirs = other_tenant.headers("viewer")
+    assert await names(client, theirs, q="zanzibr") == ["zanzibar_ledger"]
+    assert await names(client, theirs, classification="Secret") == ["zanzibar_ledger"]
