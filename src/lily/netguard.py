@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -130,8 +131,19 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+def quiet_http_logs() -> None:
+    """Keep outbound URLs out of the log: httpx logs every request's full URL at INFO (and httpcore its
+    traffic at DEBUG), and URLs can embed secrets (a Slack incoming webhook's path is its credential)."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:  # its own level, whatever the root's (NOTSET is 0)
+            logger.setLevel(logging.WARNING)
+
+
 def guarded_client(*, allow_private: bool, timeout: float = 15.0, **kwargs: Any) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` every request of which (and every redirect hop) passes the guard."""
+    """An ``httpx.AsyncClient`` every request of which (and every redirect hop) passes the guard. Building
+    one also quiets httpx's request log (:func:`quiet_http_logs`)."""
+    quiet_http_logs()
     limits = kwargs.pop("limits", httpx.Limits(max_connections=200, max_keepalive_connections=100))
     transport = GuardedTransport(allow_private=allow_private, inner=httpx.AsyncHTTPTransport(limits=limits))
     return httpx.AsyncClient(transport=transport, timeout=timeout, **kwargs)
