@@ -23,6 +23,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.lineage import lineage
 from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import build_scope
 
 MAX_SQL_CHARS = 1_000_000
 MAX_STATEMENTS = 1000
@@ -167,7 +168,10 @@ def _query_lineage(
         - {target}
     )
     found = StatementLineage(target, sources)
-    nested = _nested(columns, dialect)
+    # Only the tables the query reads: sqlglot normalises the whole schema it is given on every call,
+    # and a crawl's schema holds every table of the source.
+    wanted = {(r.database, r.schema, r.table) for r in sources}
+    nested = _nested({k: v for k, v in columns.items() if k in wanted}, dialect)
     try:
         qualified = qualify(
             query.copy(),
@@ -185,11 +189,17 @@ def _query_lineage(
     if any(o == "*" for o in outputs):
         found.note = "column lineage needs the columns of the tables read (a * did not expand)"
         return found
+    try:
+        # One walk for every output column over the scope qualified above (not one qualify per column).
+        nodes = lineage(None, qualified, schema=nested, dialect=dialect, scope=build_scope(qualified), copy=False)
+    except (SqlglotError, KeyError, ValueError, AttributeError) as exc:
+        found.note = f"column lineage not resolved: {str(exc)[:200]}"
+        return found
+    assert isinstance(nodes, dict)
     for i, output in enumerate(outputs[:MAX_OUTPUT_COLUMNS]):
         written = names[i] if names is not None and i < len(names) else output
-        try:
-            node = lineage(output, qualified, schema=nested, dialect=dialect, copy=False)
-        except (SqlglotError, KeyError, ValueError, AttributeError):
+        node = nodes.get(output)
+        if node is None:
             continue
         ups: dict[tuple[Relation, str], None] = {}
         for leaf in node.walk():
