@@ -333,21 +333,33 @@ async def test_upload_runs_and_refuses_bad_files(
     url = f"/connectors/{tenant.tenant_id}/{connector_id}/artifacts"
     body = {name: (name, (root / "shop" / name).read_bytes(), "application/json") for name in artifacts.FILES}
 
-    # Not the caller's tenant, not a dbt connector, not a connector: the same 404.
-    r = await client.post(
-        f"/connectors/{other_tenant.tenant_id}/{connector_id}/artifacts",
-        files=body,
-        headers=other_tenant.headers("admin"),
+    # Not the caller's tenant, not a dbt connector, not a connector: byte for byte the same 404.
+    other = other_tenant.headers("admin")
+    crossed = await client.post(
+        f"/connectors/{other_tenant.tenant_id}/{connector_id}/artifacts", files=body, headers=other
     )
-    missing = await client.post(
-        f"/connectors/{other_tenant.tenant_id}/{uuid.uuid4()}/artifacts",
-        files=body,
-        headers=other_tenant.headers("admin"),
+    unknown = str(uuid.uuid4())
+    missing = await client.post(f"/connectors/{other_tenant.tenant_id}/{unknown}/artifacts", files=body, headers=other)
+    crawler = await client.post(
+        f"/connectors/{tenant.tenant_id}",
+        json={"name": "pg", "type": "postgres", "config": {"dsn": "postgresql://u@db.example.com/x"}},
+        headers=tenant.headers("admin"),
     )
-    assert r.status_code == missing.status_code == 404
-    assert (
-        r.json()["detail"].replace(connector_id, "X") == missing.json()["detail"].split("'")[0] + "'X' does not exist"
+    crawler_id = crawler.json()["connector_id"]
+    not_dbt = await client.post(f"/connectors/{tenant.tenant_id}/{crawler_id}/artifacts", files=body, headers=other)
+    assert crossed.status_code == missing.status_code == 404 and not_dbt.status_code in (404, 403)
+    assert crossed.content.replace(connector_id.encode(), b"X") == missing.content.replace(unknown.encode(), b"X")
+    not_dbt = await client.post(
+        f"/connectors/{tenant.tenant_id}/{crawler_id}/artifacts", files=body, headers=tenant.headers("editor")
     )
+    assert not_dbt.status_code == 404
+    assert not_dbt.content.replace(crawler_id.encode(), b"X") == missing.content.replace(unknown.encode(), b"X")
+    r = await client.post(url, params={"dry": "1"}, files=body, headers=tenant.headers("editor"))
+    assert r.status_code == 422 and r.json()["errors"][0] == {
+        "field": "dry",
+        "message": "unknown query parameter",
+        "in": "query",
+    }
     assert (await client.post(url, files=body, headers=tenant.headers("viewer"))).status_code == 403
 
     # Bad files are refused, naming the file; nothing is stored or run.
