@@ -96,6 +96,75 @@ async def at(conn: Conn, tenant_id: str, asset_id: UUID, column: str | None, cla
     return [_row(r) for r in await cur.fetchall()]
 
 
+async def at_many(
+    conn: Conn, tenant_id: str, asset_id: UUID, keys: Sequence[tuple[str | None, str]]
+) -> dict[tuple[str | None, str], list[Row]]:
+    """:func:`at` for several (column, name) of one asset in one query, keyed by (column, name)."""
+    cur = await conn.execute(
+        f"SELECT {_COLS} FROM classifications c WHERE c.tenant_id = %s AND c.asset_id = %s"
+        " AND (coalesce(c.column_name, ''), c.classification) IN ("
+        "  SELECT coalesce(k.col, ''), k.name FROM jsonb_to_recordset(%s::jsonb) AS k(col text, name text))"
+        " FOR UPDATE",
+        [tenant_id, asset_id, Jsonb([{"col": c, "name": n} for c, n in keys])],
+    )
+    out: dict[tuple[str | None, str], list[Row]] = {k: [] for k in keys}
+    for r in await cur.fetchall():
+        row = _row(r)
+        out.setdefault((row.column, row.classification), []).append(row)
+    return out
+
+
+async def removed_many(
+    conn: Conn, tenant_id: str, asset_id: UUID, keys: Sequence[tuple[str | None, str]]
+) -> set[tuple[str | None, str]]:
+    """Which (column, name) of one asset a steward removed."""
+    cur = await conn.execute(
+        "SELECT column_name, classification FROM classification_removals r WHERE r.tenant_id = %s"
+        " AND r.asset_id = %s AND (coalesce(r.column_name, ''), r.classification) IN ("
+        "  SELECT coalesce(k.col, ''), k.name FROM jsonb_to_recordset(%s::jsonb) AS k(col text, name text))",
+        [tenant_id, asset_id, Jsonb([{"col": c, "name": n} for c, n in keys])],
+    )
+    return {(r["column_name"], r["classification"]) for r in await cur.fetchall()}
+
+
+async def insert_propagated(conn: Conn, tenant_id: str, rows: Sequence[Row], event_id: UUID) -> None:
+    """Add propagated rows in one statement (the caller knows they are new; a duplicate is skipped)."""
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO classifications (tenant_id, asset_id, column_name, classification, source, origin_asset_id,"
+        " origin_column, via_asset_id, via_column, distance, confidence, propagate, applied_by, applied_at,"
+        " event_id)"
+        " SELECT %s, r.asset_id, r.col, r.name, 'propagated', r.origin_asset_id, r.origin_column, r.via_asset_id,"
+        " r.via_column, r.distance, r.confidence, true, r.applied_by, r.applied_at, %s"
+        " FROM jsonb_to_recordset(%s::jsonb) AS r(asset_id uuid, col text, name text, origin_asset_id uuid,"
+        " origin_column text, via_asset_id uuid, via_column text, distance integer, confidence double precision,"
+        " applied_by text, applied_at timestamptz) ON CONFLICT DO NOTHING",
+        [
+            tenant_id,
+            event_id,
+            Jsonb(
+                [
+                    {
+                        "asset_id": r.asset_id,
+                        "col": r.column,
+                        "name": r.classification,
+                        "origin_asset_id": r.origin_asset_id,
+                        "origin_column": r.origin_column,
+                        "via_asset_id": r.via_asset_id,
+                        "via_column": r.via_column,
+                        "distance": r.distance,
+                        "confidence": r.confidence,
+                        "applied_by": r.applied_by,
+                        "applied_at": r.applied_at,
+                    }
+                    for r in rows
+                ]
+            ),
+        ],
+    )
+
+
 async def insert(conn: Conn, tenant_id: str, row: Row, event_id: UUID) -> bool:
     """Add ``row``; False when that very row (place, name, source, path) exists already.
 
@@ -137,25 +206,36 @@ async def insert(conn: Conn, tenant_id: str, row: Row, event_id: UUID) -> bool:
 
 
 async def delete(conn: Conn, tenant_id: str, rows: Sequence[Row]) -> None:
-    """Remove exactly these rows (as :func:`at` or :func:`of_asset` read them)."""
-    for row in rows:
-        await conn.execute(
-            "DELETE FROM classifications WHERE tenant_id = %s AND asset_id = %s"
-            " AND coalesce(column_name, '') = coalesce(%s, '') AND classification = %s AND source = %s"
-            " AND origin_asset_id IS NOT DISTINCT FROM %s AND origin_column IS NOT DISTINCT FROM %s"
-            " AND via_asset_id IS NOT DISTINCT FROM %s AND via_column IS NOT DISTINCT FROM %s",
-            [
-                tenant_id,
-                row.asset_id,
-                row.column,
-                row.classification,
-                row.source,
-                row.origin_asset_id,
-                row.origin_column,
-                row.via_asset_id,
-                row.via_column,
-            ],
-        )
+    """Remove exactly these rows (as :func:`at` or :func:`of_asset` read them), in one statement."""
+    if not rows:
+        return
+    await conn.execute(
+        "DELETE FROM classifications c USING jsonb_to_recordset(%s::jsonb) AS r(asset_id uuid, col text,"
+        " name text, source text, origin_asset_id uuid, origin_column text, via_asset_id uuid, via_column text)"
+        " WHERE c.tenant_id = %s AND c.asset_id = r.asset_id AND coalesce(c.column_name, '') = coalesce(r.col, '')"
+        " AND c.classification = r.name AND c.source = r.source"
+        " AND c.origin_asset_id IS NOT DISTINCT FROM r.origin_asset_id"
+        " AND c.origin_column IS NOT DISTINCT FROM r.origin_column"
+        " AND c.via_asset_id IS NOT DISTINCT FROM r.via_asset_id AND c.via_column IS NOT DISTINCT FROM r.via_column",
+        [
+            Jsonb(
+                [
+                    {
+                        "asset_id": r.asset_id,
+                        "col": r.column,
+                        "name": r.classification,
+                        "source": r.source,
+                        "origin_asset_id": r.origin_asset_id,
+                        "origin_column": r.origin_column,
+                        "via_asset_id": r.via_asset_id,
+                        "via_column": r.via_column,
+                    }
+                    for r in rows
+                ]
+            ),
+            tenant_id,
+        ],
+    )
 
 
 async def refresh(conn: Conn, tenant_id: str, asset_id: UUID) -> list[str]:
@@ -273,6 +353,27 @@ async def steps(conn: Conn, tenant_id: str, asset_id: UUID, column: str | None) 
     ]
 
 
+async def column_steps(conn: Conn, tenant_id: str, asset_id: UUID, columns: Sequence[str]) -> dict[str, list[Step]]:
+    """:func:`steps` for several columns of one asset in one query, keyed by column."""
+    cur = await conn.execute(
+        "SELECT cl.upstream_column, d.asset_id, d.qualified_name, cl.downstream_column AS column_name,"
+        " p.attributes AS process_attributes"
+        " FROM lineage_edges e"
+        " JOIN column_lineage cl ON cl.tenant_id = e.tenant_id AND cl.edge_id = e.edge_id"
+        "  AND cl.upstream_column = ANY(%s)"
+        " JOIN assets d ON d.tenant_id = e.tenant_id AND d.asset_id = e.downstream_id AND d.deleted_at IS NULL"
+        " LEFT JOIN assets p ON p.tenant_id = e.tenant_id AND p.asset_id = e.process_id"
+        " WHERE e.tenant_id = %s AND e.upstream_id = %s",
+        [list(columns), tenant_id, asset_id],
+    )
+    out: dict[str, list[Step]] = {c: [] for c in columns}
+    for r in await cur.fetchall():
+        out[r["upstream_column"]].append(
+            Step(r["asset_id"], r["qualified_name"], r["column_name"], r["process_attributes"])
+        )
+    return out
+
+
 @dataclass(slots=True)
 class Carried:
     """A downstream row that one place's classification put there (for retraction)."""
@@ -302,6 +403,31 @@ async def carried_from(
         [tenant_id, via_asset_id, via_column, classification, origin_asset_id, origin_column],
     )
     return [Carried(r["asset_id"], r["qualified_name"], r["column_name"]) for r in await cur.fetchall()]
+
+
+async def carried_from_many(
+    conn: Conn, tenant_id: str, via_asset_id: UUID, keys: Sequence[tuple[str | None, str, UUID, str | None]]
+) -> dict[tuple[str | None, str, UUID, str | None], list[Carried]]:
+    """:func:`carried_from` for several (via column, name, origin asset, origin column) of one asset."""
+    cur = await conn.execute(
+        "SELECT DISTINCT c.via_column, c.classification, c.origin_asset_id, c.origin_column, c.asset_id,"
+        " a.qualified_name, c.column_name FROM classifications c"
+        " JOIN assets a ON a.tenant_id = c.tenant_id AND a.asset_id = c.asset_id"
+        " WHERE c.tenant_id = %s AND c.via_asset_id = %s AND c.source = 'propagated'"
+        " AND (coalesce(c.via_column, ''), c.classification, c.origin_asset_id, coalesce(c.origin_column, '')) IN ("
+        "  SELECT coalesce(k.via, ''), k.name, k.origin, coalesce(k.origin_column, '')"
+        "  FROM jsonb_to_recordset(%s::jsonb) AS k(via text, name text, origin uuid, origin_column text))",
+        [
+            tenant_id,
+            via_asset_id,
+            Jsonb([{"via": v, "name": n, "origin": o, "origin_column": oc} for v, n, o, oc in keys]),
+        ],
+    )
+    out: dict[tuple[str | None, str, UUID, str | None], list[Carried]] = {k: [] for k in keys}
+    for r in await cur.fetchall():
+        key = (r["via_column"], r["classification"], r["origin_asset_id"], r["origin_column"])
+        out.setdefault(key, []).append(Carried(r["asset_id"], r["qualified_name"], r["column_name"]))
+    return out
 
 
 async def propagating(conn: Conn, tenant_id: str, asset_ids: Sequence[UUID]) -> list[Row]:

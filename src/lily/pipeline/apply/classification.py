@@ -83,6 +83,14 @@ class Flow:
             self._policy = (config.enabled, config.max_depth)
         return self._policy
 
+    async def prefetch(self, asset_id: UUID, columns: set[str | None]) -> None:
+        """Read the lineage steps of several columns of one asset at once (a propagation event's)."""
+        wanted = sorted(c for c in columns if c is not None and (asset_id, c) not in self._steps)
+        if wanted:
+            found = await store.column_steps(self.ctx.conn, self.ctx.tenant_id, asset_id, wanted)
+            for column, steps in found.items():
+                self._steps[(asset_id, column)] = steps
+
     async def step(
         self, pending: list[tuple[str, str, dict[str, Any]]], place: Place, name: str, origin: Place, distance: int,
         confidence: float,
@@ -113,6 +121,24 @@ class Flow:
         for c in await store.carried_from(self.ctx.conn, self.ctx.tenant_id, place[0], place[1], name, *origin):
             item = {"column": c.column, "classification": name, "origin": _doc(origin), "via": _doc(place)}
             pending.append((CLASSIFICATION_RETRACT, c.qualified_name, item))
+
+    async def retract_many(
+        self, pending: list[tuple[str, str, dict[str, Any]]], asset_id: UUID, what: list[tuple[str | None, str, Place]]
+    ) -> None:
+        """:meth:`retract` for several (column, name, origin) of one asset, in one query."""
+        if not what:
+            return
+        keys = list(dict.fromkeys((column, name, origin[0], origin[1]) for column, name, origin in what))
+        found = await store.carried_from_many(self.ctx.conn, self.ctx.tenant_id, asset_id, keys)
+        for (column, name, origin_id, origin_column), carried in found.items():
+            for c in carried:
+                item = {
+                    "column": c.column,
+                    "classification": name,
+                    "origin": _doc((origin_id, origin_column)),
+                    "via": _doc((asset_id, column)),
+                }
+                pending.append((CLASSIFICATION_RETRACT, c.qualified_name, item))
 
     def keep(self, pending: list[tuple[str, str, dict[str, Any]]]) -> None:
         """Adopt an event's steps once it applied (a rejected event's steps are dropped with it)."""
@@ -369,13 +395,17 @@ async def _rules(ctx: BatchContext, event: PipelineEvent, asset: Asset, flow: Fl
 async def _propagate(ctx: BatchContext, event: PipelineEvent, asset: Asset, flow: Flow) -> Delta:
     req: cls.FlowPayload = event.notes.request
     delta = Delta()
+    keys = list(dict.fromkeys((item.column, item.classification) for item in req.items))
+    removed = await store.removed_many(ctx.conn, ctx.tenant_id, asset.asset_id, keys)
+    existing = await store.at_many(ctx.conn, ctx.tenant_id, asset.asset_id, keys)
+    passing: list[tuple[Place, str, Place, int, float]] = []
     for item in req.items:
+        key = (item.column, item.classification)
         place: Place = (asset.asset_id, item.column)
         origin, via = _place(item.origin), _place(item.via)
-        if place == origin or await store.removed(ctx.conn, ctx.tenant_id, *place, item.classification):
+        if place == origin or key in removed:
             continue
-        rows = await store.at(ctx.conn, ctx.tenant_id, *place, item.classification)
-        same = [r for r in rows if r.source == "propagated" and (r.origin_asset_id, r.origin_column) == origin]
+        same = [r for r in existing[key] if r.source == "propagated" and (r.origin_asset_id, r.origin_column) == origin]
         if any((r.via_asset_id, r.via_column) == via for r in same):
             continue
         if same and item.distance > min(r.distance or 0 for r in same):
@@ -395,28 +425,36 @@ async def _propagate(ctx: BatchContext, event: PipelineEvent, asset: Asset, flow
             applied_by=event.actor,
             applied_at=ctx.now,
         )
-        if await store.insert(ctx.conn, ctx.tenant_id, row, event.event_id):
-            delta.added.append(row)
-            if not same:  # the first way it arrives from this origin: pass it on
-                await flow.step(delta.pending, place, item.classification, origin, item.distance + 1, item.confidence)
+        existing[key].append(row)
+        delta.added.append(row)
+        if not same:  # the first way it arrives from this origin: pass it on
+            passing.append((place, item.classification, origin, item.distance + 1, item.confidence))
+    await store.insert_propagated(ctx.conn, ctx.tenant_id, delta.added, event.event_id)
+    await flow.prefetch(asset.asset_id, {p[0][1] for p in passing})
+    for place, name, origin, distance, confidence in passing:
+        await flow.step(delta.pending, place, name, origin, distance, confidence)
     return delta
 
 
 async def _retract(ctx: BatchContext, event: PipelineEvent, asset: Asset, flow: Flow) -> Delta:
     req: cls.FlowPayload = event.notes.request
     delta = Delta()
+    keys = list(dict.fromkeys((item.column, item.classification) for item in req.items))
+    existing = await store.at_many(ctx.conn, ctx.tenant_id, asset.asset_id, keys)
+    onward: list[tuple[str | None, str, Place]] = []
     for item in req.items:
-        place: Place = (asset.asset_id, item.column)
+        key = (item.column, item.classification)
         origin, via = _place(item.origin), _place(item.via)
-        rows = await store.at(ctx.conn, ctx.tenant_id, *place, item.classification)
-        same = [r for r in rows if r.source == "propagated" and (r.origin_asset_id, r.origin_column) == origin]
+        same = [r for r in existing[key] if r.source == "propagated" and (r.origin_asset_id, r.origin_column) == origin]
         gone = [r for r in same if (r.via_asset_id, r.via_column) == via]
         if not gone:
             continue
-        await store.delete(ctx.conn, ctx.tenant_id, gone)
+        existing[key] = [r for r in existing[key] if r not in gone]
         delta.removed.extend(gone)
         if len(gone) == len(same):  # no other path from this origin carries it here: it goes on
-            await flow.retract(delta.pending, place, item.classification, origin)
+            onward.append((item.column, item.classification, origin))
+    await store.delete(ctx.conn, ctx.tenant_id, delta.removed)
+    await flow.retract_many(delta.pending, asset.asset_id, onward)
     return delta
 
 
