@@ -16,6 +16,8 @@ import orjson
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from lily.domain.storable import storable
+
 # The event that makes the assets of a deleted connector instance passive (see lily.pipeline.apply.detached).
 SOURCE_DETACHED = "asset.source_detached"
 
@@ -42,7 +44,7 @@ def source_of(connector_id: str) -> str:
 
 
 class Every(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     every_seconds: int = Field(ge=MIN_INTERVAL_SECONDS, le=MAX_INTERVAL_SECONDS)
 
 
@@ -91,7 +93,8 @@ class ConnectorIn(BaseModel):
     """A connector instance as ``POST`` and ``PUT`` take it. ``config`` is the connector type's own
     ``Config``; secret fields in it are write-only (a ``PUT`` that leaves one out keeps it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: ``"enabled": 0`` or ``"every_seconds": "60"`` are refused, not coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: ConnectorName
     type: ConnectorType
@@ -111,7 +114,12 @@ class ConnectorIn(BaseModel):
     @field_validator("config")
     @classmethod
     def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(orjson.dumps(value)) > MAX_CONFIG_BYTES:
+        storable(value)  # no NUL, no lone surrogate, bounded depth: what jsonb can hold
+        try:
+            size = len(orjson.dumps(value))
+        except TypeError:
+            raise ValueError("config holds a number out of the 64-bit range") from None
+        if size > MAX_CONFIG_BYTES:
             raise ValueError(f"a connector's config may hold at most {MAX_CONFIG_BYTES} bytes")
         return value
 

@@ -81,6 +81,9 @@ async def test_create_get_list_put(client: Any, tenant: Any, source_pg: Source, 
         ),
         ({"name": "", "type": "postgres", "config": {"dsn": "postgresql://u@h/d"}}, "name"),
         ({"name": "x", "type": "mysql", "config": {"dsn": "http://h/d"}}, "config"),
+        ({"name": "x", "type": "postgres", "config": {"huge": 10**30}}, "config"),
+        ({"name": "x", "type": "postgres", "config": {"dsn": "postgresql://u@h/d\u0000"}}, "config"),
+        ({"name": "x", "type": "postgres", "config": {"dsn": "postgresql://u@h/d"}, "enabled": 0}, "enabled"),
     ],
 )
 async def test_bad_input_is_422_naming_the_field(client: Any, tenant: Any, body: dict[str, Any], field: str) -> None:

@@ -69,11 +69,12 @@ class ConnectorOut(BaseModel):
 class ConnectorDocumentIn(rules.ConnectorIn):
     """``PUT``: the instance, or the document ``GET`` returned (read-only members are ignored when equal)."""
 
-    connector_id: UUID | None = Field(default=None, description="Read-only")
+    # Not strict (the model is): ids and times arrive as JSON strings.
+    connector_id: UUID | None = Field(default=None, strict=False, description="Read-only")
     tenant_id: str | None = Field(default=None, description="Read-only")
     secrets_set: list[str] | None = Field(default=None, description="Read-only")
-    created_at: datetime | None = Field(default=None, description="Read-only")
-    updated_at: datetime | None = Field(default=None, description="Read-only")
+    created_at: datetime | None = Field(default=None, strict=False, description="Read-only")
+    updated_at: datetime | None = Field(default=None, strict=False, description="Read-only")
     health: dict[str, Any] | None = Field(default=None, description="Read-only")
 
 

@@ -26,7 +26,7 @@ Part = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"
 
 
 class SqlLineageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     sql: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SQL_CHARS)] = Field(
         description="One or more statements (CREATE VIEW/TABLE … AS SELECT, INSERT INTO … SELECT)"
