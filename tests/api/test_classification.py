@@ -125,6 +125,17 @@ async def test_manual_classification_is_versioned_audited_and_denormalised(clien
     doc = await asset_doc(client, tenant, a["asset_id"])
     assert "PII" not in doc["classifications"] and "GDPR.Personal" in doc["classifications"]
     assert doc["history"]["items"][0]["action"] == "classification.removed"
+    # Change events, written with the change: two added, one removed, each naming what and the version.
+    async with app.state.runtime.db.tenant(tenant.tenant_id) as conn:
+        cur = await conn.execute(
+            "SELECT type, version, changes FROM change_events WHERE asset_id = %s AND type LIKE 'classification.%%'"
+            " ORDER BY seq",
+            [a["asset_id"]],
+        )
+        events = await cur.fetchall()
+    assert [e["type"] for e in events] == ["classification.added", "classification.added", "classification.removed"]
+    assert events[2]["changes"]["items"] == [{"classification": "PII.Email", "column": "contact", "source": "manual"}]
+    assert events[2]["version"] == doc["version"]
 
 
 async def test_rule_classification_and_a_stewards_removal_sticks(client, tenant, app) -> None:
