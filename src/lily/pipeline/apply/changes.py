@@ -92,7 +92,9 @@ _TYPES = {
 
 def change_event_of(version: NextVersion) -> tuple[str, dict[str, Any]]:
     """The change event type and ``changes`` of an asset version (shapes: README, "Change events")."""
-    type_ = _TYPES[version.action]
+    # An action this table does not know (a new kind of version) is an update of the asset: never a
+    # KeyError that would fail the batch.
+    type_ = _TYPES.get(version.action, change_types.ASSET_UPDATED)
     if version.action == "asset.placeholder_created":
         after = version.asset
         return type_, {
