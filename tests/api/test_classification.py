@@ -456,3 +456,29 @@ async def test_every_endpoint_answers_another_tenants_asset_like_a_missing_one(
     r = await client.get(BASE, headers=other_tenant.headers("viewer"))
     assert [i["asset_id"] for i in r.json()["items"]] == [theirs["asset_id"]]
     assert {i["classification"] for i in await items(client, other_tenant, theirs["asset_id"])} == {"PII.Email"}
+
+
+async def test_access_policies_decide_who_may_classify(client, tenant, app) -> None:
+    a = await put(client, tenant, "pg://h/db.fin.pay", ["salary"])
+    other = await put(client, tenant, "pg://h/db.ops.jobs", ["salary"])
+
+    async def policy(effect: str, principal: str) -> str:
+        body = {"name": f"{effect} {principal}", "effect": effect, "actions": ["govern"], "principals": [principal],
+                "resources": {"asset_ids": [a["asset_id"]]}}  # fmt: skip
+        r = await client.post("/metadata/access-control", json=body, headers=tenant.headers("steward"))
+        assert r.status_code == 201, r.text
+        return str(r.json()["policy_id"])
+
+    denied = await policy("deny", "role:steward")
+    assert_problem(await classify(client, tenant, a["asset_id"], ["Sensitivity.Internal"]), 403)
+    # Only that asset: the steward governs the others as before.
+    assert (await classify(client, tenant, other["asset_id"], ["Sensitivity.Internal"])).status_code == 200
+    r = await client.delete(f"/metadata/access-control/policies/{denied}", headers=tenant.headers("admin"))
+    assert r.status_code == 204
+    await policy("allow", "role:editor")
+    body = {"asset_id": a["asset_id"], "classifications": ["Sensitivity.Internal"]}
+    r = await client.post(BASE, json=body, headers=tenant.headers("editor"))
+    assert r.status_code == 200, r.text
+    r = await client.post(BASE, json={**body, "asset_id": other["asset_id"]}, headers=tenant.headers("editor"))
+    assert_problem(r, 403)
+    assert names_at(await items(client, tenant, a["asset_id"]), None) == {"Sensitivity.Internal"}

@@ -13,13 +13,14 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 
-from lily.api import pagination, writes
+from lily.api import access, pagination, writes
 from lily.api.deps import Principal, RequestId, RuntimeDep, Steward, Viewer
 from lily.api.errors import problem_responses
 from lily.api.models import WRITE_RESPONSES, IdempotencyKeyHeader
 from lily.api.responses import FastJSON
 from lily.domain import classification as cls
-from lily.domain.errors import Conflict, Invalid, NotFound
+from lily.domain.assets import Asset
+from lily.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from lily.domain.events import CLASSIFICATION_REMOVE, CLASSIFICATION_SET, NewEvent
 from lily.domain.ids import is_uuid_text
 from lily.domain.rules import require_asset
@@ -65,6 +66,16 @@ async def _unknown_names(conn: Conn, tenant_id: str, names: list[str]) -> list[s
     return [n for n in custom if n not in known]
 
 
+async def _may_govern(conn: Conn, principal: Principal, asset: Asset) -> None:
+    """403 unless the caller may govern the asset: a steward's baseline, less any deny policy, plus any
+    allow policy giving ``govern`` (reads were settled already: a hidden asset is a 404 before this)."""
+    decided = (await access.Checker.load(conn, principal)).decide(access.facts(asset))["govern"]
+    if not decided.allowed:
+        raise Forbidden(f"you may not govern asset {asset.qualified_name[:200]!r}")
+    if decided.reason == "admin" and decided.policy_id is not None:
+        await access.audit_override(conn, principal, asset.asset_id, "govern", [decided])
+
+
 # The taxonomy's routes come before /{asset_id}, which would otherwise take "taxonomy" for an asset id.
 @router.get("/taxonomy", response_model=cls.TaxonomyPage, responses=problem_responses())
 async def list_taxonomy(principal: Viewer, runtime: RuntimeDep) -> Response:
@@ -98,16 +109,18 @@ async def add_to_taxonomy(body: cls.TaxonomyIn, principal: Steward, runtime: Run
 async def classify(
     body: cls.ClassifyIn,
     request: Request,
-    principal: Steward,
+    principal: Viewer,
     runtime: RuntimeDep,
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Classify an asset (``column`` absent) or one of its columns with names of the taxonomy; with
-    ``propagate`` they flow downstream along lineage. Answers the asset's classifications once applied."""
+    ``propagate`` they flow downstream along lineage. Answers the asset's classifications once applied.
+    Needs ``govern`` on the asset: the steward role, or an access policy allowing it."""
     names = body.names()
     async with runtime.db.tenant(principal.tenant_id) as conn:
         asset = require_asset(await store_assets.get(conn, principal.tenant_id, body.asset_id), body.asset_id)
+        await _may_govern(conn, principal, asset)
         unknown = await _unknown_names(conn, principal.tenant_id, names)
     if unknown:
         raise Invalid(
@@ -173,7 +186,7 @@ async def asset_classifications(asset_id: UUID, principal: Viewer, runtime: Runt
 async def declassify(
     asset_id: UUID,
     request: Request,
-    principal: Steward,
+    principal: Viewer,
     runtime: RuntimeDep,
     request_id: RequestId,
     classification: Annotated[str, Query(max_length=512, pattern=cls.NAME_PATTERN)],
@@ -195,6 +208,7 @@ async def _place_exists(
     """The asset's subject; 404 unless the place carries the classification (checked again when applied)."""
     async with runtime.db.tenant(principal.tenant_id) as conn:
         asset = require_asset(await store_assets.get(conn, principal.tenant_id, asset_id), asset_id)
+        await _may_govern(conn, principal, asset)
         if not await store.at(conn, principal.tenant_id, asset_id, column, classification):
             where = f"column {column!r} of asset" if column is not None else "asset"
             raise NotFound(f"{where} {asset_id} has no classification {classification}")
