@@ -146,7 +146,7 @@ def add_policies(url: str, n: int) -> None:
             effect, actions, prefix, types, tags = {
                 0: ("deny", ["read"], None, None, [tag]),
                 1: ("deny", ["read"], f"{SYSTEMS[i % len(SYSTEMS)]}/s{i % 97}.", None, None),
-                2: ("deny", ["read"], None, [TYPES[-1 - i % 8]], [tag]),
+                2: ("deny", ["read"], None, [TYPES[-1 - i % 8]], [TAGS[20 + (i // 5) % 28]]),
                 3: ("allow", ["write"], None, [TYPES[-1 - i % 8]], None),
                 4: ("deny", ["write"], None, None, [tag]),
             }[kind]

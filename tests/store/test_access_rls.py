@@ -95,3 +95,55 @@ def test_policies_are_read_once_per_statement_and_the_primary_key_still_serves(d
         )
     assert "InitPlan" in plan and "Index" in plan, plan
     assert "SubPlan" not in plan, plan  # nothing re-evaluated per row
+
+
+async def test_search_applies_the_same_rule_as_row_level_security(database_url):
+    """Search compiles the rule to literals (merged, grouped, implied arms dropped): for a mix of selectors
+    its matches must be exactly the rows RLS lets the caller read, in pages, counts and facets."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('t1', 't1')")
+        conn.execute(
+            "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, version, created_at, updated_at,"
+            " tags, classifications)"
+            " SELECT 't1', gen_random_uuid(), 'pg://h/s' || (i % 4) || '.t' || i,"
+            " (ARRAY['table','view','topic'])[i % 3 + 1], 't' || i, 1, now(), now(), ARRAY['k' || (i % 5)],"
+            " CASE WHEN i % 7 = 0 THEN '{PII,PII.Email}'::text[] ELSE '{}' END FROM generate_series(1, 300) i"
+        )
+        one = conn.execute("SELECT asset_id FROM assets WHERE name = 't10'").fetchone()
+        assert one is not None
+        rules = [
+            ("{k1}", None, None, None, None),  # a tag
+            ("{k2}", "{view}", None, None, None),  # tag and type
+            ("{k1}", "{topic}", None, None, None),  # implied by the first
+            (None, None, "pg://h/s3.", None, None),  # a prefix
+            (None, "{table}", "pg://h/s2.", None, None),  # prefix and type
+            (None, None, None, "{PII}", None),  # a classification (parents expanded)
+            (None, None, None, None, [one[0]]),  # an id
+        ]
+        for n, (tags, types, prefix, classes, ids) in enumerate(rules):
+            conn.execute(
+                "INSERT INTO access_policies (tenant_id, name, effect, actions, principals, tags, types,"
+                " qualified_name_prefix, classifications, asset_ids, created_by, updated_by)"
+                " VALUES ('t1', %s, 'deny', '{read}', '{everyone}', %s, %s, %s, %s, %s, 'x', 'x')",
+                [f"r{n}", tags, types, prefix, classes, ids],
+            )
+    db = Database(database_url, min_size=1, max_size=2)
+    await db.open()
+    try:
+        caller = Caller("viewer", ("everyone", "role:viewer"))
+        async with db.tenant("t1", caller) as conn:
+
+            async def rows(sql: str) -> list[dict[str, Any]]:
+                return await (await conn.execute(sql)).fetchall()
+
+            visible = {r["asset_id"] for r in await rows("SELECT asset_id FROM assets")}
+            found = await rows("SELECT asset_id FROM lily_search_page('{}', 'name', NULL, 1001, 10)")
+            (counted,) = await rows("SELECT lily_search_count('{}', 1000) AS n")
+            facets = await rows("SELECT value, n FROM lily_search_facets('{}', '{type}', 10, 1000)")
+            by_type = await rows("SELECT type, count(*) AS n FROM assets GROUP BY type")
+        assert 0 < len(visible) < 300
+        assert {r["asset_id"] for r in found} == visible
+        assert counted["n"] == len(visible)
+        assert {r["value"]: r["n"] for r in facets} == {r["type"]: r["n"] for r in by_type}
+    finally:
+        await db.close()

@@ -66,19 +66,28 @@ $$;
 -- it: no caller set (internal work) or an admin. Reads the policies of lily.tenant_id only, also when run
 -- by lily_search (which bypasses RLS).
 CREATE FUNCTION lily_read_denials() RETURNS lily_access_selector[]
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE
-        WHEN coalesce(current_setting('lily.access_role', true), '') IN ('', 'admin') THEN NULL
-        ELSE coalesce((
-            SELECT array_agg(ROW(p.asset_ids, p.qualified_name_prefix, p.types, p.tags, p.classifications)
-                             ::public.lily_access_selector)
-            -- The names once (a function call per policy row cost 0.1 ms each under load).
-            FROM (SELECT public.lily_access_names() AS names OFFSET 0) n, public.access_policies p
-            WHERE p.tenant_id = current_setting('lily.tenant_id', true)
-              AND p.effect = 'deny' AND 'read' = ANY (p.actions)
-              AND p.principals && n.names
-              AND NOT p.except_principals && n.names), '{}')
-    END
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_role text := coalesce(current_setting('lily.access_role', true), '');
+    v_names text[];
+    found public.lily_access_selector[];
+BEGIN
+    IF v_role IN ('', 'admin') THEN
+        RETURN NULL;
+    END IF;
+    -- plpgsql, not SQL: its query's plan is kept for the session (a SQL function with a SET clause is
+    -- planned on every call, which cost more than the scan of a tenant's policies).
+    v_names := public.lily_access_names();
+    SELECT array_agg(ROW(p.asset_ids, p.qualified_name_prefix, p.types, p.tags, p.classifications)
+                     ::public.lily_access_selector)
+    INTO found
+    FROM public.access_policies p
+    WHERE p.tenant_id = current_setting('lily.tenant_id', true)
+      AND p.effect = 'deny' AND 'read' = ANY (p.actions)
+      AND p.principals && v_names
+      AND NOT p.except_principals && v_names;
+    RETURN coalesce(found, '{}');
+END
 $$;
 
 -- Whether a selector picks the asset with these columns. lily.domain.access.selects is the same rule.
@@ -119,11 +128,14 @@ $$;
 -- Kept short, as planning an OR of many arms costs more than running it: selectors of a single criterion
 -- are merged per criterion (100 "deny tag x" policies make one &&), and selectors alike but for their
 -- tags make one arm. Computed once per transaction and caller (a search asks for it several times):
--- the text is kept in transaction-local settings, keyed by tenant, role, names and alias.
+-- the text is kept in a setting keyed by the transaction's start, tenant, role, names and alias. A
+-- session-level one: a transaction-local value set inside a function with a SET clause (this one and
+-- the search functions) is undone when the function returns. Policies changed earlier in the same
+-- transaction are not seen by later searches of it (the API never does both in one transaction).
 CREATE FUNCTION lily_read_predicate(alias text DEFAULT 'a') RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    key text := md5(concat_ws(E'\n', current_setting('lily.tenant_id', true),
+    key text := md5(concat_ws(E'\n', transaction_timestamp(), current_setting('lily.tenant_id', true),
                               current_setting('lily.access_role', true), current_setting('lily.access_names', true),
                               alias));
     denials public.lily_access_selector[];
@@ -161,6 +173,9 @@ BEGIN
             WHERE num_nonnulls(d.asset_ids, d.qualified_name_prefix, d.types, d.tags, d.classifications) > 1
             GROUP BY d.asset_ids, d.qualified_name_prefix, d.types, d.classifications, d.tags IS NULL
         LOOP
+            -- Implied by a merged single-criterion arm (e.g. its tags are all denied on their own): skip it.
+            CONTINUE WHEN s.asset_ids <@ ids OR s.types <@ kinds OR s.tags <@ labels OR s.classifications <@ classes
+                OR s.qualified_name_prefix = ANY (prefixes);
             parts := '{}';
             IF s.asset_ids IS NOT NULL THEN
                 parts := parts || format('%I.asset_id = ANY (%L::uuid[])', alias, s.asset_ids);
@@ -200,7 +215,7 @@ BEGIN
         END IF;
         result := 'NOT (' || array_to_string(arms, ' OR ') || ')';
     END IF;
-    PERFORM set_config('lily.read_predicate', result, true), set_config('lily.read_predicate_key', key, true);
+    PERFORM set_config('lily.read_predicate', result, false), set_config('lily.read_predicate_key', key, false);
     RETURN result;
 END
 $$;
