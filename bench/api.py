@@ -10,6 +10,13 @@ create databases; default ``postgresql://postgres@127.0.0.1:5432/postgres``), st
 a loopback port with ``LILY_DATABASE_URL`` pointing at it, creates a tenant and an editor API key with
 ``lily admin``, runs the scenarios, stops the server and drops the database (``--keep`` keeps it).
 
+``--tool`` (default ``auto``) picks the load generator for the point-read figure at 32 connections:
+``wrk`` (C, random asset ids through a Lua script) when installed, else ``hey`` (one asset id), else
+the Python client; the report says which ran. ``--paced-rate R`` then sends single creates at R/s on a
+fixed schedule (open loop: a late answer does not delay the next request, and latency counts from the
+scheduled send, so queueing is not hidden) and reports accept→apply p50/p99. ``--workers N`` is passed
+to ``lily serve`` (API processes; default one per core).
+
 Each scenario sends a bounded number of requests (``--requests``, default 2000) from N concurrent
 clients (one ``httpx.AsyncClient`` each, keep-alive), after a short warm-up, and reports requests/s
 (completed requests over wall time) and p50/p99 latency. A create waits for the pipeline to apply the
@@ -23,6 +30,8 @@ import argparse
 import asyncio
 import os
 import random
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,7 +40,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from tempfile import TemporaryDirectory
+from tempfile import NamedTemporaryFile, TemporaryDirectory
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -121,7 +131,8 @@ def spawned_server(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
         if database_url:
             env["LILY_DATABASE_URL"] = database_url
         port = free_port()
-        proc = subprocess.Popen([*LILY, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
+        workers = ["--workers", str(args.workers)] if args.workers else []
+        proc = subprocess.Popen([*LILY, "serve", "--port", str(port), *workers], env=env, stdout=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}/lily/v1"
         try:
             wait_healthy(base, proc)
@@ -173,7 +184,9 @@ async def run(
     return Result(name, clients, total, errors, time.perf_counter() - start, latencies)
 
 
-async def scenarios(base: str, key: str, total: int, concurrency: list[int], warmup: int) -> list[Result]:
+async def scenarios(
+    base: str, key: str, total: int, concurrency: list[int], warmup: int, ids: list[str]
+) -> list[Result]:
     headers = {"Authorization": f"Bearer {key}"}
     created: list[str] = []
     run_id = uuid.uuid4().hex[:6]
@@ -211,7 +224,120 @@ async def scenarios(base: str, key: str, total: int, concurrency: list[int], war
     for clients in concurrency:
         results.append(await run(clients, total, headers, base, read, "read    GET /metadata/{id}"))
         print(row(results[-1]), flush=True)
+    ids.extend(created)
     return results
+
+
+Figures = tuple[int, int, float, float, float]  # requests, errors, req/s, p50 ms, p99 ms
+
+
+def pick_tool(wanted: str) -> str:
+    if wanted != "auto":
+        if wanted != "python" and shutil.which(wanted) is None:
+            raise SystemExit(f"{wanted} is not installed")
+        return wanted
+    return next((t for t in ("wrk", "hey") if shutil.which(t)), "python")
+
+
+_WRK_SCRIPT = """
+local ids = {%(ids)s}
+local headers = {["Authorization"] = "Bearer %(key)s"}
+request = function()
+  return wrk.format("GET", "%(path)s/metadata/" .. ids[math.random(#ids)], headers)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%d %%f %%f\\n", summary.requests,
+    e.status + e.connect + e.read + e.write + e.timeout, summary.duration,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def wrk_reads(
+    base: str, key: str, ids: list[str], connections: int, seconds: int
+) -> tuple[int, int, float, float, float]:
+    """(requests, errors, req/s, p50 ms, p99 ms) from wrk: 2 threads, random ids of the created assets."""
+    parts = urlsplit(base)
+    script = _WRK_SCRIPT % {"ids": ",".join(f'"{i}"' for i in ids), "key": key, "path": parts.path}
+    with NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write(script)
+        f.flush()
+        done = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", f.name, f"{parts.scheme}://{parts.netloc}/"],
+            capture_output=True, text=True, timeout=seconds + 60,
+        )  # fmt: skip
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"wrk failed:\n{done.stdout}\n{done.stderr}")
+    n, errors, micros, p50, p99 = line.split()[1:]
+    return int(n), int(errors), int(n) / (int(micros) / 1e6), float(p50), float(p99)
+
+
+def hey_reads(
+    base: str, key: str, ids: list[str], connections: int, seconds: int
+) -> tuple[int, int, float, float, float]:
+    """The same from hey (one asset id: hey sends one URL)."""
+    done = subprocess.run(
+        ["hey", "-z", f"{seconds}s", "-c", str(connections), "-H", f"Authorization: Bearer {key}",
+         f"{base}/metadata/{ids[0]}"],
+        capture_output=True, text=True, timeout=seconds + 60,
+    )  # fmt: skip
+    out = done.stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = float(re.search(r"50%+ in ([\d.]+) secs", out).group(1)) * 1000  # type: ignore[union-attr]
+    p99 = float(re.search(r"99%+ in ([\d.]+) secs", out).group(1)) * 1000  # type: ignore[union-attr]
+    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+    n = sum(int(v) for v in codes.values())
+    return n, n - int(codes.get("200", 0)), rate, p50, p99
+
+
+async def python_reads(
+    base: str, key: str, ids: list[str], connections: int, seconds: int
+) -> tuple[int, int, float, float, float]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                r = await http.get(f"/metadata/{random.choice(ids)}")
+                latencies.append(time.perf_counter() - start)
+                errors += r.status_code != 200
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(connections)))
+    result = Result("read", connections, len(latencies), errors, time.perf_counter() - start, latencies)
+    return result.requests, errors, result.rate, result.percentile(50), result.percentile(99)
+
+
+async def paced_creates(base: str, key: str, rate: int, seconds: int) -> Result:
+    """``rate`` single creates per second on a fixed schedule; latency from each scheduled send to the
+    answer, which comes once the write is applied (read-your-writes)."""
+    total = rate * seconds
+    latencies: list[float] = []
+    errors = 0
+    run_id = uuid.uuid4().hex[:6]
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits
+    ) as http:
+        start = time.perf_counter()
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            scheduled = start + i / rate
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            r = await http.post("/metadata", json={"qualified_name": f"bench://{run_id}/paced/t{i}", "type": "table"})
+            latencies.append(time.perf_counter() - scheduled)
+            errors += r.status_code != 201
+
+        await asyncio.gather(*(one(i) for i in range(total)))
+        elapsed = time.perf_counter() - start
+    return Result(f"create paced {rate}/s", 0, total, errors, elapsed, latencies)
 
 
 HEADER = f"{'scenario':<28} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
@@ -234,6 +360,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="requests per scenario")
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--workers", type=int, help="API processes for the spawned `lily serve`")
+    parser.add_argument("--tool", choices=["auto", "wrk", "hey", "python"], default="auto")
+    parser.add_argument("--connections", type=int, default=32, help="for the load generator's point reads")
+    parser.add_argument("--seconds", type=int, default=10, help="length of the load generator's and paced runs")
+    parser.add_argument("--paced-rate", type=int, default=500, help="creates per second (0: skip)")
     args = parser.parse_args()
 
     def go(base: str, key: str) -> None:
@@ -241,7 +372,21 @@ def main() -> None:
             f"target {base}, {args.requests} requests per scenario, Python {sys.version.split()[0]},"
             f" {os.cpu_count()} CPUs"
         )
-        asyncio.run(scenarios(base, key, args.requests, args.concurrency, args.warmup))
+        ids: list[str] = []
+        asyncio.run(scenarios(base, key, args.requests, args.concurrency, args.warmup, ids))
+        tool = pick_tool(args.tool)
+        print(f"\npoint reads, {args.connections} connections, {args.seconds} s, load generator: {tool}")
+        print(f"{'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+        reads = {"wrk": wrk_reads, "hey": hey_reads}.get(tool)
+        if reads is not None:
+            n, errors, rate, p50, p99 = reads(base, key, ids, args.connections, args.seconds)
+        else:
+            n, errors, rate, p50, p99 = asyncio.run(python_reads(base, key, ids, args.connections, args.seconds))
+        print(f"{n:>9} {errors:>7} {rate:>8.0f} {p50:>8.1f} {p99:>8.1f}", flush=True)
+        if args.paced_rate:
+            print(f"\nsingle creates paced at {args.paced_rate}/s for {args.seconds} s (Python client, open loop)")
+            done = asyncio.run(paced_creates(base, key, args.paced_rate, args.seconds))
+            print(row(done), flush=True)
 
     if args.url:
         if not args.key:
