@@ -198,3 +198,13 @@ class BulkAdmission:
         except Forbidden as exc:
             return exc.detail
         return None
+
+
+async def check_govern(conn: Conn, principal: Principal, asset: Asset) -> None:
+    """403 unless the caller may govern ``asset`` (classify it; stewards by role, others by an allow
+    policy); an asset it may not read was a 404 already (RLS). For governance routes."""
+    decided = (await Checker.load(conn, principal)).decide(facts(asset))["govern"]
+    if not decided.allowed:
+        raise Forbidden(f"you may not govern asset {asset.qualified_name[:200]!r}")
+    if decided.reason == "admin" and decided.policy_id is not None:
+        await audit_override(conn, principal, asset.asset_id, "govern", [decided])
