@@ -214,7 +214,9 @@ class Connector(Protocol):
 
     Optional: ``large_bodies: tuple[str, ...]``, path prefixes of its routes whose request bodies may be
     as large as a bulk load (``LILY_MAX_BULK_BODY_BYTES``) instead of a single write's; and ``run``
-    (see :class:`RunnableConnector`), checked when present. Only connectors with ``run`` can be
+    (see :class:`RunnableConnector`), checked when present; ``async removed(config, state, check_target)``,
+    called best-effort after an instance was deleted, to release what it holds in the source (a CDC
+    replication slot). Only connectors with ``run`` can be
     registered as instances.
     """
 

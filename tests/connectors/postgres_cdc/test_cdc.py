@@ -322,3 +322,16 @@ async def test_a_connector_down_too_long_drops_its_slot(cdc: Cdc) -> None:
     assert [r["state"] for r in await cdc.runs()] == ["succeeded", "succeeded"]
     async with await psycopg.AsyncConnection.connect(cdc.dsn, autocommit=True, row_factory=dict_row) as src:
         assert await source.slot_position(src, slot) is None
+
+
+async def test_deleting_through_the_api_drops_the_slot_with_no_consumer_running(
+    cdc: Cdc, client: Any, tenant: Any
+) -> None:
+    await cdc.create()
+    await cdc.crawl()
+    slot = slot_name(str(cdc.connector_id))
+    async with await psycopg.AsyncConnection.connect(cdc.dsn, autocommit=True, row_factory=dict_row) as conn:
+        assert await source.slot_position(conn, slot) is not None
+        r = await client.delete(f"/connectors/{cdc.tenant_id}/{cdc.connector_id}", headers=tenant.headers("admin"))
+        assert r.status_code == 204
+        assert await source.slot_position(conn, slot) is None

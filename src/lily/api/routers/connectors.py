@@ -9,6 +9,8 @@ queues one.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -27,6 +29,7 @@ from lily.domain.errors import Conflict, Invalid, NotFound
 from lily.domain.events import NewEvent
 from lily.domain.ids import is_uuid_text
 from lily.plugins.protocols import Connector
+from lily.scheduler.targets import TargetGuard
 from lily.store import connectors as store
 from lily.store import log as store_log
 
@@ -34,6 +37,8 @@ router = APIRouter(prefix="/connectors", tags=["connectors"])
 
 RUN_PATH = "/lily/v1/connectors/{}/{}/runs/{}"
 PASSIVATE_CHUNK = 1000
+REMOVED_TIMEOUT_SECONDS = 10.0
+log = logging.getLogger(__name__)
 TenantPath = Annotated[str, Path(min_length=1, max_length=63)]
 
 
@@ -314,7 +319,7 @@ async def replace_connector(
     "/{tenant_id}/{connector_id}", status_code=204, response_class=Response, responses=problem_responses(404)
 )
 async def delete_connector(
-    tenant_id: TenantPath, connector_id: UUID, principal: Admin, runtime: RuntimeDep
+    tenant_id: TenantPath, connector_id: UUID, principal: Admin, runtime: RuntimeDep, request: Request
 ) -> Response:
     """Remove an instance and its runs (admin). The assets it kept up to date stay, but become passive
     (``has_active_source`` false), through the event log, so downstream propagation treats them as
@@ -322,6 +327,7 @@ async def delete_connector(
     _own(principal, tenant_id)
     source = rules.source_of(str(connector_id))
     async with runtime.db.tenant(tenant_id) as conn:
+        row = await store.load_for_run(conn, tenant_id, connector_id)
         if not await store.delete(conn, tenant_id, connector_id):
             raise _missing(connector_id)
         names = await store.owned_assets(conn, tenant_id, source)
@@ -332,7 +338,31 @@ async def delete_connector(
                 for name in names[start : start + PASSIVATE_CHUNK]
             ]
             await store_log.append(conn, events, runtime.settings.partitions)
+    if row is not None:
+        await _removed(request, runtime, row)
     return Response(status_code=204)
+
+
+async def _removed(request: Request, runtime: Runtime, row: Mapping[str, Any]) -> None:
+    """Tell the plugin its instance is gone (optional ``removed(config, state, check_target)``: a CDC
+    connector drops its replication slot). Best effort, bounded, after the delete committed: the answer
+    is 204 whatever the source says, and the error is logged without the config."""
+    plugin = _connectors(request).get(row["kind"])
+    hook = getattr(plugin, "removed", None)
+    if plugin is None or hook is None:
+        return
+    try:
+        opened = keyring(request, runtime).open(row["config_sealed"]) if row["config_sealed"] else {}
+        config = plugin.Config.model_validate({**row["config"], **opened})
+        guard = TargetGuard.from_settings(runtime.settings, runtime.db.url)
+        await asyncio.wait_for(hook(config, dict(row["state"] or {}), guard.check), timeout=REMOVED_TIMEOUT_SECONDS)
+    except Exception as exc:
+        log.warning(
+            "connector %s (%s) was deleted; its clean-up failed: %s",
+            row["connector_id"],
+            row["kind"],
+            type(exc).__name__,
+        )
 
 
 @router.post(

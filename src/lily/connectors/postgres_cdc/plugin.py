@@ -88,6 +88,17 @@ class PostgresCdcConnector:
     def handlers(self) -> Sequence[EventHandler]:
         return []
 
+    async def removed(self, config: BaseModel, state: dict[str, Any], check_target: Any) -> None:
+        """The instance was deleted: drop its slot, so the source stops keeping WAL for it (the registry
+        calls this after the delete committed; a running consumer would also drop it when it notices)."""
+        assert isinstance(config, CdcConfig)
+        slot = str(state.get("slot") or "")
+        if not slot:
+            return
+        conn = await connect(config, check_target, "lily-cdc-remove")
+        async with conn:
+            await source.drop_slot(conn, slot)
+
     async def run(self, ctx: ConnectorRunContext) -> RunResult:
         from lily.connectors.postgres.crawl import crawl
 
