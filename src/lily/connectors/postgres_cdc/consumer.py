@@ -1,6 +1,6 @@
 """The long-lived CDC consumers: one task per ``postgres-cdc`` connector, in one process at a time.
 
-``cdc_consumers`` (a ``lily.jobs`` plugin, run every 2 s by ``lily scheduler`` / ``lily serve``'s
+``cdc_consumers`` (a ``lily.jobs`` plugin, run every 5 s by ``lily scheduler`` / ``lily serve``'s
 scheduler leader) takes the free lease of each enabled ``postgres-cdc`` instance that has a slot and
 starts a :class:`Consumer` for it; an instance without a slot (new, or fallen back) gets a crawl run
 queued instead, which creates the slot (:mod:`.plugin`). The consumer renews the lease while it
@@ -62,7 +62,7 @@ class CdcConsumers:
     """Starts a consumer for each ``postgres-cdc`` instance this process can lease (see the module doc)."""
 
     name = "cdc_consumers"
-    schedule = "every 2s"
+    schedule = "every 5s"
 
     def __init__(self) -> None:
         self.node = f"{node_name()}/cdc"
