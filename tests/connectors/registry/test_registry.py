@@ -324,3 +324,21 @@ async def test_delete_makes_owned_assets_passive(
     assert not any(r["has_active_source"] for r in after)
     r = await client.get(f"/connectors/{tenant.tenant_id}/{doc['connector_id']}", headers=tenant.headers())
     assert_problem(r, 404)
+
+
+async def test_a_deleted_tenants_connectors_never_run(
+    client: Any, app: Any, polls: ConnectorPolls, tenant: Any, source_pg: Source, registered: Any
+) -> None:
+    from lily import admin
+
+    doc = await registered("postgres", {"dsn": source_pg.dsn}, schedule={"every_seconds": 10})
+    r = await client.post(f"/connectors/{tenant.tenant_id}/{doc['connector_id']}/run", headers=tenant.headers())
+    assert r.status_code == 202
+    db = app.state.runtime.db
+    async with db.tenant(tenant.tenant_id) as conn:  # due now, too
+        await conn.execute("UPDATE connectors SET next_run_at = now() - interval '1 minute'")
+    await admin.delete_tenant(db, tenant.tenant_id)
+    assert await run_due(app, polls) == 0
+    async with db.tenant(tenant.tenant_id) as conn:
+        cur = await conn.execute("SELECT state FROM connector_runs")
+        assert [r["state"] for r in await cur.fetchall()] == ["queued"]

@@ -76,4 +76,7 @@ SELECT lily_protect_tenant_table('connector_objects');
 CREATE POLICY pipeline_polls_connectors ON connectors TO lily_pipeline USING (true) WITH CHECK (true);
 CREATE POLICY pipeline_records_connector_runs ON connector_runs TO lily_pipeline USING (true) WITH CHECK (true);
 GRANT SELECT, UPDATE ON connectors TO lily_pipeline;
+-- ... and never runs a deleted tenant's connectors: it reads which tenants are deleted (nothing else).
+CREATE POLICY pipeline_sees_deleted_tenants ON tenants FOR SELECT TO lily_pipeline USING (true);
+GRANT SELECT (tenant_id, deleted_at) ON tenants TO lily_pipeline;
 GRANT SELECT, INSERT, UPDATE ON connector_runs TO lily_pipeline;
