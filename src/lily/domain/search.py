@@ -19,8 +19,9 @@ from lily.domain.ids import is_uuid_text
 RANK_CANDIDATES = 500
 # ``total`` is exact up to this many matches; beyond it the answer says "more than" (total_exact false).
 TOTAL_BOUND = 1000
-# Facets count over at most this many matching rows; beyond it they are flagged as sampled.
-FACET_BOUND = 5000
+# Facets count over at most this many matching rows; beyond it they are flagged as sampled. Each row
+# counted is a heap row read: 5,000 cost 280 ms p99 at 8 clients on 2 cores (1M assets, a common word).
+FACET_BOUND = 2000
 FACET_TOP = 10
 FACETS = ("type", "tag", "owner", "source", "classification")
 
