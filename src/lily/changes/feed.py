@@ -90,9 +90,10 @@ async def read(
     while True:
         seen = waker.generation(tenant_id) if waker is not None else 0
         async with db.tenant(tenant_id) as conn:
-            horizon, rows = await store.feed(conn, tenant_id, position, like=like, limit=limit)
-        if first and position[0] >= horizon and position != START:
-            # Every cursor we answer lies below the horizon it was read at, and horizons only grow.
+            horizon, xmax, rows = await store.feed(conn, tenant_id, position, like=like, limit=limit)
+        if first and position[0] >= xmax:
+            # Every cursor we answer lies below the horizon it was read at, below that snapshot's xmax,
+            # and xmax only grows: a cursor at or past it names a transaction that does not exist yet.
             raise Invalid("cursor is not one this API issued", field="cursor")
         first = False
         if rows:

@@ -2,10 +2,11 @@
 
 Commit order without skipping a late commit (the reasoning, in full, heads migration 0009): a row's
 position is (xid, seq) — the writing transaction's id, then the row's number — and a reader serves only
-rows whose xid is below ``pg_snapshot_xmin(pg_current_snapshot())``. Every transaction below that line
-has ended, so every row it wrote is visible to this very snapshot (computed in the same statement) and
-no row can ever again appear at a position the reader has passed. Rows of a transaction still running
-(or of any transaction after the oldest one still running) wait for a later read.
+rows whose xid is below the horizon: the snapshot's xmin (``pg_snapshot_xmin(pg_current_snapshot())``),
+counting only this database's transactions (``lily_change_horizon()``). Every transaction below that
+line has ended, so every row it wrote is visible to this very snapshot (computed in the same statement)
+and no row can ever again appear at a position the reader has passed. Rows of a transaction still
+running (or of any transaction after the oldest one still running) wait for a later read.
 """
 
 from __future__ import annotations
@@ -75,17 +76,19 @@ async def feed(
     *,
     like: Sequence[str] | None,
     limit: int,
-) -> tuple[int, list[dict[str, Any]]]:
-    """(horizon, rows): the tenant's change events after ``after`` in commit order, only those below the
-    horizon — the xmin of the snapshot this one statement reads with, so no later commit can come
-    before them — and of assets the caller may read (the join to ``assets`` goes through its row-level
-    security, access policies included; an event about no asset is always shown).
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """(horizon, xmax, rows): the tenant's change events after ``after`` in commit order, only those below
+    the horizon — ``lily_change_horizon()`` of the snapshot this one statement reads with (migration
+    0009), so no later commit can come before them — and of assets the caller may read (the join to
+    ``assets`` goes through its row-level security, access policies included; an event about no asset
+    is always shown). ``xmax``: the snapshot's, the first transaction id not yet given out.
 
     ``like``: LIKE patterns on the type (None: every type).
     """
     cur = await conn.execute(
-        "SELECT h.horizon::text::bigint AS horizon, e.* FROM"
-        " (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) h"
+        "SELECT h.horizon::text::bigint AS horizon, h.xmax, e.* FROM"
+        " (SELECT lily_change_horizon()::text::xid8 AS horizon,"
+        "  pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) h"
         f" LEFT JOIN LATERAL (SELECT {_FEED_COLUMNS} FROM change_events c"
         "  WHERE c.tenant_id = %s AND (c.xid, c.seq) > (%s::text::xid8, %s) AND c.xid < h.horizon"
         "  AND (%s::text[] IS NULL OR c.type LIKE ANY(%s::text[]))"
@@ -95,8 +98,7 @@ async def feed(
         [tenant_id, str(after[0]), after[1], like, like, limit],
     )
     rows = await cur.fetchall()
-    horizon = int(rows[0]["horizon"])
-    return horizon, [r for r in rows if r["seq"] is not None]
+    return int(rows[0]["horizon"]), int(rows[0]["xmax"]), [r for r in rows if r["seq"] is not None]
 
 
 async def prune(conn: Conn, older_than: datetime, limit: int) -> int:
