@@ -15,6 +15,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from lily import admin
 from lily.changes import feed
 from lily.changes.waker import ChangeWaker
@@ -165,3 +167,20 @@ async def test_the_waker_wakes_only_the_tenant_written_to(db: Database, database
         assert await waker.wait(TENANT, waker.generation(TENANT), 0.05) is False
     finally:
         await waker.stop()
+
+
+async def test_a_long_transaction_of_another_database_does_not_hold_the_feed_back(
+    db: Database, pg_admin_url: str
+) -> None:
+    await admin.create_tenant(db, TENANT)
+    # A write transaction in another database on the same server, left open: it cannot write our rows.
+    async with await psycopg.AsyncConnection.connect(pg_admin_url) as other:
+        cur = await other.execute("SELECT pg_current_xact_id()::text")
+        row = await cur.fetchone()
+        assert row is not None and int(row[0]) > 0
+        async with db.tenant(TENANT) as conn:
+            await store.insert(conn, [event("served-while-the-other-runs")])
+        rows, _ = await read_until(db, None, 1)
+        assert [r["qualified_name"] for r in rows] == ["served-while-the-other-runs"]
+        assert int(rows[0]["xid"]) > int(row[0])  # the row's transaction began after the other one
+        await other.rollback()
