@@ -482,3 +482,23 @@ async def test_access_policies_decide_who_may_classify(client, tenant, app) -> N
     r = await client.post(BASE, json={**body, "asset_id": other["asset_id"]}, headers=tenant.headers("editor"))
     assert_problem(r, 403)
     assert names_at(await items(client, tenant, a["asset_id"]), None) == {"Sensitivity.Internal"}
+
+
+async def test_removing_lineage_retracts_what_flowed_along_it(client, tenant, app) -> None:
+    a = await put(client, tenant, "src", ["x"])
+    b = await put(client, tenant, "mid", ["x"])
+    c = await put(client, tenant, "end", ["x"])
+    await link(client, tenant, "src", "mid", {"x": "x"})
+    await link(client, tenant, "mid", "end", {"x": "x"})
+    assert (await classify(client, tenant, a["asset_id"], ["PII.Name"], column="x")).status_code == 200
+    await wait_idle(app, tenant)
+    assert names_at(await items(client, tenant, c["asset_id"]), "x") == {"PII.Name"}
+    # mid loses its upstream lineage: mid and, through it, end lose what came that way.
+    r = await client.delete(
+        f"/metadata/lineage/{b['asset_id']}", params={"direction": "upstream"}, headers=tenant.headers("editor")
+    )
+    assert r.status_code == 200, r.text
+    await wait_idle(app, tenant)
+    assert await items(client, tenant, b["asset_id"]) == []
+    assert await items(client, tenant, c["asset_id"]) == []
+    assert names_at(await items(client, tenant, a["asset_id"]), "x") == {"PII.Name"}

@@ -18,7 +18,7 @@ from typing import Any
 
 from lily.domain import classification as cls
 from lily.domain.assets import Asset, asset_id_for, to_document
-from lily.domain.events import CLASSIFICATION_RULES, LINEAGE_UPSERT, NewEvent
+from lily.domain.events import CLASSIFICATION_RETRACT, CLASSIFICATION_RULES, LINEAGE_DELETE, LINEAGE_UPSERT, NewEvent
 from lily.pipeline.apply.classification import Flow
 from lily.pipeline.context import BatchContext
 from lily.pipeline.model import PipelineEvent
@@ -75,7 +75,7 @@ async def classify(ctx: BatchContext, events: list[PipelineEvent], classifiers: 
     for event in events:
         if event.outcome != "applied":
             continue
-        if event.kind == LINEAGE_UPSERT:
+        if event.kind in (LINEAGE_UPSERT, LINEAGE_DELETE):
             lineage.append(event)
             continue
         change = event.notes.change
@@ -86,7 +86,8 @@ async def classify(ctx: BatchContext, events: list[PipelineEvent], classifiers: 
     if candidates:
         await _rules(ctx, candidates, classifiers)
     if lineage:
-        await _reflow(ctx, lineage)
+        await _reflow(ctx, [e for e in lineage if e.kind == LINEAGE_UPSERT])
+        await _unflow(ctx, lineage)
 
 
 async def _rules(
@@ -129,3 +130,39 @@ async def _reflow(ctx: BatchContext, events: list[PipelineEvent]) -> None:
             await flow.step(pending, place, row.classification, origin, (row.distance or 0) + 1, row.confidence)
         flow.keep(pending)
         flow.queue(event)
+
+
+async def _unflow(ctx: BatchContext, events: list[PipelineEvent]) -> None:
+    """Lineage removed (an asset's, or column mappings a write replaced): what propagated along the
+    removed steps is retracted, step by step, like a removal at its source."""
+    touched: set[Any] = set()
+    for event in events:
+        result = event.result or {}
+        if event.kind == LINEAGE_DELETE:
+            touched.add(asset_id_for(ctx.tenant_id, event.subject))
+        elif (result.get("columns") or {}).get("removed"):
+            touched |= {
+                asset_id_for(ctx.tenant_id, e["downstream"])
+                for e in result.get("edges") or []
+                if isinstance(e.get("downstream"), str)
+            }
+    if not touched:
+        return
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for qualified_name, row in await store.unsupported(ctx.conn, ctx.tenant_id, sorted(touched)):
+        by_target.setdefault(qualified_name, []).append(
+            {
+                "column": row.column,
+                "classification": row.classification,
+                "origin": {"asset_id": str(row.origin_asset_id), "column": row.origin_column},
+                "via": {"asset_id": str(row.via_asset_id), "column": row.via_column},
+            }
+        )
+    cause = events[0]
+    for target, items in by_target.items():
+        ctx.follow_ups.append(
+            NewEvent(
+                ctx.tenant_id, target, CLASSIFICATION_RETRACT, {"items": items}, "lily:propagation",
+                cause.request_id, source="propagation",
+            )
+        )  # fmt: skip

@@ -430,6 +430,23 @@ async def carried_from_many(
     return out
 
 
+async def unsupported(conn: Conn, tenant_id: str, asset_ids: Sequence[UUID]) -> list[tuple[str, Row]]:
+    """Propagated rows at or from these assets whose lineage step is gone (the edge, or the column
+    mapping, was removed): (the qualified name of the row's asset, the row)."""
+    cur = await conn.execute(
+        f"SELECT a.qualified_name, {', '.join('c.' + c.strip() for c in _COLS.split(','))}"
+        " FROM classifications c JOIN assets a ON a.tenant_id = c.tenant_id AND a.asset_id = c.asset_id"
+        " WHERE c.tenant_id = %s AND c.source = 'propagated' AND (c.asset_id = ANY(%s) OR c.via_asset_id = ANY(%s))"
+        " AND NOT EXISTS (SELECT 1 FROM lineage_edges e"
+        "  WHERE e.tenant_id = c.tenant_id AND e.upstream_id = c.via_asset_id AND e.downstream_id = c.asset_id"
+        "  AND (c.column_name IS NULL OR EXISTS (SELECT 1 FROM column_lineage cl"
+        "   WHERE cl.tenant_id = e.tenant_id AND cl.edge_id = e.edge_id"
+        "   AND cl.downstream_column = c.column_name AND cl.upstream_column = c.via_column)))",
+        [tenant_id, list(asset_ids), list(asset_ids)],
+    )
+    return [(r["qualified_name"], _row(r)) for r in await cur.fetchall()]
+
+
 async def propagating(conn: Conn, tenant_id: str, asset_ids: Sequence[UUID]) -> list[Row]:
     """The rows of these assets that flow downstream: set with ``propagate``, or propagated themselves."""
     cur = await conn.execute(
