@@ -130,7 +130,9 @@ class Settings(BaseSettings):
     delivery_concurrency: int = Field(default=64, ge=1, le=1024, description="Deliveries one dispatcher sends at once.")
     delivery_concurrency_per_channel: int = Field(default=8, ge=1, le=256)
     delivery_lease_seconds: float = Field(default=60.0, ge=1, description="A claimed delivery's lease.")
-    delivery_retention_days: int = Field(default=30, ge=1, description="Finished deliveries older than this are pruned.")
+    delivery_retention_days: int = Field(
+        default=30, ge=1, description="Finished deliveries older than this are pruned."
+    )
     webhook_secret_overlap_seconds: int = Field(
         default=86_400, ge=0, description="How long a rotated webhook secret keeps signing alongside the new one."
     )
