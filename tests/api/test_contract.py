@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import hypothesis
 import psycopg
 import pytest
@@ -153,6 +154,9 @@ def live(
 @pytest.fixture(scope="module")
 def api_schema(live: tuple[str, dict[str, str]]) -> Any:
     base, _ = live
+    # The app builds its OpenAPI document once, on the first request; on a loaded machine that takes
+    # longer than the loader's 10 s read timeout, so build it first without one.
+    httpx.get(f"{base}/openapi.json", timeout=120).raise_for_status()
     return schemathesis.openapi.from_url(f"{base}/openapi.json", config=CONFIG)
 
 
