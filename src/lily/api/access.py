@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from lily.api.deps import Principal
+from fastapi import Depends
+
+from lily.api.deps import Principal, RuntimeDep, authenticate
 from lily.domain.access import AssetFacts, Decision, Policy, applies, decide
 from lily.domain.assets import Asset
 from lily.domain.errors import Forbidden
@@ -81,6 +83,23 @@ class Checker:
                 raise refused(state.qualified_name)
             overridden += [d for d in (decided["read"], decided["write"]) if d.reason == "admin" and d.policy_id]
         return overridden
+
+
+async def may_write(principal: Annotated[Principal, Depends(authenticate)], runtime: RuntimeDep) -> Principal:
+    """The role gate of write routes: editors and up, or a caller some allow-write policy names (each
+    asset is then checked as the write names it). Refused before the body is looked at, like a role."""
+    if principal.role.allows(Role.editor):
+        return principal
+    async with runtime.db.tenant(principal.tenant_id) as conn:
+        checker = await Checker.load(conn, principal)
+    if not checker.may_write_somewhere():
+        raise Forbidden(
+            f"this needs the editor role or higher, or a policy allowing writes; you have {principal.role.value}"
+        )
+    return principal
+
+
+Writer = Annotated[Principal, Depends(may_write)]
 
 
 Target = tuple[str, Asset | None, Sequence[AssetFacts]]

@@ -53,7 +53,7 @@ _BODY_DOC = {
 )
 async def submit(
     request: Request,
-    principal: Viewer,
+    principal: access.Writer,
     runtime: RuntimeDep,
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,

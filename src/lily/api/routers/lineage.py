@@ -73,7 +73,7 @@ async def _names(
 async def record_lineage(
     body: graph.LineageIn,
     request: Request,
-    principal: Viewer,
+    principal: access.Writer,
     runtime: RuntimeDep,
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -163,7 +163,7 @@ async def impact(
 async def remove_lineage(
     asset_id: UUID,
     request: Request,
-    principal: Viewer,
+    principal: access.Writer,
     runtime: RuntimeDep,
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,

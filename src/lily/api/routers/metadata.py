@@ -62,7 +62,7 @@ def render_version(runtime: Any, tenant_id: str) -> writes.Render:
 async def create_or_update(
     body: rules.AssetIn,
     request: Request,
-    principal: Viewer,
+    principal: access.Writer,
     runtime: RuntimeDep,
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -126,7 +126,7 @@ async def replace_asset(
     asset_id: UUID,
     body: AssetReplaceDocument,
     request: Request,
-    principal: Viewer,
+    principal: access.Writer,
     runtime: RuntimeDep,
     request_id: RequestId,
     if_match: Annotated[str | None, Header(max_length=200, description="ETag of the version this replaces")] = None,
@@ -151,7 +151,7 @@ async def replace_asset(
 async def delete_asset(
     asset_id: UUID,
     request: Request,
-    principal: Viewer,
+    principal: access.Writer,
     runtime: RuntimeDep,
     request_id: RequestId,
     if_match: Annotated[str | None, Header(max_length=200)] = None,
