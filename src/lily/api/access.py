@@ -122,6 +122,11 @@ async def check_write(
     hidden = await store.hidden_names(conn, [*(name for name, _, _ in targets), *read])
     if hidden:
         raise refused(sorted(hidden)[0])
+    # A name that is no asset yet (it would become a placeholder) is judged by what the name alone says,
+    # so naming a hidden prefix is refused alike whether or not an asset has that name.
+    for name in read:
+        if not checker.decide(proposed(name, None))["read"].allowed:
+            raise refused(name)
     for _, existing, states in targets:
         overridden = checker.writable(*states)
         if overridden and existing is not None:

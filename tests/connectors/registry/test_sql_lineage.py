@@ -88,3 +88,32 @@ async def test_bad_input(client: Any, tenant: Any) -> None:
     )
     r = await client.post("/metadata/lineage/sql", json={"sql": SQL, "namespace": NS}, headers=tenant.headers("viewer"))
     assert_problem(r, 403)
+
+
+async def test_access_policies_apply_as_to_other_lineage_writes(client: Any, app: Any, tenant: Any) -> None:
+    # A deny-write on the target and a deny-read on a source: each refuses the whole request, and nothing
+    # is appended; a dry run still answers (it writes nothing).
+    policies = [
+        {"name": "no writes to marts", "effect": "deny", "actions": ["write"], "principals": ["role:editor"],
+         "resources": {"qualified_name_prefix": f"{NS}/dw.marts."}},
+        {"name": "secret schema", "effect": "deny", "actions": ["read"], "principals": ["role:editor"],
+         "resources": {"qualified_name_prefix": f"{NS}/dw.secret."}},
+    ]  # fmt: skip
+    for policy in policies:
+        r = await client.post("/metadata/access-control", json=policy, headers=tenant.headers("steward"))
+        assert r.status_code == 201, r.text
+    editor = tenant.headers("editor")
+    denied = [
+        "CREATE TABLE dw.marts.t AS SELECT id FROM dw.shop.orders",
+        "CREATE TABLE dw.shop.t AS SELECT id FROM dw.secret.people",
+    ]
+    for sql in denied:
+        r = await client.post("/metadata/lineage/sql", json={"sql": sql, "namespace": NS}, headers=editor)
+        assert_problem(r, 403)
+    allowed = {"sql": "CREATE TABLE dw.shop.t AS SELECT id FROM dw.shop.orders", "namespace": NS}
+    r = await client.post("/metadata/lineage/sql", json=allowed, headers=editor)
+    assert r.status_code == 200 and r.json()["applied"] is True, r.text
+    async with app.state.runtime.db.tenant(tenant.tenant_id) as conn:
+        cur = await conn.execute("SELECT count(*) AS n FROM events WHERE kind = 'lineage.upsert'")
+        row = await cur.fetchone()
+    assert row is not None and row["n"] == 1

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from lily.api.deps import Editor, RequestId, RuntimeDep
+from lily.api import access
+from lily.api.deps import RequestId, RuntimeDep
 from lily.api.errors import problem_responses
 from lily.domain import sql_lineage as sl
 from lily.domain.errors import Invalid
@@ -73,9 +74,12 @@ def _extract(body: SqlLineageIn, columns: sl.Columns | None) -> list[sl.Statemen
 
 @router.post("/sql", response_model=SqlLineageOut, responses=problem_responses(413))
 async def lineage_from_sql(
-    body: SqlLineageIn, principal: Editor, runtime: RuntimeDep, request_id: RequestId
+    body: SqlLineageIn, principal: access.Writer, runtime: RuntimeDep, request_id: RequestId
 ) -> dict[str, Any]:
-    """Extract lineage from SQL and apply it (editor), or return it with ``dry_run``."""
+    """Extract lineage from SQL and apply it (editor), or return it with ``dry_run``.
+
+    Access policies apply as to ``POST /metadata/lineage``: the statements' targets must be writable and
+    the tables they read readable, or the whole request is refused before anything is appended."""
     found = _extract(body, None)
     read = {r for f in found for r in f.sources}
     if read:
@@ -110,6 +114,10 @@ async def lineage_from_sql(
     ]
     if body.dry_run or not payloads:
         return {"statements": statements, "applied": False, "event_ids": []}
+    written = list(dict.fromkeys(sl.qualified_name(body.namespace, f.target) for f in found if f.target is not None))
+    read_only = [q for f in found for r in f.sources if (q := sl.qualified_name(body.namespace, r)) not in written]
+    async with runtime.db.tenant(principal.tenant_id) as conn:
+        await access.check_named(conn, principal, written, read=list(dict.fromkeys(read_only)))
     events = [
         NewEvent(principal.tenant_id, str(p["downstreams"][0]), LINEAGE_UPSERT, p, principal.actor, request_id)  # type: ignore[index]
         for p in payloads
