@@ -7,12 +7,15 @@ error-response docs from here, handed to :meth:`Connector.router`, so ``lily.con
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from lily.api.deps import Admin, Editor, RequestId, RuntimeDep, Steward, Viewer
+from lily.api import access
+from lily.api.deps import Admin, Editor, Principal, RequestId, RuntimeDep, Steward, Viewer
 from lily.api.errors import problem_responses
 from lily.api.responses import FastJSON
+from lily.api.runtime import Runtime
 
 
 @dataclass
@@ -27,6 +30,12 @@ class Web:
 
     def problem_responses(self, *statuses: int) -> dict[int | str, dict[str, Any]]:
         return problem_responses(*statuses)
+
+    async def check_writes(
+        self, runtime: Runtime, caller: Principal, written: Sequence[str], read: Sequence[str] = ()
+    ) -> None:
+        async with runtime.db.tenant(caller.tenant_id) as conn:
+            await access.check_named(conn, caller, list(dict.fromkeys(written)), read=list(dict.fromkeys(read)))
 
 
 def _marker(alias: Any) -> Any:

@@ -143,6 +143,11 @@ class WebContext(Protocol):
         """A route's OpenAPI ``responses=`` for these error statuses (and the ones every authenticated
         route may answer: 401, 403, 422, 429, 503), as RFC 9457 problems."""
 
+    async def check_writes(self, runtime: Any, caller: Any, written: Sequence[str], read: Sequence[str] = ()) -> None:
+        """Apply the tenant's access policies to a write naming assets by qualified name: raises the API's
+        403 unless every name in ``written`` may be written and every name in ``read`` read (a name that is
+        no asset yet is judged by the name alone, so the answer reveals nothing)."""
+
 
 @dataclass(slots=True)
 class Observed:

@@ -166,9 +166,10 @@ def build_router(web: WebContext) -> APIRouter:
     ) -> Response:
         """Take one OpenLineage event (RunEvent, DatasetEvent or JobEvent), plain or gzip-compressed."""
         event = parse_event(await read_json(request, max_bytes=MAX_INFLATED_BYTES, max_item_bytes=MAX_INFLATED_BYTES))
-        await runtime.writer.append_many(
-            principal.tenant_id, translate(event, principal.tenant_id, principal.actor, request_id)
-        )
+        lily_events = translate(event, principal.tenant_id, principal.actor, request_id)
+        # Every asset an event records (datasets, the job) is written, so access policies apply to each.
+        await web.check_writes(runtime, principal, [e.subject for e in lily_events])
+        await runtime.writer.append_many(principal.tenant_id, lily_events)
         return Response(status_code=201)
 
     @router.post(
@@ -198,6 +199,7 @@ def build_router(web: WebContext) -> APIRouter:
             except Invalid as err:
                 errors = [{**e, "field": f"[{i}].{e['field']}"} for e in err.extra.get("errors", [])]
                 raise Invalid(f"event [{i}]: {err.detail}; nothing was applied", errors=errors, indexes=[i]) from None
+        await web.check_writes(runtime, principal, [e.subject for e in lily_events])
         await runtime.writer.append_many(principal.tenant_id, lily_events)
         return Response(status_code=201)
 
