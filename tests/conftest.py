@@ -72,6 +72,27 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     shutil.rmtree(home, ignore_errors=True)
 
 
+DEFAULT_SOURCE_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def source_server_url(pg_admin_url: str) -> str:
+    """A PostgreSQL server on TCP that connector tests use as a *source* (crawled, built by dbt): the test
+    server when it listens on TCP, else ``LILY_TEST_SOURCE_DATABASE_URL``, else the machine's server on
+    127.0.0.1:5432 — never a reason to skip on a machine that has one (the embedded test server listens
+    on a Unix socket only). Connects as a superuser or a role that may create databases and roles."""
+    host = str(conninfo_to_dict(pg_admin_url).get("host") or "")
+    if host and not host.startswith("/"):
+        return pg_admin_url
+    url = os.environ.get("LILY_TEST_SOURCE_DATABASE_URL", DEFAULT_SOURCE_SERVER)
+    try:
+        with psycopg.connect(url, connect_timeout=5):
+            pass
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL on TCP to use as a source ({url}: {str(exc).strip()[:200]})")
+    return url
+
+
 @pytest.fixture
 def server_home() -> Iterator[Path]:
     """A LILY_HOME the embedded server can use: outside pytest's temp dir, which is private to the user

@@ -135,12 +135,14 @@ def _dbt() -> Path:
 
 
 @pytest.fixture(scope="module")
-def dbt_build(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+def dbt_build(source_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """(artifacts root, warehouse database): the project built into a fresh database, its artifacts in
     ``root/shop`` (manifest and run_results from ``dbt build``, catalog from ``dbt docs generate``)."""
+    pg_admin_url = source_server_url
     url = urlsplit(pg_admin_url)
-    if not url.hostname or url.hostname.startswith("/") or url.port is None:
-        pytest.skip("dbt needs the test PostgreSQL on TCP (LILY_TEST_DATABASE_URL with host and port)")
+    if not url.hostname or url.hostname.startswith("/"):
+        pytest.skip(f"dbt needs a PostgreSQL on TCP: {pg_admin_url} is not")
+    port = url.port or 5432
     dbt = _dbt()
     database = f"lily_dbt_{os.getpid()}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
@@ -161,7 +163,7 @@ def dbt_build(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     shutil.copytree(PROJECT, project)
     (work / "profiles.yml").write_text(
         "lily_shop:\n  target: dev\n  outputs:\n    dev:\n      type: postgres\n"
-        f"      host: {url.hostname}\n      port: {url.port}\n      user: {url.username or 'postgres'}\n"
+        f"      host: {url.hostname}\n      port: {port}\n      user: {url.username or 'postgres'}\n"
         f'      password: "{url.password or ""}"\n      dbname: {database}\n      schema: analytics\n      threads: 2\n'
     )
     root = work / "root"
