@@ -238,7 +238,7 @@ class Runner:
             if obj.qualified_name in objects:
                 out.errors.append(f"{obj.qualified_name}: reported twice; the last one is kept")
             objects[obj.qualified_name] = obj
-        seen = {name: _fingerprint(obj) for name, obj in objects.items()}
+        seen = {name: fingerprint(obj) for name, obj in objects.items()}
         connector_id = UUID(ctx.connector_id)
         async with self.db.tenant(ctx.tenant_id) as conn:
             previous = await store.fingerprints(conn, ctx.tenant_id, connector_id)
@@ -349,7 +349,7 @@ class Runner:
                     await asyncio.sleep(0.5 * (attempt + 1))
 
 
-def _fingerprint(obj: Observed) -> str:
+def fingerprint(obj: Observed) -> str:
     """Two digests, ``asset|lineage``: either part may change alone."""
     asset = rules.fingerprint(obj.asset, None)
     lineage = rules.fingerprint(obj.lineage, None) if obj.lineage is not None else _NO_LINEAGE

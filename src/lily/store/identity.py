@@ -267,12 +267,3 @@ async def login_attempt(conn: Conn, account: bytes, address: bytes, limits: Logi
 
 async def login_succeeded(conn: Conn, account: bytes, address: bytes, limits: LoginLimits) -> None:
     await conn.execute("SELECT lily_login_succeeded(%s, %s, %s)", [account, address, limits.per_address])
-
-
-async def list_connectors(conn: Conn, tenant_id: str) -> list[dict[str, Any]]:
-    cur = await conn.execute(
-        "SELECT connector_id, name, kind, direction, active, created_at FROM connectors"
-        " WHERE tenant_id = %s ORDER BY created_at",
-        [tenant_id],
-    )
-    return await cur.fetchall()

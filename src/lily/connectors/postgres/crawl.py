@@ -32,7 +32,7 @@ FROM pg_namespace n
 WHERE n.nspname NOT IN ('information_schema') AND n.nspname !~ '^pg_'
 ORDER BY 1
 """
-_RELATIONS = """
+RELATIONS = """
 SELECT c.oid, n.nspname AS schema, c.relname AS name, c.relkind AS kind,
        d.description AS comment, c.reltuples AS row_estimate,
        CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS definition
@@ -42,7 +42,7 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
   AND n.nspname = ANY(%s)
 ORDER BY 2, 3
 """
-_COLUMNS = """
+COLUMNS = """
 SELECT a.attrelid AS oid, a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
        NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default,
        x.description AS comment, a.attnum AS position
@@ -55,7 +55,7 @@ WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 
   AND n.nspname = ANY(%s)
 ORDER BY a.attrelid, a.attnum
 """
-_CONSTRAINTS = """
+CONSTRAINTS = """
 SELECT k.conrelid AS oid, k.conname AS name, k.contype AS kind,
        ARRAY(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY u(n, i)
              JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i) AS columns,
@@ -81,7 +81,7 @@ def rounded_estimate(value: float | None) -> int | None:
     return int(round(value, -digits))
 
 
-def _wanted(name: str, include: list[str], exclude: list[str]) -> bool:
+def wanted(name: str, include: list[str], exclude: list[str]) -> bool:
     if include and not rules.excluded(name.split(".", 1)[0], include):
         return False
     schema = name.split(".", 1)[0]
@@ -113,12 +113,12 @@ async def crawl(ctx: ConnectorRunContext, config: PostgresConfig) -> RunResult:
             schemas = [
                 r
                 for r in await (await conn.execute(_SCHEMAS)).fetchall()
-                if _wanted(r["schema"], config.include_schemas, config.exclude)
+                if wanted(r["schema"], config.include_schemas, config.exclude)
             ]
             names = [r["schema"] for r in schemas]
-            relations = await (await conn.execute(_RELATIONS, [names])).fetchall()
-            columns = await (await conn.execute(_COLUMNS, [names])).fetchall()
-            constraints = await (await conn.execute(_CONSTRAINTS, [names])).fetchall()
+            relations = await (await conn.execute(RELATIONS, [names])).fetchall()
+            columns = await (await conn.execute(COLUMNS, [names])).fetchall()
+            constraints = await (await conn.execute(CONSTRAINTS, [names])).fetchall()
     return build(namespace, database, schemas, relations, columns, constraints, config, ctx.source)
 
 
@@ -145,7 +145,7 @@ def build(
         if s["comment"]:
             asset["description"] = s["comment"]
         result.objects.append(Observed(qn, asset))
-    kept = [r for r in relations if _wanted(f"{r['schema']}.{r['name']}", config.include_schemas, config.exclude)]
+    kept = [r for r in relations if wanted(f"{r['schema']}.{r['name']}", config.include_schemas, config.exclude)]
     by_oid: dict[int, list[dict[str, Any]]] = {}
     for c in columns:
         by_oid.setdefault(c["oid"], []).append(c)

@@ -25,17 +25,17 @@ def _strip_order(sql: str) -> str:
 
 
 _RELATIONS = (
-    f"SELECT * FROM ({_strip_order(crawl._RELATIONS)}) r"
+    f"SELECT * FROM ({_strip_order(crawl.RELATIONS)}) r"
     " WHERE (r.schema, r.name) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
 )
-_COLUMNS = f"SELECT * FROM ({_strip_order(crawl._COLUMNS)}) c WHERE c.oid = ANY(%s::oid[]) ORDER BY c.oid, c.position"
+_COLUMNS = f"SELECT * FROM ({_strip_order(crawl.COLUMNS)}) c WHERE c.oid = ANY(%s::oid[]) ORDER BY c.oid, c.position"
 _CONSTRAINTS = (
-    f"SELECT * FROM ({_strip_order(crawl._CONSTRAINTS)}) k WHERE k.oid = ANY(%s::oid[]) ORDER BY k.oid, k.name"
+    f"SELECT * FROM ({_strip_order(crawl.CONSTRAINTS)}) k WHERE k.oid = ANY(%s::oid[]) ORDER BY k.oid, k.name"
 )
 
 
 def wanted(pair: Pair, config: PostgresConfig) -> bool:
-    return crawl._wanted(f"{pair[0]}.{pair[1]}", config.include_schemas, config.exclude)
+    return crawl.wanted(f"{pair[0]}.{pair[1]}", config.include_schemas, config.exclude)
 
 
 async def read(

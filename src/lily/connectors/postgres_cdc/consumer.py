@@ -41,7 +41,7 @@ from lily.domain import connectors as rules
 from lily.domain.assets import asset_id_for
 from lily.domain.events import ASSET_DELETE, ASSET_UPSERT, LINEAGE_DELETE, LINEAGE_UPSERT, NewEvent
 from lily.plugins.protocols import JobContext, Observed
-from lily.scheduler.connectors import _fingerprint, scrub
+from lily.scheduler.connectors import fingerprint, scrub
 from lily.scheduler.leader import node_name
 from lily.scheduler.targets import TargetGuard
 from lily.store import cdc as store_cdc
@@ -272,7 +272,7 @@ class Consumer:
             for qn in names:
                 obj = found.get(qn)
                 if obj is not None:
-                    digest = _fingerprint(obj)
+                    digest = fingerprint(obj)
                     if previous.get(qn) != digest:
                         events.extend(self._events(obj, previous.get(qn), digest))
                         seen[qn] = digest
