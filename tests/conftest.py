@@ -33,6 +33,16 @@ TEST_PARTITIONS = 8
 _counter = itertools.count()
 
 
+MAX_TEST_PROCESSES = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's default): one process per core, at most four. The suite waits on
+    PostgreSQL and on subprocesses more than it computes, and each process runs its own embedded server
+    when no LILY_TEST_DATABASE_URL is given, so more would cost memory and buy little."""
+    return max(1, min(MAX_TEST_PROCESSES, os.cpu_count() or 1))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("LILY_SLOW_TESTS") == "1":
         return

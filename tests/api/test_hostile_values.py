@@ -201,7 +201,9 @@ OL_CASES: list[tuple[bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("body", "field"), OL_CASES)
+@pytest.mark.parametrize(
+    ("body", "field"), OL_CASES, ids=["nul-in-name", "nul-in-namespace", "nul-in-facet", "name-too-long", "huge-number"]
+)
 async def test_openlineage_refuses_what_cannot_be_stored(client, app, tenant, body, field):
     h = {**tenant.headers("editor"), **JSON}
     before = await fingerprint(app.state.runtime.db, tenant.tenant_id)
