@@ -4,6 +4,7 @@ the batch with the worker's transaction."""
 
 from __future__ import annotations
 
+import uuid
 from types import ModuleType
 from typing import Any
 
@@ -138,3 +139,33 @@ async def test_connector_paths_get_the_body_limit_they_ask_for(client: Any, tena
     # The test connector does not: the middleware refuses the same body.
     r = await client.post("http://lily.test/test-inbox/notes", content=body, headers=headers)
     assert r.status_code == 413, r.text
+
+
+async def test_a_connector_path_template_raises_the_limit_of_that_route_only(
+    client: Any, tenant: Any, settings: Settings
+) -> None:
+    body = b"{" + b" " * (settings.max_asset_body_bytes + 1024) + b"}"
+    headers = tenant.headers("admin", **{"Content-Type": "application/json"})
+    # dbt's large_bodies names its artifacts route by its template; the registry's other routes under
+    # /lily/v1/connectors/ keep the single-write limit.
+    r = await client.put(f"/connectors/{uuid.uuid4()}", content=body, headers=headers)
+    assert r.status_code == 413, r.text
+    r = await client.post(f"/connectors/{tenant.tenant_id}/{uuid.uuid4()}/artifacts", content=body, headers=headers)
+    assert r.status_code != 413, r.text  # read whole, then refused for what it is (no such connector)
+
+
+async def test_connector_routes_refuse_unknown_query_parameters(
+    client: Any, tenant: Any, every_kind: ModuleType
+) -> None:
+    r = await client.post(
+        "http://lily.test/test-inbox/notes",
+        params={"dry_run": "1"},
+        json={"subject": "note://q", "text": "hello"},
+        headers=tenant.headers("editor"),
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"] == [{"field": "dry_run", "message": "unknown query parameter", "in": "query"}]
+    r = await client.post(
+        "http://lily.test/api/v1/lineage", params={"x": "1"}, content=b"{}", headers=tenant.headers("editor")
+    )
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "x", r.text

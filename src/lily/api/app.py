@@ -172,8 +172,9 @@ def create_app(
 
 
 def mount_connectors(app: FastAPI, plugins: Plugins) -> list[str]:
-    """Mount every connector's routes (at the full paths they chose, e.g. Marquez's ``/api/v1``), and
-    return the path prefixes that take bulk-sized bodies."""
+    """Mount every connector's routes (at the full paths they chose, e.g. Marquez's ``/api/v1``), under
+    the same refusal of undeclared query parameters as Lily's own, and return the path prefixes that
+    take bulk-sized bodies."""
     web = web_context()
     large: list[str] = []
     for name in sorted(plugins.connectors):
@@ -185,6 +186,6 @@ def mount_connectors(app: FastAPI, plugins: Plugins) -> list[str]:
                 f"{plugins.describe('connector', name)}: router() failed: {type(exc).__name__}: {exc}"
             ) from exc
         if router is not None:
-            app.include_router(router)
+            app.include_router(router, dependencies=[Depends(refuse_unknown_query)])
         large.extend(getattr(connector, "large_bodies", ()))
     return large

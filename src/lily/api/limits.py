@@ -10,11 +10,19 @@ and the application sees the read fail, so a bulk upload rolls back and frees it
 from __future__ import annotations
 
 import asyncio
+import re
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lily.api.errors import problem
+
+
+def _prefix_pattern(prefix: str) -> re.Pattern[str]:
+    """A path prefix in which ``{name}`` stands for one path segment, so a route's own path template
+    (``/lily/v1/connectors/{tenant_id}/{connector_id}/artifacts``) raises the limit for that route only."""
+    parts = re.split(r"\{[^/{}]+\}", prefix)
+    return re.compile("[^/]+".join(re.escape(part) for part in parts))
 
 
 class BodyLimitMiddleware:
@@ -29,13 +37,13 @@ class BodyLimitMiddleware:
     ) -> None:
         self.app = app
         self.default = default
-        self.overrides = overrides
+        self.overrides = [(_prefix_pattern(prefix), limit) for prefix, limit in overrides.items()]
         self.idle_timeout = idle_timeout
         self.total_timeout = total_timeout
 
     def limit_for(self, path: str) -> int:
-        for prefix, limit in self.overrides.items():
-            if path.startswith(prefix):
+        for pattern, limit in self.overrides:
+            if pattern.match(path):
                 return limit
         return self.default
 

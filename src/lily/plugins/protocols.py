@@ -217,7 +217,8 @@ class Connector(Protocol):
     Secret fields of ``Config`` are typed ``pydantic.SecretStr``: Lily seals them at rest and never
     returns them (see :mod:`lily.crypto`).
 
-    Optional: ``large_bodies: tuple[str, ...]``, path prefixes of its routes whose request bodies may be
+    Optional: ``large_bodies: tuple[str, ...]``, path prefixes of its routes (``{name}`` matching one
+    path segment, so a route's own path template works) whose request bodies may be
     as large as a bulk load (``LILY_MAX_BULK_BODY_BYTES``) instead of a single write's; and ``run``
     (see :class:`RunnableConnector`), checked when present; ``async removed(config, state, check_target)``,
     called best-effort after an instance was deleted, to release what it holds in the source (a CDC

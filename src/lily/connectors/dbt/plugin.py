@@ -51,7 +51,7 @@ class DbtConnector:
     name = "dbt"
     Config: ClassVar[type[BaseModel]] = DbtConfig
     # Uploads carry a manifest, which for a large project is tens of MB (the bulk body limit applies).
-    large_bodies: ClassVar[tuple[str, ...]] = ("/lily/v1/connectors/",)
+    large_bodies: ClassVar[tuple[str, ...]] = ("/lily/v1/connectors/{tenant_id}/{connector_id}/artifacts",)
 
     def router(self, web: WebContext) -> APIRouter:
         from lily.connectors.dbt.router import build_router
