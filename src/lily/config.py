@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     rate_limit_per_tenant: float = Field(default=1000.0, ge=0, description="Requests per second per tenant.")
     rate_limit_per_key: float = Field(default=500.0, ge=0, description="Requests per second per key or user.")
     rate_limit_burst_seconds: float = Field(default=2.0, gt=0, description="Bucket size, in seconds of rate.")
+    rate_limit_lease_seconds: float = Field(
+        default=0.05, ge=0, description="An API process takes this many seconds of a rate bucket at once (at most 50)."
+    )
 
     # Request limits.
     max_asset_body_bytes: int = 1 * 1024 * 1024
