@@ -181,20 +181,20 @@ def mix(words: dict[str, str]) -> dict[str, Call]:
         order = sort or (Sort.relevance if filters.q else Sort.name)
 
         async def call(conn: Conn) -> Any:
-            return await search.page(conn, TENANT, filters, sort=order, after=None, limit=limit + 1)
+            return await search.page(conn, filters, sort=order, after=None, limit=limit + 1)
 
         return call
 
     async def facets(conn: Conn) -> Any:
         f = Filters(q=words["common"])
-        await search.page(conn, TENANT, f, sort=Sort.relevance, after=None, limit=21)
+        await search.page(conn, f, sort=Sort.relevance, after=None, limit=21)
         await search.count(conn, f)
         await search.facets(conn, f, ("type", "tag", "owner"))
 
     async def deep(conn: Conn) -> Any:
         f, after = Filters(types=("table",)), None
         for _ in range(5):
-            found = await search.page(conn, TENANT, f, sort=Sort.name, after=after, limit=21)
+            found = await search.page(conn, f, sort=Sort.name, after=after, limit=21)
             last = found.hits[19].position
             after = [last["sort_name"], str(last["asset_id"])]
 
@@ -237,7 +237,7 @@ async def measure(url: str, rounds: int, policies: int = 0) -> None:
                     f"{pct(eight, 0.5):>15.1f}{pct(eight, 0.99):>8.1f}"
                 )
         async with db.tenant(TENANT, CALLER) as conn:
-            found = await search.page(conn, TENANT, Filters(q=common), sort=Sort.relevance, after=None, limit=21)
+            found = await search.page(conn, Filters(q=common), sort=Sort.relevance, after=None, limit=21)
             total = await search.count(conn, Filters(q=common))
             print(f"common word: ranked {found.ranked} candidates (bounded), total {total}")
     finally:

@@ -178,9 +178,7 @@ async def test_total_and_ranking_bounds_are_flagged(app, tenant):
         await conn.execute("RESET ROLE")
         assert await store.count(conn, Filters(q="common"), bound=10) == (10, False)
         assert await store.count(conn, Filters(q="common"), bound=30) == (30, True)
-        found = await store.page(
-            conn, tenant.tenant_id, Filters(q="common"), sort=Sort.relevance, after=None, limit=5, candidates=8
-        )
+        found = await store.page(conn, Filters(q="common"), sort=Sort.relevance, after=None, limit=5, candidates=8)
         assert len(found.hits) == 5 and found.ranked == 8
         values, exact = await store.facets(conn, Filters(q="common"), ["type", "source"], bound=12)
         assert values == {"type": [{"value": "table", "count": 13}], "source": [{"value": "api", "count": 13}]}

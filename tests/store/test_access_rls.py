@@ -9,6 +9,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from lily.domain.access import Caller
+from lily.store import access as access_store
 from lily.store.db import Database
 
 A, B = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
@@ -147,3 +148,54 @@ async def test_search_applies_the_same_rule_as_row_level_security(database_url):
         assert {r["value"]: r["n"] for r in facets} == {r["type"]: r["n"] for r in by_type}
     finally:
         await db.close()
+
+
+async def test_a_policy_change_applies_to_the_next_search_on_every_connection(database_url):
+    """The compiled rule is kept per connection under the tenant's policy epoch (migration 0016). Two pools
+    of one connection each stand for two API processes: both have the rule cached when a policy changes
+    through one of them, or by an operator's SQL, and the very next search on either applies the change.
+    Two callers alternating on one connection each keep their own rule."""
+    seed(database_url)
+    viewer = Caller("viewer", ("everyone", "role:viewer", "user:v"))
+    privacy = Caller("viewer", ("everyone", "role:viewer", "user:p", "group:privacy"))
+    first, second = (Database(database_url, min_size=1, max_size=1) for _ in range(2))
+    await first.open()
+    await second.open()
+
+    async def found(db: Database, caller: Caller) -> list[str]:
+        async with db.tenant("t1", caller) as conn:
+            cur = await conn.execute("SELECT asset_id::text AS id FROM lily_search_page('{}', 'name', NULL, 10, 10)")
+            return sorted(r["id"] for r in await cur.fetchall())
+
+    try:
+        for db in (first, second, first, second):
+            assert await found(db, viewer) == [B]
+            assert await found(db, privacy) == [A, B]
+        async with second.tenant("t1") as conn:  # both callers' rules are kept on the connection
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM generate_series(0, 15) i"
+                " WHERE current_setting('lily.read_rule_' || i, true) > ''"
+            )
+            assert (await cur.fetchone())["n"] in (1, 2)  # two slots, or one if their keys share it
+        async with first.tenant("t1") as conn:
+            policy = await access_store.all_policies(conn, "t1")
+            assert await access_store.delete(conn, "t1", policy[0]["policy_id"]) is not None
+        assert await found(second, viewer) == [A, B]
+        assert await found(first, viewer) == [A, B]
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO access_policies (tenant_id, name, effect, actions, principals, qualified_name_prefix,"
+                " created_by, updated_by) VALUES ('t1', 'none', 'deny', '{read}', '{user:v}', 'pg://x/', 'x', 'x')"
+            )
+        assert await found(second, viewer) == []
+        assert await found(first, viewer) == []
+        assert await found(second, privacy) == [A, B]
+        # A change made earlier in the same transaction applies to the searches after it.
+        async with first.tenant("t1", viewer) as conn, conn.transaction(force_rollback=True):
+            await conn.execute("UPDATE access_policies SET qualified_name_prefix = 'pg://x/a' WHERE tenant_id = 't1'")
+            cur = await conn.execute("SELECT asset_id::text AS id FROM lily_search_page('{}', 'name', NULL, 10, 10)")
+            assert [r["id"] for r in await cur.fetchall()] == [B]
+        assert await found(second, viewer) == []
+    finally:
+        await first.close()
+        await second.close()

@@ -2,8 +2,10 @@
 
 The functions run as ``lily_search`` so that text, tag, trigram and prefix predicates can use their
 indexes (under RLS none of them could: they are not LEAKPROOF); they take the tenant only from the
-transaction's ``lily.tenant_id``. The page's rows are then read back here as ``lily_app``, under RLS, by
-primary key: a row the function returned for the wrong tenant could still not be shown.
+transaction's ``lily.tenant_id`` and add the caller's read rule (access policies) to every query they
+run. A page's rows come with their columns from that same query (migration 0016), as counts and facets
+always did: reading them back under RLS re-ran the per-row rule on rows the query had already filtered
+by it, which cost about as much as the search itself for short pages.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from lily.domain.search import FACET_BOUND, FACET_TOP, RANK_CANDIDATES, TOTAL_BO
 from lily.store.assets import ASSET_FIELDS
 from lily.store.db import Conn
 
-_COLUMNS = ", ".join(f"a.{c}" for c in ASSET_FIELDS)
+_COLUMNS = ", ".join(f"p.{c}" for c in ASSET_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +38,6 @@ class Page:
 
 async def page(
     conn: Conn,
-    tenant_id: str,
     filters: Filters,
     *,
     sort: Sort,
@@ -48,17 +49,14 @@ async def page(
     (``[key, asset_id]``)."""
     cur = await conn.execute(
         f"SELECT {_COLUMNS}, p.score, p.sort_name, p.sort_updated, p.ranked"
-        " FROM lily_search_page(%(f)s, %(sort)s, %(after)s, %(limit)s, %(candidates)s)"
-        "  WITH ORDINALITY AS p(asset_id, score, sort_name, sort_updated, ranked, ord)"
-        " JOIN assets a ON a.tenant_id = %(tenant)s AND a.asset_id = p.asset_id"
-        " ORDER BY p.ord",
+        " FROM lily_search_page(%(f)s, %(sort)s, %(after)s, %(limit)s, %(candidates)s) WITH ORDINALITY AS p"
+        " ORDER BY p.ordinality",
         {
             "f": Jsonb(filters.document()),
             "sort": sort.value,
             "after": Jsonb(after) if after is not None else None,
             "limit": limit,
             "candidates": candidates,
-            "tenant": tenant_id,
         },
     )
     rows = await cur.fetchall()

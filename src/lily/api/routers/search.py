@@ -101,7 +101,6 @@ async def search(
     async with runtime.db.tenant(principal.tenant_id) as conn:
         found = await store.page(
             conn,
-            principal.tenant_id,
             filters,
             sort=order,
             after=position[1:] if position else None,
