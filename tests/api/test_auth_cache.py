@@ -214,6 +214,19 @@ def test_a_change_made_in_sql_outside_the_api_applies_too(live: Live) -> None:
     assert _validate(live.b, keys["viewer"]).json()["claims"]["roles"] == ["admin"]
 
 
+def test_a_revoked_key_is_refused_by_the_next_point_read_in_the_other_process(live: Live) -> None:
+    """GET /metadata/{id} checks a cached credential inside its one read round trip (lily.api.deps.Reading)."""
+    tenant, keys = _tenant(live)
+    path = "/metadata/00000000-0000-4000-8000-000000000000"  # missing: 404 while the key is good
+    for api in (live.a, live.b, live.a, live.b):
+        assert httpx.get(api.base + path, headers=_bearer(keys["viewer"])).status_code == 404
+    key_id = keys["viewer"].split(".")[1]
+    r = httpx.delete(f"{live.a.base}/tenants/{tenant}/api-keys/{key_id}", headers=_bearer(keys["admin"]))
+    assert r.status_code == 204, r.text
+    assert httpx.get(live.b.base + path, headers=_bearer(keys["viewer"])).status_code == 401
+    assert httpx.get(live.a.base + path, headers=_bearer(keys["viewer"])).status_code == 401
+
+
 def test_helpers_serve_the_same_port_and_are_restarted(live: Live) -> None:
     """Last in this module: it kills A's helper."""
     _, keys = _tenant(live)

@@ -140,3 +140,37 @@ async def test_concurrent_requests_never_take_more_than_the_bucket_holds(client,
     # A bucket of 2, plus what it refilled while the burst ran (none, unless the machine is very slow).
     assert 2 <= codes.count(200) <= 2 + int(elapsed * PER_KEY), (codes, elapsed)
     assert set(codes) == {200, 429}
+
+
+async def test_processes_lease_tokens_in_batches_and_never_admit_more_than_the_bucket(settings, database_url, tenant):
+    """A bucket of 20 (refilling one token per 10 s) leased 10 at a time: the first process to ask holds 10,
+    the second 10, and every request past those is refused in both — leasing moves tokens, never makes them."""
+    leased = settings.model_copy(
+        update={
+            "rate_limit_per_key": 0.1,
+            "rate_limit_per_tenant": 0.0,
+            "rate_limit_burst_seconds": 200.0,
+            "rate_limit_lease_seconds": 100.0,
+        }
+    )
+    viewer = tenant.headers("viewer")
+    a, b = create_app(leased, database_url, run_workers=False), create_app(leased, database_url, run_workers=False)
+    async with (
+        a.router.lifespan_context(a),
+        b.router.lifespan_context(b),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://lily.test/lily/v1") as ca,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=b), base_url="http://lily.test/lily/v1") as cb,
+    ):
+        start = time.monotonic()
+        assert (await validate(ca, viewer)).status_code == 200  # a leases 10, spends 1
+        async with a.state.runtime.db.tenant(tenant.tenant_id) as conn:
+            cur = await conn.execute("SELECT tokens FROM rate_buckets WHERE bucket LIKE 'key:%%'")
+            assert 10 <= (await cur.fetchone())["tokens"] < 11
+        from_b = [(await validate(cb, viewer)).status_code for _ in range(12)]
+        from_a = [(await validate(ca, viewer)).status_code for _ in range(10)]
+        elapsed = time.monotonic() - start
+    refilled = int(elapsed * 0.1)
+    assert 1 + from_b.count(200) + from_a.count(200) <= 20 + refilled, (from_a, from_b, elapsed)
+    if refilled == 0:
+        assert from_b == [200] * 10 + [429] * 2
+        assert from_a == [200] * 9 + [429]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -24,7 +25,9 @@ from lily.domain.errors import Forbidden, Invalid, TooManyRequests, Unauthorized
 from lily.domain.roles import Role
 from lily.domain.tenants import is_tenant_id
 from lily.store import identity
-from lily.store.db import CALLER
+from lily.store.db import CALLER, Conn
+
+T = TypeVar("T")
 
 
 # async: a plain ``def`` dependency would run in a worker thread on every request, for one attribute read.
@@ -79,26 +82,30 @@ async def authenticate(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """Verify the bearer token, then check it against the database and the rate limits in one round trip:
-    a role change, deletion, disabling, key revocation or tenant deletion applies to the next request.
+    """Verify the bearer token, then check it against the database and take its rate limits in one round
+    trip: a role change, deletion, disabling, key revocation or tenant deletion applies to the next request.
 
     A credential this process has checked before (``runtime.credentials``) skips the signature check and
     the lookups, but not the round trip: it carries the tenant's auth epoch of that check, and any change
-    since makes the database check it in full again (``lily.auth.cache``)."""
+    since makes the database check it in full again (``lily.auth.cache``). Rate-limit tokens come from
+    those this process leased (``runtime.leases``); the round trip leases more when they run out."""
+    token = _token(credentials)
+    return await _authenticate(runtime, token, runtime.credentials.get(token), None)
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized("missing bearer token")
-    token = credentials.credentials
-    cache = runtime.credentials
+    return credentials.credentials
+
+
+async def _authenticate(
+    runtime: Runtime, token: str, known: Checked | None, wants: tuple[int, int] | None
+) -> Principal:
+    """The check of :func:`authenticate`. ``wants``: the tokens still to lease (``TokenLeases.take``) when
+    the caller took this request's tokens already; None takes them here."""
     claims: dict[str, Any]
-    known = cache.get(token)
     if known is not None:
-        row = await _check(
-            runtime, known.tenant_id, known.kind, known.name, known.jti, known.sid, known.secret_hash, known.epoch
-        )
-        if row["status"] == "cached":
-            return _principal(known)
-        if row["status"] != "limited":  # refused, or checked anew: the entry is stale either way
-            cache.drop(token)
         tenant_id, kind, name, claims = known.tenant_id, known.kind, known.name, known.claims
         jti, sid, secret_hash = known.jti, known.sid, known.secret_hash
     else:
@@ -118,8 +125,32 @@ async def authenticate(
             raise Unauthorized(_REFUSED["unknown"])
         if kind == "user" and not (_storable(jti) and _storable(sid)):
             raise Unauthorized("invalid token")
-        row = await _check(runtime, tenant_id, kind, name, jti, sid, secret_hash, None)
+    bucket = f"{kind}:{name}"
+    if wants is None:
+        wants = runtime.leases.take(tenant_id, bucket)
+    async with runtime.db.connection() as conn:
+        row = await identity.authenticate(
+            conn,
+            tenant_id,
+            kind=kind,
+            name=name,
+            jti=jti,
+            sid=sid,
+            secret_hash=secret_hash,
+            limits=runtime.rate_limits,
+            known_epoch=None if known is None else known.epoch,
+            principal_want=wants[0],
+            tenant_want=wants[1],
+        )
     status = row["status"]
+    runtime.leases.settle(
+        tenant_id, bucket, wants, (row["principal_granted"], row["tenant_granted"]), status in ("ok", "cached")
+    )
+    if known is not None:
+        if status == "cached":
+            return _principal(known)
+        if status != "limited":  # refused, or checked anew: the entry is stale either way
+            runtime.credentials.drop(token)
     if status == "limited":
         raise TooManyRequests(
             "rate limit exceeded; slow down", retry_after_seconds=max(1, math.ceil(row["retry_after"]))
@@ -140,32 +171,8 @@ async def authenticate(
         groups=tuple(row["groups"] or ()),
         key_name=row["key_name"],
     )
-    cache.put(token, checked)
+    runtime.credentials.put(token, checked)
     return _principal(checked)
-
-
-async def _check(
-    runtime: Runtime,
-    tenant_id: str,
-    kind: str,
-    name: str,
-    jti: str | None,
-    sid: str | None,
-    secret_hash: str | None,
-    known_epoch: int | None,
-) -> dict[str, Any]:
-    async with runtime.db.connection() as conn:
-        return await identity.authenticate(
-            conn,
-            tenant_id,
-            kind=kind,
-            name=name,
-            jti=jti,
-            sid=sid,
-            secret_hash=secret_hash,
-            limits=runtime.rate_limits,
-            known_epoch=known_epoch,
-        )
 
 
 def _principal(checked: Checked) -> Principal:
@@ -197,6 +204,67 @@ Viewer = Annotated[Principal, require(Role.viewer)]
 Editor = Annotated[Principal, require(Role.editor)]
 Steward = Annotated[Principal, require(Role.steward)]
 Admin = Annotated[Principal, require(Role.admin)]
+
+
+class Reading:
+    """A viewer whose credential check travels with the request's one read (``read``): for a read-only
+    route that makes a single tenant transaction, one round trip in all instead of two.
+
+    A credential this process has checked, with rate-limit tokens in hand, is taken at its cached check
+    (role, groups) without a round trip of its own; ``read`` then queues the tenant's auth epoch in front
+    of the route's statements. The epoch it read decides, as in :func:`authenticate`: still the cached
+    check's, the results stand; moved (a revocation, a disabling, a role change, a deleted tenant) — the
+    credential is checked in full (401, or the caller as it is now) and the statements are queued again as
+    that caller. So a change still applies to the very next request, and nothing read as the old caller is
+    ever answered. Any other credential is checked first, exactly as :func:`authenticate` does.
+    """
+
+    def __init__(self, runtime: Runtime, token: str, principal: Principal, epoch: int | None) -> None:
+        self.runtime = runtime
+        self.token = token
+        self.principal = principal
+        self._epoch = epoch  # the cached check's epoch, still to confirm; None once confirmed
+
+    @property
+    def tenant_id(self) -> str:
+        return self.principal.tenant_id
+
+    async def read(self, queue: Callable[[Conn], Awaitable[T]]) -> tuple[Principal, T]:
+        """``queue``'s statements in one :meth:`Database.read` round trip, as the caller the credential
+        is now: the principal and what ``queue`` returned (fetch from its cursors afterwards)."""
+        tenant_id = self.principal.tenant_id
+        if self._epoch is not None:
+            async with self.runtime.db.read(tenant_id) as conn:
+                epoch = await identity.queue_auth_epoch(conn, tenant_id)
+                queued = await queue(conn)
+            row = await epoch.fetchone()
+            if row is not None and row["auth_epoch"] == self._epoch:
+                return self.principal, queued
+            # This request's rate-limit tokens are taken already: (0, 0) leases none.
+            known = self.runtime.credentials.get(self.token)
+            self.principal = await _authenticate(self.runtime, self.token, known, (0, 0))
+            self._epoch = None
+        async with self.runtime.db.read(tenant_id) as conn:
+            queued = await queue(conn)
+        return self.principal, queued
+
+
+async def read_as_viewer(
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Reading:
+    token = _token(credentials)
+    known = runtime.credentials.get(token)
+    if known is None:
+        return Reading(runtime, token, await _authenticate(runtime, token, None, None), None)
+    wants = runtime.leases.take(known.tenant_id, f"{known.kind}:{known.name}")
+    if wants != (0, 0):
+        return Reading(runtime, token, await _authenticate(runtime, token, known, wants), None)
+    # Every role may read (viewer is the lowest), so the role needs no check here.
+    return Reading(runtime, token, _principal(known), known.epoch)
+
+
+ViewerReading = Annotated[Reading, Depends(read_as_viewer)]
 
 
 MAX_REQUEST_ID = 200

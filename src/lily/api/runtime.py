@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from lily.auth.cache import CredentialCache
+from lily.auth.leases import TokenLeases
 from lily.auth.limits import LoginLimits, RateLimits
 from lily.auth.passwords import Hasher
 from lily.auth.tokens import TokenConfig
@@ -29,8 +30,11 @@ class Runtime:
     hasher: Hasher = field(init=False)
     login_limits: LoginLimits = field(init=False)
     rate_limits: RateLimits = field(init=False)
+    # Rate-limit tokens this process holds, leased from the shared buckets (see lily.auth.leases).
+    leases: TokenLeases = field(init=False)
 
     def __post_init__(self) -> None:
         self.hasher = Hasher(self.settings.password_hash_threads)
         self.login_limits = LoginLimits.of(self.settings)
         self.rate_limits = RateLimits.of(self.settings)
+        self.leases = TokenLeases(self.rate_limits, lease_seconds=self.settings.rate_limit_lease_seconds)

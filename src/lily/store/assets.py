@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Union, get_args, get_origin, get_type_hints
 from uuid import UUID
 
+from psycopg import AsyncCursor
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
@@ -156,6 +157,43 @@ async def history(
     return await cur.fetchall()
 
 
+class PendingAsset:
+    """An asset and a page of its history, queued (pipeline mode) and read once the round trip is made."""
+
+    def __init__(self, asset: AsyncCursor[Asset], history: AsyncCursor[dict[str, Any]]) -> None:
+        self._asset = asset
+        self._history = history
+
+    async def result(self) -> tuple[Asset | None, list[dict[str, Any]]]:
+        return await self._asset.fetchone(), await self._history.fetchall()
+
+
+async def queue_with_history(
+    conn: Conn,
+    tenant_id: str,
+    asset_id: UUID,
+    *,
+    include_deleted: bool,
+    before_version: int | None,
+    limit: int,
+) -> PendingAsset:
+    """Queue :func:`get` and :func:`history` on a connection in pipeline mode (``Database.read``)."""
+    asset_cur = conn.cursor(row_factory=_AS_ASSET)
+    history_cur = conn.cursor()
+    await asset_cur.execute(
+        f"SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = %s AND asset_id = %s"
+        + ("" if include_deleted else " AND deleted_at IS NULL"),
+        [tenant_id, asset_id],
+    )
+    await history_cur.execute(
+        "SELECT version, action, changes, snapshot, actor, request_id, event_id, origin, changed_at"
+        " FROM asset_versions WHERE tenant_id = %s AND asset_id = %s AND version < %s"
+        " ORDER BY version DESC LIMIT %s",
+        [tenant_id, asset_id, before_version or 2**31 - 1, limit],
+    )
+    return PendingAsset(asset_cur, history_cur)
+
+
 async def get_with_history(
     conn: Conn,
     tenant_id: str,
@@ -166,21 +204,11 @@ async def get_with_history(
     limit: int,
 ) -> tuple[Asset | None, list[dict[str, Any]]]:
     """:func:`get` and :func:`history` in one round trip: the two statements are pipelined."""
-    asset_cur = conn.cursor(row_factory=_AS_ASSET)
-    history_cur = conn.cursor()
     async with conn.pipeline():
-        await asset_cur.execute(
-            f"SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = %s AND asset_id = %s"
-            + ("" if include_deleted else " AND deleted_at IS NULL"),
-            [tenant_id, asset_id],
+        pending = await queue_with_history(
+            conn, tenant_id, asset_id, include_deleted=include_deleted, before_version=before_version, limit=limit
         )
-        await history_cur.execute(
-            "SELECT version, action, changes, snapshot, actor, request_id, event_id, origin, changed_at"
-            " FROM asset_versions WHERE tenant_id = %s AND asset_id = %s AND version < %s"
-            " ORDER BY version DESC LIMIT %s",
-            [tenant_id, asset_id, before_version or 2**31 - 1, limit],
-        )
-    return await asset_cur.fetchone(), await history_cur.fetchall()
+    return await pending.result()
 
 
 async def exists_ever(conn: Conn, tenant_id: str, asset_id: UUID) -> bool:

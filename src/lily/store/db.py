@@ -142,6 +142,24 @@ class Database:
             await conn.execute("COMMIT")
 
     @asynccontextmanager
+    async def read(self, tenant_id: str, caller: Caller | None = None) -> AsyncIterator[Conn]:
+        """A read-only :meth:`tenant` transaction in one round trip, for the hottest reads.
+
+        The connection is in pipeline mode: the settings and every statement the block executes are
+        queued, and leaving the block sends them with one Sync — PostgreSQL runs a pipeline's statements
+        up to its Sync as one implicit transaction, committed there — so BEGIN and COMMIT cost nothing.
+        Fetch from the cursors after the block (they hold their rows by then; a fetch inside it forces an
+        early round trip). The transaction is read-only: a block that raises half-way has nothing to undo.
+        """
+        caller = caller or CALLER.get()
+        async with self.shares.hold(tenant_id), self._checkout() as conn, conn.pipeline():
+            if caller is None:
+                await conn.execute(_READ_AS_NOBODY, [tenant_id])
+            else:
+                await conn.execute(_READ_AS_CALLER, [tenant_id, caller.role, caller.names_literal()])
+            yield conn
+
+    @asynccontextmanager
     async def system(self) -> AsyncIterator[Conn]:
         """A transaction with no tenant: it sees the log's bookkeeping tables and no tenant rows."""
         async with self._checkout() as conn, conn.transaction():
@@ -152,6 +170,13 @@ class Database:
         """A pooled connection outside any transaction, for callers that manage several in a row."""
         async with self._checkout() as conn:
             yield conn
+
+
+# Database.read's first statement (the values as parameters: it is prepared, unlike tenant()'s BEGIN).
+_READ_AS_NOBODY = "SELECT set_config('transaction_read_only', 'on', true), set_config('lily.tenant_id', %s, true)"
+_READ_AS_CALLER = (
+    _READ_AS_NOBODY + ", set_config('lily.access_role', %s, true), set_config('lily.access_names', %s, true)"
+)
 
 
 async def set_tenant(conn: Conn, tenant_id: str) -> None:

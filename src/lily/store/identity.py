@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from psycopg import AsyncCursor
 from psycopg.types.json import Jsonb
 
 from lily.store.db import Conn
@@ -218,16 +219,20 @@ async def authenticate(
     secret_hash: str | None,
     limits: RateLimits,
     known_epoch: int | None = None,
+    principal_want: int = 1,
+    tenant_want: int = 1,
 ) -> dict[str, Any]:
-    """Check a credential and take one request from its rate limits, in one round trip
-    (``lily_authenticate_at``, migration 0012): ``status``, the current ``role`` and ``groups``,
-    ``key_name``, ``retry_after`` and the tenant's auth ``epoch``. With ``known_epoch`` (the epoch this
-    process last checked the credential at) still current, the status is ``cached`` (or ``limited``) and
-    the lookups are skipped. ``conn`` must not be in a transaction: the function sets the tenant for its
-    own implicit one."""
+    """Check a credential and lease rate-limit tokens, in one round trip (``lily_authenticate_lease``,
+    migration 0015): ``status``, the current ``role`` and ``groups``, ``key_name``, ``retry_after``, the
+    tenant's auth ``epoch``, and the tokens granted (``principal_granted``, ``tenant_granted``: up to the
+    wants, at least one each unless ``limited``; a want of 0 asks nothing of that bucket). With
+    ``known_epoch`` (the epoch this process last checked the credential at) still current, the status is
+    ``cached`` (or ``limited``) and the lookups are skipped. ``conn`` must not be in a transaction: the
+    function sets the tenant for its own implicit one."""
+    principal, tenant = limits.per_principal, limits.per_tenant
     cur = await conn.execute(
-        "SELECT status, role, groups, key_name, retry_after, epoch"
-        " FROM lily_authenticate_at(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "SELECT status, role, groups, key_name, retry_after, epoch, principal_granted, tenant_granted"
+        " FROM lily_authenticate_lease(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         [
             tenant_id,
             kind,
@@ -235,16 +240,26 @@ async def authenticate(
             jti,
             sid,
             secret_hash,
-            limits.per_principal.rate,
-            limits.per_principal.capacity,
-            limits.per_tenant.rate,
-            limits.per_tenant.capacity,
+            principal.rate,
+            principal.capacity,
+            principal_want if principal.rate > 0 else 0,
+            tenant.rate,
+            tenant.capacity,
+            tenant_want if tenant.rate > 0 else 0,
             known_epoch,
         ],
     )
     row = await cur.fetchone()
     assert row is not None
     return row
+
+
+async def queue_auth_epoch(conn: Conn, tenant_id: str) -> AsyncCursor[dict[str, Any]]:
+    """Queue the read of the tenant's auth epoch (None once the tenant is deleted) in a pipelined
+    transaction (``Database.read``): a credential checked at that epoch is still good. Fetch it after."""
+    cur = conn.cursor()
+    await cur.execute("SELECT auth_epoch FROM tenants WHERE tenant_id = %s AND deleted_at IS NULL", [tenant_id])
+    return cur
 
 
 async def login_attempt(conn: Conn, account: bytes, address: bytes, limits: LoginLimits) -> float:

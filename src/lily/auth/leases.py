@@ -1,0 +1,111 @@
+"""Rate-limit tokens an API process holds in memory, leased from the shared buckets in PostgreSQL.
+
+Every request takes one token of its principal's bucket and one of its tenant's. Taking them in the
+database one at a time made every request of a key queue on that bucket's row (an advisory lock held to
+commit): 32 connections of one key were served one after another. A process now takes up to
+:attr:`TokenLeases.batch` tokens of a bucket at once (``lily_authenticate_lease``, migration 0015) and
+spends them here, so the rows are touched about once per batch.
+
+Tokens are never made up: every token spent was taken from the shared bucket first. The bound, across P
+API processes: in any window a principal or a tenant is admitted at most P x batch requests more than
+its bucket allows (the tokens the processes held when the window opened), and tokens a process leaves
+unspent for ``ttl`` seconds are dropped (at most P x batch a bucket, never handed back). The batch is
+``rate x lease_seconds`` tokens, at most :data:`MAX_BATCH` and at least one: a slow bucket (a few
+requests a second) is taken one token at a time, exactly as before.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lily.auth.limits import Bucket, RateLimits
+
+# The most tokens of one bucket a process holds at once.
+MAX_BATCH = 50
+
+
+@dataclass(slots=True)
+class _Held:
+    tokens: int
+    expires: float
+
+
+def batch_of(bucket: Bucket, lease_seconds: float) -> int:
+    """Tokens to lease at once: ``lease_seconds`` of the bucket's rate, within 1..MAX_BATCH and the bucket's size."""
+    return max(1, min(MAX_BATCH, int(bucket.capacity), math.floor(bucket.rate * lease_seconds)))
+
+
+class TokenLeases:
+    """One process's unspent tokens, per (tenant, bucket); bounded like the credential cache."""
+
+    def __init__(
+        self,
+        limits: RateLimits,
+        *,
+        lease_seconds: float = 0.05,
+        ttl: float = 1.0,
+        capacity: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = limits
+        self.ttl = ttl
+        self.capacity = capacity
+        self.clock = clock
+        self.principal_batch = batch_of(limits.per_principal, lease_seconds)
+        self.tenant_batch = batch_of(limits.per_tenant, lease_seconds)
+        self._held: dict[tuple[str, str], _Held] = {}
+
+    def _tokens(self, key: tuple[str, str]) -> int:
+        held = self._held.get(key)
+        if held is None:
+            return 0
+        if self.clock() >= held.expires:
+            del self._held[key]
+            return 0
+        return held.tokens
+
+    def take(self, tenant_id: str, principal: str) -> tuple[int, int]:
+        """Spend one held token of each bucket (whose limit is on) that has one; for each that has none,
+        how many to ask the database for: ``(principal's, tenant's)``, ``(0, 0)`` when the request may
+        go on without asking. Tokens the database then grants go to :meth:`keep`, less the one spent."""
+        wants = [0, 0]
+        buckets = (
+            ((tenant_id, principal), self.limits.per_principal, self.principal_batch),
+            ((tenant_id, "tenant"), self.limits.per_tenant, self.tenant_batch),
+        )
+        for i, (key, bucket, batch) in enumerate(buckets):
+            if bucket.rate <= 0:
+                continue
+            if self._tokens(key) > 0:
+                self._held[key].tokens -= 1
+            else:
+                wants[i] = batch
+        return wants[0], wants[1]
+
+    def keep(self, tenant_id: str, principal: str, principal_tokens: int, tenant_tokens: int) -> None:
+        """Hold tokens granted (or given back) for later requests; dropped if unspent ``ttl`` seconds from now."""
+        for key, granted in (((tenant_id, principal), principal_tokens), ((tenant_id, "tenant"), tenant_tokens)):
+            if granted <= 0:
+                continue
+            tokens = self._tokens(key) + granted
+            self._held.pop(key, None)
+            while len(self._held) >= self.capacity:
+                del self._held[next(iter(self._held))]
+            self._held[key] = _Held(tokens, self.clock() + self.ttl)
+
+    def settle(
+        self, tenant_id: str, principal: str, wants: tuple[int, int], granted: tuple[int, int], admitted: bool
+    ) -> None:
+        """After the database answered a request that :meth:`take` sent there with ``wants``: hold what it
+        ``granted``, less the token the request spends of each bucket asked when ``admitted``; a refused
+        request gives back the tokens it took from this process."""
+        kept = []
+        for want, got, bucket in zip(wants, granted, (self.limits.per_principal, self.limits.per_tenant), strict=True):
+            if want:
+                kept.append(got - 1 if admitted else got)
+            else:
+                kept.append(0 if admitted or bucket.rate <= 0 else 1)
+        self.keep(tenant_id, principal, kept[0], kept[1])
