@@ -240,6 +240,14 @@ async def measure(url: str, rounds: int, policies: int = 0) -> None:
             found = await search.page(conn, Filters(q=common), sort=Sort.relevance, after=None, limit=21)
             total = await search.count(conn, Filters(q=common))
             print(f"common word: ranked {found.ranked} candidates (bounded), total {total}")
+        if policies:
+            # What the policies hide decides how many more rows a bounded scan (a count, the facets, a
+            # rare tag by date) reads to find the same number of readable ones.
+            seen = {}
+            for who, caller in (("no policy", UNBOUND), ("policies", CALLER)):
+                async with db.tenant(TENANT, caller) as conn:
+                    seen[who] = (await search.count(conn, Filters(), bound=1_000_000))[0]
+            print(f"the policies' caller may read {seen['policies'] / seen['no policy']:.0%} of the tenant's assets")
     finally:
         await db.close()
     with psycopg.connect(url, autocommit=True) as conn:
