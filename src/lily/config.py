@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     delivery_concurrency: int = Field(default=64, ge=1, le=1024, description="Deliveries one dispatcher sends at once.")
     delivery_concurrency_per_channel: int = Field(default=8, ge=1, le=256)
     delivery_lease_seconds: float = Field(default=60.0, ge=1, description="A claimed delivery's lease.")
+    delivery_poll_seconds: float = Field(
+        default=1.0, gt=0, le=300, description="How often an idle dispatcher looks for work it was not woken for."
+    )
     delivery_retention_days: int = Field(
         default=30, ge=1, description="Finished deliveries older than this are pruned."
     )
