@@ -158,6 +158,9 @@ async def test_facets_and_totals(client, tenant):
     body = await search(client, v, facets=["source", "type"], type="view", total="true")
     assert body["facets"] == {"source": [{"value": "api", "count": 2}], "type": [{"value": "view", "count": 2}]}
     assert body["total"] == 2
+    # Matches whose facet has no value at all: the total is still counted.
+    body = await search(client, v, facets="owner", qualified_name_prefix="pg://wh/f.4", total="true")
+    assert body["facets"] == {"owner": []} and body["total"] == 1 and body["total_exact"] is True
     # Without asking, neither is computed.
     assert set(await search(client, v)) == {"items", "next_cursor"}
 
@@ -180,9 +183,13 @@ async def test_total_and_ranking_bounds_are_flagged(app, tenant):
         assert await store.count(conn, Filters(q="common"), bound=30) == (30, True)
         found = await store.page(conn, Filters(q="common"), sort=Sort.relevance, after=None, limit=5, candidates=8)
         assert len(found.hits) == 5 and found.ranked == 8
-        values, exact = await store.facets(conn, Filters(q="common"), ["type", "source"], bound=12)
-        assert values == {"type": [{"value": "table", "count": 13}], "source": [{"value": "api", "count": 13}]}
-        assert exact is False
+        faceted = await store.facets(conn, Filters(q="common"), ["type", "source"], bound=12)
+        assert faceted.values == {"type": [{"value": "table", "count": 13}], "source": [{"value": "api", "count": 13}]}
+        assert faceted.exact is False
+        # The total from the facets' pass is what a count answers, as long as its bound is the larger.
+        assert faceted.total(bound=10) == (10, False) and faceted.total(bound=30) is None
+        assert (await store.facets(conn, Filters(q="common"), ["type"])).total(bound=30) == (30, True)
+        assert (await store.facets(conn, Filters(q="nothing"), ["type"])).total() is None
 
 
 def forged(position: Any) -> str:

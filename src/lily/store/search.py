@@ -78,10 +78,27 @@ async def count(conn: Conn, filters: Filters, *, bound: int = TOTAL_BOUND) -> tu
     return (n, True) if n <= bound else (bound, False)
 
 
+@dataclass(frozen=True, slots=True)
+class Facets:
+    values: dict[str, list[dict[str, Any]]]
+    exact: bool  # no more than the bound matched: every match was counted
+    sampled: int | None  # how many matches were counted (bound + 1 when cut off); None when no value came back
+    bound: int
+
+    def total(self, bound: int = TOTAL_BOUND) -> tuple[int, bool] | None:
+        """What :func:`count` would answer, from the facets' own pass: the matches they counted are all
+        of them when fewer than ``bound`` (each way of matching was read to its end), and more than
+        ``bound`` otherwise. None when that pass cannot tell (no facet value came back, or its bound is the
+        smaller one)."""
+        if self.sampled is None or self.bound < bound:
+            return None
+        return (self.sampled, True) if self.sampled <= bound else (bound, False)
+
+
 async def facets(
     conn: Conn, filters: Filters, names: Sequence[str], *, top: int = FACET_TOP, bound: int = FACET_BOUND
-) -> tuple[dict[str, list[dict[str, Any]]], bool]:
-    """({facet: [{value, count}]}, exact) for the facets ``names``, counted in one pass: exact when no more
+) -> Facets:
+    """The top values of the facets ``names`` with their counts, counted in one pass: exact when no more
     than ``bound`` rows match."""
     cur = await conn.execute(
         "SELECT facet, value, n, sampled FROM lily_search_facets(%s, %s, %s, %s)",
@@ -91,4 +108,5 @@ async def facets(
     found: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for r in rows:
         found[r["facet"]].append({"value": r["value"], "count": r["n"]})
-    return found, not rows or rows[0]["sampled"] <= bound
+    sampled = rows[0]["sampled"] if rows else None
+    return Facets(found, sampled is None or sampled <= bound, sampled, bound)

@@ -106,8 +106,9 @@ async def search(
             after=position[1:] if position else None,
             limit=limit + 1,
         )
-        counted = await store.count(conn, filters) if total else None
         faceted = await store.facets(conn, filters, wanted) if wanted else None
+        # With facets, their pass has counted the matches already (up to a larger bound): no second scan.
+        counted = ((faceted and faceted.total()) or await store.count(conn, filters)) if total else None
     more = len(found.hits) > limit
     hits = found.hits[:limit]
     body: dict[str, Any] = {
@@ -117,7 +118,7 @@ async def search(
     if counted is not None:
         body["total"], body["total_exact"] = counted
     if faceted is not None:
-        body["facets"], body["facets_exact"] = faceted
+        body["facets"], body["facets_exact"] = faceted.values, faceted.exact
     if found.ranked is not None and found.ranked >= domain.RANK_CANDIDATES:
         body["ranking"] = {"candidates": found.ranked, "bounded": True}
     return FastJSON(body)
