@@ -184,8 +184,10 @@ class ClassificationHandler:
         versions: list[dict[str, Any]] = []
         audits: list[AuditEntry] = []
         rows: list[Asset] = []
+        # One flow for the batch: the tenant's propagation settings and the lineage steps read for one
+        # event serve the next (the handler writes neither); each event's own steps are queued with it.
+        flow = Flow(ctx)
         for event in events:
-            flow = Flow(ctx)
             asset = current.get(event.subject)
             if asset is None or not asset.live:
                 if event.kind in (CLASSIFICATION_SET, CLASSIFICATION_REMOVE):
@@ -193,13 +195,16 @@ class ClassificationHandler:
                 else:
                     event.applied({"skipped": "asset no longer exists"})
                 continue
-            try:
-                # A savepoint per event: a refused one must not abort the batch's transaction.
-                async with ctx.conn.transaction():
-                    delta = await _APPLY[event.kind](ctx, event, asset, flow)
-            except LilyError as err:
-                event.reject(err)
-                continue
+            if event.kind in _NEVER_REFUSED:
+                delta = await _APPLY[event.kind](ctx, event, asset, flow)
+            else:
+                try:
+                    # A savepoint per event: a refused one must not abort the batch's transaction.
+                    async with ctx.conn.transaction():
+                        delta = await _APPLY[event.kind](ctx, event, asset, flow)
+                except LilyError as err:
+                    event.reject(err)
+                    continue
             flow.keep(delta.pending)
             flow.queue(event)
             if not delta.added and not delta.removed:
@@ -457,6 +462,10 @@ async def _retract(ctx: BatchContext, event: PipelineEvent, asset: Asset, flow: 
     await flow.retract_many(delta.pending, asset.asset_id, onward)
     return delta
 
+
+# Propagation and retraction steps are the pipeline's own and have nothing to refuse (no input to check;
+# an asset gone since is skipped above): they need no savepoint, which cost two round trips per step.
+_NEVER_REFUSED = frozenset({CLASSIFICATION_PROPAGATE, CLASSIFICATION_RETRACT})
 
 _APPLY = {
     CLASSIFICATION_SET: _set,
