@@ -112,13 +112,16 @@ def settings_for(url: str, args: argparse.Namespace, home: str) -> Settings:
     )
 
 
-async def stats(base: str) -> dict[str, Any]:
-    async with httpx.AsyncClient() as http:
-        body: dict[str, Any] = (await http.get(f"{base}/stats")).json()
-        return body
+async def stats(http: httpx.AsyncClient, base: str) -> dict[str, Any]:
+    # One client for the whole run: building one loads the CA bundle (~50 ms of CPU on this machine),
+    # which, every 0.2 s, stalled the event loop the dispatcher under test shares.
+    body: dict[str, Any] = (await http.get(f"{base}/stats")).json()
+    return body
 
 
-async def throughput(args: argparse.Namespace, db: Database, settings: Settings, base: str) -> None:
+async def throughput(
+    args: argparse.Namespace, db: Database, settings: Settings, base: str, http: httpx.AsyncClient
+) -> None:
     keyring = Keyring.from_settings(settings)
     channels = load_plugins(settings).channels
     tenants = ["bench-a", "bench-b"]
@@ -140,7 +143,7 @@ async def throughput(args: argparse.Namespace, db: Database, settings: Settings,
             async with db.tenant(tenant) as conn:
                 await store.insert_deliveries(conn, tenant, rows[i : i + 5000])
     total = per_channel * len(made)
-    await stats(base)  # reset
+    await stats(http, base)  # reset
     dispatcher = Dispatcher(db, settings, {"webhook": WebhookChannel()}, keyring)
     stop = asyncio.Event()
     started = time.monotonic()
@@ -156,7 +159,7 @@ async def throughput(args: argparse.Namespace, db: Database, settings: Settings,
     elapsed = time.monotonic() - started
     stop.set()
     await task
-    got = await stats(base)
+    got = await stats(http, base)
     print(
         f"throughput: {total:,} deliveries over {len(made)} channels (2 tenants), one dispatcher"
         f" (concurrency {args.concurrency}, {args.per_channel} per channel): {elapsed:.2f}s ="
@@ -164,7 +167,9 @@ async def throughput(args: argparse.Namespace, db: Database, settings: Settings,
     )
 
 
-async def latency(args: argparse.Namespace, db: Database, settings: Settings, base: str) -> None:
+async def latency(
+    args: argparse.Namespace, db: Database, settings: Settings, base: str, http: httpx.AsyncClient
+) -> None:
     keyring = Keyring.from_settings(settings)
     plugins = load_plugins(settings)
     tenant = "bench-l"
@@ -184,7 +189,7 @@ async def latency(args: argparse.Namespace, db: Database, settings: Settings, ba
     stop = asyncio.Event()
     tasks = start_workers(db, settings, stop, count=1, plugins=plugins)
     tasks.append(asyncio.create_task(Dispatcher(db, settings, plugins.channels, keyring).run(stop)))
-    await stats(base)  # reset
+    await stats(http, base)  # reset
     sent = 0
     started = time.monotonic()
     tick = 0.05
@@ -208,7 +213,7 @@ async def latency(args: argparse.Namespace, db: Database, settings: Settings, ba
     latencies: list[float] = []
     deadline = time.monotonic() + 60
     while len(latencies) < sent and time.monotonic() < deadline:
-        latencies.extend((await stats(base))["latencies"])
+        latencies.extend((await stats(http, base))["latencies"])
         await asyncio.sleep(0.2)  # collecting the receiver's counts
     stop.set()
     for task in tasks:
@@ -231,12 +236,13 @@ async def run(args: argparse.Namespace, url: str, base: str) -> None:
     db = Database(url, min_size=2, max_size=8, tenant_share=1.0)
     await db.open()
     try:
-        for tenant in ("bench-a", "bench-b"):
-            await admin.create_tenant(db, tenant)
-        if args.deliveries:
-            await throughput(args, db, settings, base)
-        if args.seconds:
-            await latency(args, db, settings, base)
+        async with httpx.AsyncClient() as http:
+            for tenant in ("bench-a", "bench-b"):
+                await admin.create_tenant(db, tenant)
+            if args.deliveries:
+                await throughput(args, db, settings, base, http)
+            if args.seconds:
+                await latency(args, db, settings, base, http)
     finally:
         await db.close()
 

@@ -45,11 +45,17 @@ class Receiver:
     def __init__(self, respond: Respond | None = None) -> None:
         self.respond: Respond = respond or (lambda r: Answer())
         self.requests: list[Request] = []
+        self.connections = 0  # TCP connections accepted (keep-alive: fewer than requests)
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver.lock:
+                    receiver.connections += 1
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

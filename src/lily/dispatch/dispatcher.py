@@ -10,6 +10,8 @@ Three loops run side by side: fan-out (change events → deliveries), sending (c
 per delivery, at most ``LILY_DELIVERY_CONCURRENCY`` at once, at most ``…_PER_CHANNEL`` per channel and
 half of all per tenant, so one tenant's slow receiver never holds the others up), and recording
 (outcomes of finished attempts written in batches: deliveries per second are not transactions per second).
+Idle loops sleep until PostgreSQL notifies them (:mod:`lily.dispatch.wakeup`: change events committed,
+deliveries made due), a slot frees, a retry comes due, or ``LILY_DELIVERY_POLL_SECONDS`` pass.
 """
 
 from __future__ import annotations
@@ -22,26 +24,29 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
+
+import httpx
 
 from lily.config import Settings
 from lily.crypto import Keyring, SecretKeyError
 from lily.dispatch import fanout
 from lily.dispatch.channels.http import truncated
+from lily.dispatch.transport import PooledTransport
+from lily.dispatch.wakeup import Wakeups, wait
 from lily.domain.errors import Invalid
 from lily.domain.notifications import next_step, parse_schedule
-from lily.netguard import guarded_client
+from lily.netguard import quiet_http_logs
 from lily.plugins.config import plugin_config
 from lily.plugins.protocols import Channel, DeliveryContext, DeliveryResult
 from lily.store import notifications as store
-from lily.store.db import Database, as_pipeline
+from lily.store.db import Conn, Database, as_pipeline
 
 log = logging.getLogger(__name__)
 
-IDLE_SECONDS = 0.05  # how long an idle loop sleeps before looking again (a wake-up cuts it short)
 CLAIM_BATCH = 200
 
 
@@ -61,53 +66,82 @@ class Dispatcher:
         self.by_tenant: Counter[str] = Counter()
         self.outcomes: list[dict[str, Any]] = []
         self.disable: list[tuple[str, UUID, str]] = []
+        self.poll = settings.delivery_poll_seconds
         self._recorded = asyncio.Event()
-        self._slot_free = asyncio.Event()
         self._outcome_ready = asyncio.Event()
+        self._changes = asyncio.Event()  # fan-out may have work
+        self._sendable = asyncio.Event()  # sending may have work: deliveries made due, a slot freed
+        self.wakeups = Wakeups(db.url, changes=self._changes, deliveries=self._sendable)
 
     async def run(self, stop: asyncio.Event) -> None:
-        http = guarded_client(
-            allow_private=self.settings.allow_private_targets, timeout=self.settings.delivery_timeout_seconds
-        )
+        http = self.http_client()
         log.info("dispatcher %s started", self.name)
         loops = [
-            asyncio.create_task(self._loop(stop, self._fan_out_once), name="dispatch-fanout"),
+            asyncio.create_task(self._fan_out_loop(stop), name="dispatch-fanout"),
             asyncio.create_task(self._send_loop(stop, http), name="dispatch-send"),
+            asyncio.create_task(self.wakeups.run(), name="dispatch-listen"),
             asyncio.create_task(self._record_loop(stop), name="dispatch-record"),
         ]
         try:
             await stop.wait()
         finally:
-            for task in loops[:2]:
+            for task in loops[:3]:
                 task.cancel()
-            for task in loops[:2]:
+            for task in loops[:3]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             # Attempts in flight finish (each is bounded by its timeout), then their outcomes are recorded;
             # any not recorded come due again when their lease ends.
             if self.in_flight:
                 await asyncio.wait(list(self.in_flight.values()), timeout=self.settings.delivery_timeout_seconds + 2)
-            loops[2].cancel()
+            loops[3].cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await loops[2]
+                await loops[3]
             with contextlib.suppress(Exception):
                 await self._flush()
             await http.aclose()
             log.info("dispatcher %s stopped", self.name)
 
-    async def _loop(self, stop: asyncio.Event, step: Any) -> None:
-        while not stop.is_set():
+    def http_client(self) -> httpx.AsyncClient:
+        """Every channel's requests go through this client: connections kept alive per origin, the address
+        guard on each new one (:mod:`lily.dispatch.transport`). An origin may have as many connections as
+        the dispatcher has attempts in flight, so many channels on one host (every Slack workspace) never
+        wait on each other's slow answers: the per-channel bound is the dispatcher's."""
+        quiet_http_logs()
+        transport = PooledTransport(allow_private=self.settings.allow_private_targets, max_per_origin=self.limit)
+        return httpx.AsyncClient(transport=transport, timeout=self.settings.delivery_timeout_seconds)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Conn]:
+        """A transaction as the pipeline role, its BEGIN and role sent with its first statement and its
+        COMMIT after the last without waiting (psycopg's pipeline mode): two round trips, not four."""
+        async with self.db.connection() as conn:
             try:
-                busy = await step()
-            except Exception:
-                log.exception("dispatcher step failed; retrying")
-                busy = False
-                await asyncio.sleep(1)
-            if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), IDLE_SECONDS)
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    await as_pipeline(conn)
+                    yield conn
+                    await conn.execute("COMMIT")
+            except BaseException:
+                if not conn.closed:
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+                raise
 
     # -- fan-out ---------------------------------------------------------------------------------------
+
+    async def _fan_out_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                busy = await self._fan_out_once()
+            except Exception:
+                log.exception("dispatcher fan-out failed; retrying")
+                busy = False
+                await asyncio.sleep(1)
+            if busy:
+                self._sendable.set()  # this dispatcher need not wait for its own notification
+            else:
+                await wait(self._changes, stop, self.poll)
 
     async def _fan_out_once(self) -> bool:
         async with self.db.system() as conn:
@@ -131,21 +165,18 @@ class Dispatcher:
                     log.exception("claiming deliveries failed; retrying")
                     await asyncio.sleep(1)
             if claimed == 0 or len(self.in_flight) >= self.limit:
-                self._slot_free.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_free.wait(), IDLE_SECONDS)
+                # Until a notification, a freed slot or a retry coming due says there may be more.
+                await wait(self._sendable, stop, self.poll)
 
     async def _claim(self, http: Any, count: int) -> int:
-        busy = [c for c, n in self.by_channel.items() if n >= self.per_channel]
         busy_tenants = [t for t, n in self.by_tenant.items() if n >= self.per_tenant]
-        async with self.db.system() as conn:
-            await as_pipeline(conn)
+        async with self._transaction() as conn:
             rows = await store.claim(
                 conn,
                 owner=self.name,
                 limit=count,
                 per_channel=self.per_channel,
-                busy=busy,
+                in_flight=dict(self.by_channel),
                 busy_tenants=busy_tenants,
                 lease_seconds=self.settings.delivery_lease_seconds,
             )
@@ -166,7 +197,7 @@ class Dispatcher:
                 counter[key] -= 1
                 if counter[key] <= 0:
                     del counter[key]
-            self._slot_free.set()
+            self._sendable.set()
 
         task.add_done_callback(done)
 
@@ -178,6 +209,9 @@ class Dispatcher:
         state, delay = next_step(
             self.schedule, tries, ok=result.ok, permanent=result.permanent, retry_after=result.retry_after_seconds
         )
+        if state == "pending" and delay < self.poll:
+            # A retry due before the next poll: look again then (the record is written well before).
+            asyncio.get_running_loop().call_later(delay, self._sendable.set)
         if result.disable:
             self.disable.append((row["tenant_id"], row["channel_id"], result.error or "the receiver answered 410"))
         self.outcomes.append(
@@ -252,8 +286,7 @@ class Dispatcher:
         if not outcomes and not disable:
             return
         try:
-            async with self.db.system() as conn:
-                await as_pipeline(conn)
+            async with self._transaction() as conn:
                 for tenant_id, channel_id, reason in disable:
                     await store.disable_channel(conn, tenant_id, channel_id, reason)
                 await store.record(conn, self.name, outcomes)

@@ -7,7 +7,7 @@ into deliveries in that tenant's own transaction, moving the tenant's position i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -17,6 +17,11 @@ from psycopg.types.json import Jsonb
 
 from lily.domain.errors import Conflict, NotFound
 from lily.store.db import Conn
+
+# Sent (payload empty) by every statement that makes deliveries due now, at its commit: idle dispatchers
+# LISTEN and claim at once instead of at their next poll (lily.dispatch.wakeup).
+NOTIFY_CHANNEL = "lily_deliveries"
+_NOTIFY = f"pg_notify('{NOTIFY_CHANNEL}', '')"
 
 _CHANNEL = (
     "channel_id AS id, name, type, config, secrets_sealed, previous_secret_until, enabled, disabled_reason,"
@@ -209,12 +214,14 @@ async def insert_deliveries(conn: Conn, tenant_id: str, rows: Sequence[tuple[Any
         return 0
     cols = list(zip(*rows, strict=True))
     cur = await conn.execute(
-        "INSERT INTO deliveries (tenant_id, channel_id, message_id, event_type, payload, occurred_at,"
+        "WITH ins AS ("
+        " INSERT INTO deliveries (tenant_id, channel_id, message_id, event_type, payload, occurred_at,"
         " next_attempt_at)"
         " SELECT %s, c, m, t, p, o, now() + make_interval(secs => s)"
         " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::jsonb[], %s::timestamptz[], %s::float8[])"
         " AS v(c, m, t, p, o, s)"
-        " ON CONFLICT (tenant_id, channel_id, message_id) DO NOTHING",
+        " ON CONFLICT (tenant_id, channel_id, message_id) DO NOTHING RETURNING 1)"
+        f" SELECT n, CASE WHEN n > 0 THEN {_NOTIFY} END FROM (SELECT count(*) AS n FROM ins) c",
         [
             tenant_id,
             list(cols[0]),
@@ -225,7 +232,9 @@ async def insert_deliveries(conn: Conn, tenant_id: str, rows: Sequence[tuple[Any
             list(cols[5]),
         ],
     )
-    return cur.rowcount
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["n"])
 
 
 async def delivery_id_of(conn: Conn, channel_id: UUID, message_id: str) -> UUID:
@@ -314,13 +323,14 @@ async def retry_delivery(conn: Conn, delivery_id: UUID) -> dict[str, Any]:
         "UPDATE deliveries SET state = 'pending', round_start = attempts, next_attempt_at = now(),"
         " lease_owner = NULL, updated_at = now()"
         " WHERE delivery_id = %s AND NOT (state = 'pending' AND lease_owner IS NOT NULL AND next_attempt_at > now())"
-        f" RETURNING {_DELIVERY}",
+        f" RETURNING {_DELIVERY}, {_NOTIFY} AS notified",
         [delivery_id],
     )
     row = await cur.fetchone()
     if row is None:
         await get_delivery(conn, delivery_id)  # 404 when missing
         raise Conflict("the delivery is being sent right now; retry once the attempt has ended")
+    del row["notified"]
     return row
 
 
@@ -330,23 +340,29 @@ async def retry_dead(
     """Replay up to ``limit`` dead-lettered deliveries matching the filter; how many."""
     where, params = _delivery_filter(state="dead", channel_id=channel_id, event_type=event_type, since=since)
     cur = await conn.execute(
-        "UPDATE deliveries SET state = 'pending', round_start = attempts, next_attempt_at = now(),"
+        "WITH replayed AS ("
+        " UPDATE deliveries SET state = 'pending', round_start = attempts, next_attempt_at = now(),"
         " lease_owner = NULL, updated_at = now()"
-        f" WHERE delivery_id IN (SELECT delivery_id FROM deliveries WHERE {where} LIMIT %s)",
+        f" WHERE delivery_id IN (SELECT delivery_id FROM deliveries WHERE {where} LIMIT %s) RETURNING 1)"
+        f" SELECT n, CASE WHEN n > 0 THEN {_NOTIFY} END FROM (SELECT count(*) AS n FROM replayed) c",
         [*params, limit],
     )
-    return cur.rowcount
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["n"])
 
 
 # -- the dispatcher ----------------------------------------------------------------------------------
 
 
 async def tenants_with_changes(conn: Conn, limit: int = 100) -> list[str]:
-    """Tenants (with subscriptions) whose feed has events past their position that can be served now."""
+    """Tenants (with subscriptions) whose feed has events past their position that can be served now:
+    below ``lily_change_horizon()``, the snapshot's xmin counting only this database's transactions (a
+    long transaction in another database on the server must not hold deliveries back; migration 0009)."""
     cur = await conn.execute(
-        "SELECT p.tenant_id FROM dispatch_positions p WHERE EXISTS ("
-        " SELECT 1 FROM change_events c WHERE c.tenant_id = p.tenant_id AND (c.xid, c.seq) > (p.xid, p.seq)"
-        " AND c.xid < pg_snapshot_xmin(pg_current_snapshot())) LIMIT %s",
+        "SELECT p.tenant_id FROM (SELECT lily_change_horizon()::text::xid8 AS horizon) h, dispatch_positions p"
+        " WHERE EXISTS (SELECT 1 FROM change_events c WHERE c.tenant_id = p.tenant_id"
+        " AND (c.xid, c.seq) > (p.xid, p.seq) AND c.xid < h.horizon) LIMIT %s",
         [limit],
     )
     return [r["tenant_id"] for r in await cur.fetchall()]
@@ -363,12 +379,12 @@ async def lock_position(conn: Conn) -> tuple[int, int] | None:
 
 async def changes_after(conn: Conn, tenant_id: str, position: tuple[int, int], limit: int) -> list[dict[str, Any]]:
     """The tenant's change events after ``position`` in commit order, only those no later commit can
-    precede (below the snapshot's xmin: the ordering contract of migration 0009)."""
+    precede (below ``lily_change_horizon()``: the ordering contract of migration 0009)."""
     cur = await conn.execute(
         "SELECT c.xid::text::bigint AS xid, c.seq, c.id, c.type, c.tenant_id, c.asset_id, c.qualified_name,"
-        " c.version, c.changes, c.actor, c.occurred_at, c.origin FROM change_events c"
-        " WHERE c.tenant_id = %s AND (c.xid, c.seq) > (%s::text::xid8, %s)"
-        " AND c.xid < pg_snapshot_xmin(pg_current_snapshot())"
+        " c.version, c.changes, c.actor, c.occurred_at, c.origin"
+        " FROM (SELECT lily_change_horizon()::text::xid8 AS horizon) h, change_events c"
+        " WHERE c.tenant_id = %s AND (c.xid, c.seq) > (%s::text::xid8, %s) AND c.xid < h.horizon"
         " ORDER BY c.xid, c.seq LIMIT %s",
         [tenant_id, str(position[0]), position[1], limit],
     )
@@ -412,24 +428,26 @@ async def claim(
     owner: str,
     limit: int,
     per_channel: int,
-    busy: Sequence[UUID],
+    in_flight: Mapping[UUID, int],
     busy_tenants: Sequence[str],
     lease_seconds: float,
 ) -> list[dict[str, Any]]:
-    """Take up to ``limit`` due deliveries of enabled channels (at most ``per_channel`` of each, none of
-    ``busy`` channels), leased to ``owner``: until the lease ends no other dispatcher sees them, and if
-    ``owner`` dies they come due again when it does. Channels are visited in random order, so a channel
-    with a long backlog never starves the others."""
+    """Take up to ``limit`` due deliveries of enabled channels, leased to ``owner``: until the lease ends
+    no other dispatcher sees them, and if ``owner`` dies they come due again when it does. Of each channel
+    at most ``per_channel`` less what ``owner`` already has ``in_flight`` of it, so a channel never has
+    more than ``per_channel`` attempts of one dispatcher at once. Channels are visited in random order,
+    so a channel with a long backlog never starves the others."""
     cur = await conn.execute(
         "WITH picked AS ("
         " SELECT x.tenant_id, x.delivery_id FROM ("
-        "  SELECT tenant_id, channel_id FROM notification_channels"
-        "  WHERE enabled AND NOT (channel_id = ANY(%s::uuid[])) AND NOT (tenant_id = ANY(%s::text[]))"
+        "  SELECT ch.tenant_id, ch.channel_id, %s - coalesce(f.n, 0) AS room FROM notification_channels ch"
+        "  LEFT JOIN unnest(%s::uuid[], %s::int[]) AS f(channel_id, n) ON f.channel_id = ch.channel_id"
+        "  WHERE ch.enabled AND coalesce(f.n, 0) < %s AND NOT (ch.tenant_id = ANY(%s::text[]))"
         "  ORDER BY random()) ch"
         " CROSS JOIN LATERAL ("
         "  SELECT d.tenant_id, d.delivery_id FROM deliveries d"
         "  WHERE d.tenant_id = ch.tenant_id AND d.channel_id = ch.channel_id AND d.state = 'pending'"
-        "  AND d.next_attempt_at <= now() ORDER BY d.next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) x"
+        "  AND d.next_attempt_at <= now() ORDER BY d.next_attempt_at LIMIT ch.room FOR UPDATE SKIP LOCKED) x"
         " LIMIT %s)"
         " UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => %s), lease_owner = %s,"
         " attempts = d.attempts + 1, updated_at = now()"
@@ -439,7 +457,16 @@ async def claim(
         " RETURNING d.tenant_id, d.delivery_id, d.channel_id, d.message_id, d.event_type, d.payload, d.attempts,"
         " d.round_start, d.occurred_at, ch.type AS channel_type, ch.config AS channel_config,"
         " ch.secrets_sealed, ch.previous_secret_until > now() AS previous_secret_signs",
-        [list(busy), list(busy_tenants), per_channel, limit, lease_seconds, owner],
+        [
+            per_channel,
+            list(in_flight),
+            list(in_flight.values()),
+            per_channel,
+            list(busy_tenants),
+            limit,
+            lease_seconds,
+            owner,
+        ],
     )
     return await cur.fetchall()
 

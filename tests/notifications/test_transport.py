@@ -1,0 +1,127 @@
+"""The dispatcher's HTTP transport (lily.dispatch.transport) against real servers on loopback: kept-alive
+connections, the address guard at connect time, a connection the receiver closed, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from lily.dispatch.transport import PooledTransport
+from lily.netguard import BlockedAddress
+
+from .receivers import Answer, closed_port, receiver
+
+
+def client(transport: PooledTransport, timeout: float = 5.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True)
+
+
+async def test_connections_are_reused_across_requests_to_one_origin() -> None:
+    transport = PooledTransport(allow_private=True)
+    with receiver() as hook:
+        async with client(transport) as http:
+            for i in range(20):
+                r = await http.post(f"{hook.url}/hook/{i % 3}", content=b'{"n": %d}' % i)
+                assert r.status_code == 200
+            # Concurrent requests open more connections, bounded by how many run at once.
+            answers = await asyncio.gather(*(http.post(f"{hook.url}/c", content=b"{}") for _ in range(8)))
+            assert {a.status_code for a in answers} == {200}
+        assert len(hook.received()) == 28
+        assert hook.connections == transport.connections_opened <= 8
+        assert [r.json() for r in hook.received()[:3]] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+async def test_at_most_max_per_origin_connections_at_once() -> None:
+    transport = PooledTransport(allow_private=True, max_per_origin=2)
+    with receiver(lambda r: Answer(204, delay=0.05)) as hook:
+        async with client(transport) as http:
+            answers = await asyncio.gather(*(http.post(hook.url, content=b"{}") for _ in range(10)))
+    assert {a.status_code for a in answers} == {204}
+    assert hook.connections == 2
+
+
+async def test_the_guard_refuses_at_connect_and_nothing_is_sent() -> None:
+    transport = PooledTransport(allow_private=False)
+    with receiver() as hook:
+        async with client(transport) as http:
+            with pytest.raises(BlockedAddress, match=r"127\.0\.0\.1.*loopback"):
+                await http.post(hook.url, content=b"{}")
+            # A name is checked after resolution, on every address it resolves to.
+            with pytest.raises(BlockedAddress, match=r"'localhost'.*loopback"):
+                await http.post(f"http://localhost:{hook.port}/", content=b"{}")
+    assert hook.connections == 0 and transport.connections_opened == 0
+
+
+async def test_a_redirect_hop_opens_and_checks_a_connection_of_its_own() -> None:
+    transport = PooledTransport(allow_private=True)
+    with receiver() as target, receiver(lambda r: Answer(307, headers={"Location": target.url + "/moved"})) as hop:
+        async with client(transport) as http:
+            r = await http.post(hop.url + "/start", content=b'{"a": 1}')
+    assert r.status_code == 200 and [q.path for q in target.received()] == ["/moved"]
+    assert target.received()[0].body == b'{"a": 1}'  # 307 keeps the method and the body
+    assert transport.connections_opened == 2
+    # Two names for one address never share a connection (nor a TLS session): the pool is keyed by name.
+    with receiver() as hook:
+        async with client(transport) as http:
+            await http.get(hook.url)
+            await http.get(f"http://localhost:{hook.port}/")
+        assert hook.connections == 2
+
+
+@pytest.fixture
+async def closes_on_second_request() -> AsyncIterator[tuple[int, list[int]]]:
+    """A server that answers the first request of each connection, then closes the connection when the
+    second arrives without answering it (what a receiver's idle timeout looks like to a client that sent
+    just as it closed)."""
+    served: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(0)
+        for n in range(2):
+            head = await reader.readuntil(b"\r\n\r\n")
+            lengths = [h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")]
+            length = int(lengths[0]) if lengths else 0
+            await reader.readexactly(length)
+            if n == 1:
+                break
+            served[-1] += 1
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port, served
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_kept_alive_connection_closed_by_the_receiver_is_replaced(
+    closes_on_second_request: tuple[int, list[int]],
+) -> None:
+    port, served = closes_on_second_request
+    transport = PooledTransport(allow_private=True)
+    async with client(transport) as http:
+        first = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
+        second = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
+    assert first.status_code == second.status_code == 204
+    assert served == [1, 1]  # the second request went again, on a new connection, and was answered once
+
+
+async def test_no_answer_in_time_and_refused_connections_are_transport_errors() -> None:
+    transport = PooledTransport(allow_private=True)
+    with receiver(lambda r: Answer(200, delay=1.0)) as slow:
+        async with client(transport, timeout=0.2) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post(slow.url, content=b"{}")
+            with pytest.raises(httpx.ConnectError):
+                await http.post(f"http://127.0.0.1:{closed_port()}/", content=b"{}")
+        async with client(transport, timeout=5) as http:
+            r = await http.post(slow.url, content=b"{}")  # the timed-out connection was not reused
+            assert r.status_code == 200
+    assert transport.connections_opened == 2
