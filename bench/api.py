@@ -325,7 +325,10 @@ async def python_reads(
 
 async def paced_creates(base: str, key: str, rate: int, seconds: int) -> Result:
     """``rate`` single creates per second on a fixed schedule; latency from each scheduled send to the
-    answer, which comes once the write is applied (read-your-writes)."""
+    answer, which comes once the write is applied (read-your-writes). A request that fails (a refused
+    connection, a client timeout) counts as an error, not as a crash of the run; whatever is unanswered
+    ``PACED_GRACE_SECONDS`` after the last scheduled send is cancelled and counted as an error too, so a
+    server that cannot keep up still gets a figure (its errors say how far behind it was)."""
     total = rate * seconds
     latencies: list[float] = []
     errors = 0
@@ -340,13 +343,29 @@ async def paced_creates(base: str, key: str, rate: int, seconds: int) -> Result:
             nonlocal errors
             scheduled = start + i / rate
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            r = await http.post("/metadata", json={"qualified_name": f"bench://{run_id}/paced/t{i}", "type": "table"})
+            try:
+                r = await http.post(
+                    "/metadata", json={"qualified_name": f"bench://{run_id}/paced/t{i}", "type": "table"}
+                )
+            except httpx.HTTPError:
+                errors += 1
+                return
             latencies.append(time.perf_counter() - scheduled)
             errors += r.status_code != 201
 
-        await asyncio.gather(*(one(i) for i in range(total)))
+        tasks = [asyncio.ensure_future(one(i)) for i in range(total)]
+        _, late = await asyncio.wait(tasks, timeout=seconds + PACED_GRACE_SECONDS)
+        for task in late:
+            task.cancel()
+        errors += len(late)
         elapsed = time.perf_counter() - start
+    if late:
+        print(f"{len(late)} of {total} creates unanswered {PACED_GRACE_SECONDS} s after the last send (errors)")
     return Result(f"create paced {rate}/s", 0, total, errors, elapsed, latencies)
+
+
+# How long a paced run waits for answers after its last scheduled send.
+PACED_GRACE_SECONDS = 30
 
 
 HEADER = f"{'scenario':<28} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
