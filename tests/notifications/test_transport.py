@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from lily.dispatch.transport import PooledTransport
+from lily.dispatch.transport import PooledTransport, delivery_client
 from lily.netguard import BlockedAddress
 
 from .receivers import Answer, closed_port, receiver
@@ -125,3 +125,14 @@ async def test_no_answer_in_time_and_refused_connections_are_transport_errors() 
             r = await http.post(slow.url, content=b"{}")  # the timed-out connection was not reused
             assert r.status_code == 200
     assert transport.connections_opened == 2
+
+
+async def test_the_delivery_client_keeps_no_cookies_between_receivers() -> None:
+    # One client serves every tenant's channels: tenant A's receiver must not hand tenant B's requests a
+    # cookie (nor learn one of B's) on the same host.
+    with receiver(lambda r: Answer(200, headers={"Set-Cookie": "session=tenant-a; Path=/"})) as hook:
+        async with delivery_client(allow_private=True, max_per_origin=4, timeout=5) as http:
+            await http.post(hook.url + "/a", content=b"{}")
+            await http.post(hook.url + "/b", content=b"{}")
+    first, second = hook.received()
+    assert "cookie" not in first.headers and "cookie" not in second.headers

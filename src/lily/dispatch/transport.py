@@ -34,7 +34,7 @@ import httpx
 
 from lily.netguard import check_target
 
-__all__ = ["PooledTransport"]
+__all__ = ["PooledTransport", "delivery_client"]
 
 READ_CHUNK = 65_536
 
@@ -309,6 +309,34 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 conn.close()
             pool.idle.clear()
         self._pools.clear()
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        pass
+
+
+class _DeliveryClient(httpx.AsyncClient):
+    """A client that keeps no cookies. It serves every tenant's channels: a cookie one receiver sets must
+    never ride along on another tenant's request to the same host. (Not keeping them also saves the
+    cookie jar's work on every answer: a standard-library request object built per response.)"""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NoCookies()
+
+    @cookies.setter
+    def cookies(self, value: Any) -> None:
+        pass
+
+
+def delivery_client(*, allow_private: bool, max_per_origin: int, timeout: float) -> httpx.AsyncClient:
+    """The client the dispatcher hands to channels: :class:`PooledTransport`, no cookies."""
+    transport = PooledTransport(allow_private=allow_private, max_per_origin=max_per_origin)
+    return _DeliveryClient(transport=transport, timeout=timeout)
 
 
 class _Closed(Exception):
