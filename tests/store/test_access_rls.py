@@ -110,6 +110,14 @@ async def test_search_applies_the_same_rule_as_row_level_security(database_url):
             " (ARRAY['table','view','topic'])[i % 3 + 1], 't' || i, 1, now(), now(), ARRAY['k' || (i % 5)],"
             " CASE WHEN i % 7 = 0 THEN '{PII,PII.Email}'::text[] ELSE '{}' END FROM generate_series(1, 300) i"
         )
+        # Prefixes compile to left(qualified_name, n) = ANY (…) per length (0016): characters, not bytes,
+        # and no LIKE metacharacters.
+        conn.execute(
+            "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, version, created_at, updated_at)"
+            " SELECT 't1', gen_random_uuid(), q, 'file', 'u' || n, 1, now(), now()"
+            " FROM unnest(ARRAY['pg://ü/_%a', 'pg://ü/x%a', 'pg://üx/a', 'pg://ü/_%', 'pg://u/_%a']) WITH ORDINALITY"
+            " AS x(q, n)"
+        )
         one = conn.execute("SELECT asset_id FROM assets WHERE name = 't10'").fetchone()
         assert one is not None
         rules = [
@@ -120,6 +128,8 @@ async def test_search_applies_the_same_rule_as_row_level_security(database_url):
             (None, "{table}", "pg://h/s2.", None, None),  # prefix and type
             (None, None, None, "{PII}", None),  # a classification (parents expanded)
             (None, None, None, None, [one[0]]),  # an id
+            (None, None, "pg://ü/_%", None, None),  # a prefix with LIKE's metacharacters, not a pattern
+            (None, None, "pg://üx", None, None),  # another length
         ]
         for n, (tags, types, prefix, classes, ids) in enumerate(rules):
             conn.execute(
@@ -142,7 +152,9 @@ async def test_search_applies_the_same_rule_as_row_level_security(database_url):
             (counted,) = await rows("SELECT lily_search_count('{}', 1000) AS n")
             facets = await rows("SELECT value, n FROM lily_search_facets('{}', '{type}', 10, 1000)")
             by_type = await rows("SELECT type, count(*) AS n FROM assets GROUP BY type")
-        assert 0 < len(visible) < 300
+            files = await rows("SELECT name FROM assets WHERE type = 'file'")
+        assert 0 < len(visible) < 305
+        assert {r["name"] for r in files} == {"u2", "u5"}
         assert {r["asset_id"] for r in found} == visible
         assert counted["n"] == len(visible)
         assert {r["value"]: r["n"] for r in facets} == {r["type"]: r["n"] for r in by_type}
