@@ -97,7 +97,6 @@ async def audit_trail(
 async def get_asset(
     asset_id: UUID,
     reading: ViewerReading,
-    runtime: RuntimeDep,
     include_deleted: bool = False,
     history_limit: Annotated[int, Query(ge=1, le=200)] = 20,
     history_cursor: pagination.Cursor = None,
@@ -117,7 +116,7 @@ async def get_asset(
     found, versions = await pending.result()
     row = require_asset(found, asset_id, include_deleted=include_deleted)
     if principal.role is Role.admin:  # the one reader that may be audited (a write: not in the read above)
-        async with runtime.db.tenant(principal.tenant_id) as conn:
+        async with reading.runtime.db.tenant(principal.tenant_id) as conn:
             await access.audit_admin_read(conn, principal, row)
     history = pagination.page(versions, history_limit, lambda v: v["version"])
     return asset_response(rules.to_document(row), history=history)
