@@ -502,3 +502,30 @@ async def test_removing_lineage_retracts_what_flowed_along_it(client, tenant, ap
     assert await items(client, tenant, b["asset_id"]) == []
     assert await items(client, tenant, c["asset_id"]) == []
     assert names_at(await items(client, tenant, a["asset_id"]), "x") == {"PII.Name"}
+
+
+async def test_a_stewards_removal_downstream_stops_propagation_there(client, tenant, app) -> None:
+    """Propagation steps of one batch read the rows and removals of their places together (one query for
+    all of them): a steward's removal at one downstream column still stops the name there, and only there,
+    and what a place already carries is not added twice."""
+    src = await put(client, tenant, "src", ["email"])
+    downs = [await put(client, tenant, f"d{i}", ["mail", "note"]) for i in range(4)]
+    for i in range(4):
+        await link(client, tenant, "src", f"d{i}", {"mail": "email"})
+    await wait_idle(app, tenant)
+    assert (await classify(client, tenant, src["asset_id"], ["GDPR.Personal"], column="email")).status_code == 200
+    await wait_idle(app, tenant)
+    r = await client.delete(
+        f"{BASE}/{downs[1]['asset_id']}",
+        params={"classification": "GDPR.Personal", "column": "mail"},
+        headers=tenant.headers("steward"),
+    )
+    assert r.status_code in (200, 204), r.text
+    await wait_idle(app, tenant)
+    # Sent again (with another confidence): every step runs again, in one batch.
+    r = await classify(client, tenant, src["asset_id"], ["GDPR.Personal"], column="email", confidence=0.5)
+    assert r.status_code == 200, r.text
+    await wait_idle(app, tenant)
+    for i, down in enumerate(downs):
+        found = [x for x in await items(client, tenant, down["asset_id"]) if x["classification"] == "GDPR.Personal"]
+        assert [x["column"] for x in found] == ([] if i == 1 else ["mail"]), (i, found)

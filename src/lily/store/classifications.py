@@ -127,6 +127,44 @@ async def removed_many(
     return {(r["column_name"], r["classification"]) for r in await cur.fetchall()}
 
 
+async def at_across(
+    conn: Conn, tenant_id: str, keys: Sequence[tuple[UUID, str | None, str]]
+) -> dict[UUID, dict[tuple[str | None, str], list[Row]]]:
+    """:func:`at_many` for several assets in one query: keyed by asset, then (column, name)."""
+    cur = await conn.execute(
+        f"SELECT {_COLS} FROM classifications c WHERE c.tenant_id = %s"
+        " AND (c.asset_id, coalesce(c.column_name, ''), c.classification) IN ("
+        "  SELECT k.asset_id, coalesce(k.col, ''), k.name"
+        "  FROM jsonb_to_recordset(%s::jsonb) AS k(asset_id uuid, col text, name text))"
+        " FOR UPDATE",
+        [tenant_id, Jsonb([{"asset_id": str(a), "col": c, "name": n} for a, c, n in keys])],
+    )
+    out: dict[UUID, dict[tuple[str | None, str], list[Row]]] = {}
+    for asset_id, column, name in keys:
+        out.setdefault(asset_id, {})[(column, name)] = []
+    for r in await cur.fetchall():
+        row = _row(r)
+        out[row.asset_id].setdefault((row.column, row.classification), []).append(row)
+    return out
+
+
+async def removed_across(
+    conn: Conn, tenant_id: str, keys: Sequence[tuple[UUID, str | None, str]]
+) -> dict[UUID, set[tuple[str | None, str]]]:
+    """:func:`removed_many` for several assets in one query, keyed by asset."""
+    cur = await conn.execute(
+        "SELECT asset_id, column_name, classification FROM classification_removals r WHERE r.tenant_id = %s"
+        " AND (r.asset_id, coalesce(r.column_name, ''), r.classification) IN ("
+        "  SELECT k.asset_id, coalesce(k.col, ''), k.name"
+        "  FROM jsonb_to_recordset(%s::jsonb) AS k(asset_id uuid, col text, name text))",
+        [tenant_id, Jsonb([{"asset_id": str(a), "col": c, "name": n} for a, c, n in keys])],
+    )
+    out: dict[UUID, set[tuple[str | None, str]]] = {a: set() for a, _, _ in keys}
+    for r in await cur.fetchall():
+        out[r["asset_id"]].add((r["column_name"], r["classification"]))
+    return out
+
+
 async def insert_propagated(conn: Conn, tenant_id: str, rows: Sequence[Row], event_id: UUID) -> None:
     """Add propagated rows in one statement (the caller knows they are new; a duplicate is skipped)."""
     if not rows:
@@ -369,6 +407,29 @@ async def column_steps(conn: Conn, tenant_id: str, asset_id: UUID, columns: Sequ
     out: dict[str, list[Step]] = {c: [] for c in columns}
     for r in await cur.fetchall():
         out[r["upstream_column"]].append(
+            Step(r["asset_id"], r["qualified_name"], r["column_name"], r["process_attributes"])
+        )
+    return out
+
+
+async def columns_steps(
+    conn: Conn, tenant_id: str, places: Sequence[tuple[UUID, str]]
+) -> dict[tuple[UUID, str], list[Step]]:
+    """:func:`column_steps` for columns of several assets in one query, keyed by (asset, column)."""
+    cur = await conn.execute(
+        "SELECT e.upstream_id, cl.upstream_column, d.asset_id, d.qualified_name, cl.downstream_column AS column_name,"
+        " p.attributes AS process_attributes"
+        " FROM (SELECT DISTINCT k.asset_id, k.col FROM jsonb_to_recordset(%s::jsonb) AS k(asset_id uuid, col text)) k"
+        " JOIN lineage_edges e ON e.tenant_id = %s AND e.upstream_id = k.asset_id"
+        " JOIN column_lineage cl ON cl.tenant_id = e.tenant_id AND cl.edge_id = e.edge_id"
+        "  AND cl.upstream_column = k.col"
+        " JOIN assets d ON d.tenant_id = e.tenant_id AND d.asset_id = e.downstream_id AND d.deleted_at IS NULL"
+        " LEFT JOIN assets p ON p.tenant_id = e.tenant_id AND p.asset_id = e.process_id",
+        [Jsonb([{"asset_id": str(a), "col": c} for a, c in places]), tenant_id],
+    )
+    out: dict[tuple[UUID, str], list[Step]] = {place: [] for place in places}
+    for r in await cur.fetchall():
+        out[(r["upstream_id"], r["upstream_column"])].append(
             Step(r["asset_id"], r["qualified_name"], r["column_name"], r["process_attributes"])
         )
     return out

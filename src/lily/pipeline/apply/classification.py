@@ -17,6 +17,7 @@ origin is not recorded: a cycle can never carry a name back to where it came fro
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -75,6 +76,11 @@ class Flow:
     _policy: tuple[bool, int] | None = None
     _steps: dict[Place, list[store.Step]] = field(default_factory=dict)
     _out: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    # Per asset: the steward removals and the rows at the places its one propagation event of the batch
+    # names, read for the whole batch at once (:meth:`read_ahead`); taken by that event.
+    _ahead: dict[UUID, tuple[set[tuple[str | None, str]], dict[tuple[str | None, str], list[Row]]]] = field(
+        default_factory=dict
+    )
 
     async def policy(self) -> tuple[bool, int]:
         if self._policy is None:
@@ -90,6 +96,36 @@ class Flow:
             found = await store.column_steps(self.ctx.conn, self.ctx.tenant_id, asset_id, wanted)
             for column, steps in found.items():
                 self._steps[(asset_id, column)] = steps
+
+    async def read_ahead(self, events: list[PipelineEvent], current: dict[str, Asset]) -> None:
+        """For a batch of propagation steps, read in three queries what each would read in three of its own:
+        the removals and rows at its places, and the lineage one step on from its columns. Only for an asset
+        that no other event of the batch names (its rows would change between the read and its turn)."""
+        named = Counter(e.subject for e in events)
+        keys: list[tuple[UUID, str | None, str]] = []
+        for event in events:
+            asset = current.get(event.subject)
+            if event.kind != CLASSIFICATION_PROPAGATE or named[event.subject] > 1 or asset is None or not asset.live:
+                continue
+            req: cls.FlowPayload = event.notes.request
+            keys += [(asset.asset_id, item.column, item.classification) for item in req.items]
+        if not keys:
+            return
+        keys = list(dict.fromkeys(keys))
+        removed = await store.removed_across(self.ctx.conn, self.ctx.tenant_id, keys)
+        existing = await store.at_across(self.ctx.conn, self.ctx.tenant_id, keys)
+        for asset_id, rows in existing.items():
+            self._ahead[asset_id] = (removed[asset_id], rows)
+        places = list(dict.fromkeys((a, c) for a, c, _ in keys if c is not None and (a, c) not in self._steps))
+        if places:
+            for place, steps in (await store.columns_steps(self.ctx.conn, self.ctx.tenant_id, places)).items():
+                self._steps[place] = steps
+
+    def ahead(
+        self, asset_id: UUID
+    ) -> tuple[set[tuple[str | None, str]], dict[tuple[str | None, str], list[Row]]] | None:
+        """What :meth:`read_ahead` read for the asset's propagation step (once: it is then out of date)."""
+        return self._ahead.pop(asset_id, None)
 
     async def step(
         self, pending: list[tuple[str, str, dict[str, Any]]], place: Place, name: str, origin: Place, distance: int,
@@ -187,6 +223,7 @@ class ClassificationHandler:
         # One flow for the batch: the tenant's propagation settings and the lineage steps read for one
         # event serve the next (the handler writes neither); each event's own steps are queued with it.
         flow = Flow(ctx)
+        await flow.read_ahead(events, current)
         for event in events:
             asset = current.get(event.subject)
             if asset is None or not asset.live:
@@ -401,8 +438,12 @@ async def _propagate(ctx: BatchContext, event: PipelineEvent, asset: Asset, flow
     req: cls.FlowPayload = event.notes.request
     delta = Delta()
     keys = list(dict.fromkeys((item.column, item.classification) for item in req.items))
-    removed = await store.removed_many(ctx.conn, ctx.tenant_id, asset.asset_id, keys)
-    existing = await store.at_many(ctx.conn, ctx.tenant_id, asset.asset_id, keys)
+    ahead = flow.ahead(asset.asset_id)
+    if ahead is not None:
+        removed, existing = ahead
+    else:
+        removed = await store.removed_many(ctx.conn, ctx.tenant_id, asset.asset_id, keys)
+        existing = await store.at_many(ctx.conn, ctx.tenant_id, asset.asset_id, keys)
     passing: list[tuple[Place, str, Place, int, float]] = []
     for item in req.items:
         key = (item.column, item.classification)
