@@ -76,8 +76,8 @@ class Flow:
     _policy: tuple[bool, int] | None = None
     _steps: dict[Place, list[store.Step]] = field(default_factory=dict)
     _out: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
-    # Per asset: the steward removals and the rows at the places its one propagation event of the batch
-    # names, read for the whole batch at once (:meth:`read_ahead`); taken by that event.
+    # Per asset: the steward removals and the rows at the places its one propagation (or retraction) event
+    # of the batch names, read for the whole batch at once (:meth:`read_ahead`); taken by that event.
     _ahead: dict[UUID, tuple[set[tuple[str | None, str]], dict[tuple[str | None, str], list[Row]]]] = field(
         default_factory=dict
     )
@@ -99,23 +99,30 @@ class Flow:
 
     async def read_ahead(self, events: list[PipelineEvent], current: dict[str, Asset]) -> None:
         """For a batch of propagation steps, read in three queries what each would read in three of its own:
-        the removals and rows at its places, and the lineage one step on from its columns. Only for an asset
-        that no other event of the batch names (its rows would change between the read and its turn)."""
+        the removals and rows at its places, and the lineage one step on from its columns; for retraction
+        steps, the rows. Only for an asset that no other event of the batch names (its rows would change
+        between the read and its turn)."""
         named = Counter(e.subject for e in events)
         keys: list[tuple[UUID, str | None, str]] = []
+        propagating = False
         for event in events:
             asset = current.get(event.subject)
-            if event.kind != CLASSIFICATION_PROPAGATE or named[event.subject] > 1 or asset is None or not asset.live:
+            if named[event.subject] > 1 or asset is None or not asset.live:
                 continue
+            if event.kind not in (CLASSIFICATION_PROPAGATE, CLASSIFICATION_RETRACT):
+                continue
+            propagating |= event.kind == CLASSIFICATION_PROPAGATE
             req: cls.FlowPayload = event.notes.request
             keys += [(asset.asset_id, item.column, item.classification) for item in req.items]
         if not keys:
             return
         keys = list(dict.fromkeys(keys))
-        removed = await store.removed_across(self.ctx.conn, self.ctx.tenant_id, keys)
+        removed = await store.removed_across(self.ctx.conn, self.ctx.tenant_id, keys) if propagating else {}
         existing = await store.at_across(self.ctx.conn, self.ctx.tenant_id, keys)
         for asset_id, rows in existing.items():
-            self._ahead[asset_id] = (removed[asset_id], rows)
+            self._ahead[asset_id] = (removed.get(asset_id, set()), rows)
+        if not propagating:
+            return
         places = list(dict.fromkeys((a, c) for a, c, _ in keys if c is not None and (a, c) not in self._steps))
         if places:
             for place, steps in (await store.columns_steps(self.ctx.conn, self.ctx.tenant_id, places)).items():
@@ -124,7 +131,7 @@ class Flow:
     def ahead(
         self, asset_id: UUID
     ) -> tuple[set[tuple[str | None, str]], dict[tuple[str | None, str], list[Row]]] | None:
-        """What :meth:`read_ahead` read for the asset's propagation step (once: it is then out of date)."""
+        """What :meth:`read_ahead` read for the asset's step (once: it is then out of date)."""
         return self._ahead.pop(asset_id, None)
 
     async def step(
@@ -486,7 +493,8 @@ async def _retract(ctx: BatchContext, event: PipelineEvent, asset: Asset, flow: 
     req: cls.FlowPayload = event.notes.request
     delta = Delta()
     keys = list(dict.fromkeys((item.column, item.classification) for item in req.items))
-    existing = await store.at_many(ctx.conn, ctx.tenant_id, asset.asset_id, keys)
+    ahead = flow.ahead(asset.asset_id)
+    existing = ahead[1] if ahead is not None else await store.at_many(ctx.conn, ctx.tenant_id, asset.asset_id, keys)
     onward: list[tuple[str | None, str, Place]] = []
     for item in req.items:
         key = (item.column, item.classification)
