@@ -12,7 +12,7 @@ import pytest
 from lily.dispatch.transport import PooledTransport, delivery_client
 from lily.netguard import BlockedAddress
 
-from .receivers import Answer, closed_port, receiver
+from .receivers import Answer, closed_port, eventually, receiver
 
 
 def client(transport: PooledTransport, timeout: float = 5.0) -> httpx.AsyncClient:
@@ -136,3 +136,50 @@ async def test_the_delivery_client_keeps_no_cookies_between_receivers() -> None:
             await http.post(hook.url + "/b", content=b"{}")
     first, second = hook.received()
     assert "cookie" not in first.headers and "cookie" not in second.headers
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A loopback server that answers every request with the bytes the test puts in its list, then closes."""
+    answers: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answers.pop(0))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], answers
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_broken_answers_are_protocol_errors(raw_server: tuple[int, list[bytes]]) -> None:
+    port, answers = raw_server
+    answers.extend(
+        [
+            b"this is not HTTP\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part of the body",  # then closed
+            b"",  # closed without a byte of answer, on a new connection
+        ]
+    )
+    transport = PooledTransport(allow_private=True)
+    async with client(transport) as http:
+        for _ in range(3):
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
+    assert transport.connections_opened == 3  # none of them was kept
+
+
+async def test_waiting_longer_than_the_pool_timeout_for_a_connection_is_a_pool_timeout() -> None:
+    transport = PooledTransport(allow_private=True, max_per_origin=1)
+    with receiver(lambda r: Answer(204, delay=0.5)) as slow:
+        async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5, pool=0.1)) as http:
+            first = asyncio.create_task(http.post(slow.url, content=b"{}"))
+            await eventually(slow.received, what="the first request holding the only connection")
+            with pytest.raises(httpx.PoolTimeout):
+                await http.post(slow.url, content=b"{}")
+            assert (await first).status_code == 204
