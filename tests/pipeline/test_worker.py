@@ -10,7 +10,7 @@ import pytest
 
 from lily import admin
 from lily.config import Settings
-from lily.domain.events import ASSET_UPSERT, NewEvent, partition_of
+from lily.domain.events import ASSET_UPSERT, LINEAGE_UPSERT, NewEvent, partition_of
 from lily.pipeline.runner import build_pipeline
 from lily.pipeline.worker import Worker
 from lily.store import log as store_log
@@ -153,3 +153,23 @@ async def test_an_unexpected_error_does_not_end_the_worker(
         stop.set()
         await asyncio.wait_for(task, timeout=10)
     assert calls["n"] >= 2
+
+
+async def test_one_batch_applies_events_of_different_kinds_in_log_order(
+    tenant_db: Database, settings: Settings, database_url: str
+) -> None:
+    """An upsert, a lineage write naming an upstream nobody wrote yet, then that upstream's own write —
+    consumed in one batch: the lineage write creates the placeholder and the write fills it, as the log
+    says (applied grouped by kind, both upserts would go first and no placeholder would ever exist)."""
+    other, downstream, upstream = subjects_in_partition(TENANT, 2, settings.partitions, 3, "pg://db/s.kinds")
+    first, fill = upserts([other, upstream], 1)
+    lineage = NewEvent(TENANT, downstream, LINEAGE_UPSERT, {"upstreams": [upstream], "downstreams": [downstream]}, "t")
+    await append(tenant_db, [first, lineage, fill], settings)
+    worker = Worker(tenant_db, settings, build_pipeline(settings))
+    assert await worker.process_partition(2) == 3
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute("SELECT subject, status, result FROM events ORDER BY event_id")
+        results = {subject: (status, result) for subject, status, result in await cur.fetchall()}
+    assert {status for status, _ in results.values()} == {"applied"}, results
+    assert sorted(results[downstream][1]["placeholders"]) == sorted([upstream, downstream]), results
+    assert results[upstream][1]["created"] is False and results[upstream][1]["changed"] is True, results

@@ -87,11 +87,17 @@ class Pipeline:
         return run
 
     async def _apply(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
-        by_kind: dict[str, list[PipelineEvent]] = {}
+        # Each handler gets its events as runs of consecutive ones, in log order: a batch's subjects are
+        # distinct, but one event may depend on another's subject (a lineage write creating the
+        # placeholder that a later write of the batch fills), so grouping by kind could reorder them.
+        run: list[PipelineEvent] = []
         for event in events:
-            by_kind.setdefault(event.kind, []).append(event)
-        for kind, group in by_kind.items():
-            await self.handlers[kind].apply(ctx, group)
+            if run and self.handlers[event.kind] is not self.handlers[run[0].kind]:
+                await self.handlers[run[0].kind].apply(ctx, run)
+                run = []
+            run.append(event)
+        if run:
+            await self.handlers[run[0].kind].apply(ctx, run)
 
     async def _classify(self, ctx: BatchContext, events: list[PipelineEvent]) -> None:
         await classify(ctx, events, self.classifiers)
