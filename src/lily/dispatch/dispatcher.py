@@ -10,6 +10,10 @@ Three loops run side by side: fan-out (change events → deliveries), sending (c
 per delivery, at most ``LILY_DELIVERY_CONCURRENCY`` at once, at most ``…_PER_CHANNEL`` per channel and
 half of all per tenant, so one tenant's slow receiver never holds the others up), and recording
 (outcomes of finished attempts written in batches: deliveries per second are not transactions per second).
+Sending claims ahead: up to ``…_PER_CHANNEL`` more of a channel wait claimed (leased) and start the moment a
+slot of their channel frees, rather than a claim's round trip later — as long as the lease leaves room to
+wait and then attempt; what waited too long, or waits when the dispatcher stops or its channel is
+disabled, is handed back unsent (:func:`lily.store.notifications.release`).
 Idle loops sleep until PostgreSQL notifies them (:mod:`lily.dispatch.wakeup`: change events committed,
 deliveries made due), a slot frees, a retry comes due, or ``LILY_DELIVERY_POLL_SECONDS`` pass.
 """
@@ -20,10 +24,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +73,16 @@ class Dispatcher:
         self.per_channel = settings.delivery_concurrency_per_channel
         self.per_tenant = max(1, self.limit // 2)
         self.in_flight: dict[UUID, asyncio.Task[None]] = {}
+        # Claimed ahead: up to per_channel more of each channel wait here, leased, to start the moment a slot
+        # of their channel frees (not a claim's round trip later). Only while the lease leaves room for
+        # waiting and then a whole attempt; one that waited longer is released, never sent late.
+        self.queue_seconds = settings.delivery_lease_seconds - 2 * settings.delivery_timeout_seconds - 1
+        self.ahead = self.per_channel if self.queue_seconds > 0 else 0
+        self.capacity = self.limit * 2 if self.ahead else self.limit  # in flight and waiting
+        self.queued: dict[UUID, deque[tuple[float, dict[str, Any]]]] = {}
+        self.queued_count = 0
+        self.release: list[dict[str, Any]] = []
+        self._http: Any = None
         self.by_channel: Counter[UUID] = Counter()
         self.by_tenant: Counter[str] = Counter()
         self.outcomes: list[dict[str, Any]] = []
@@ -81,7 +96,7 @@ class Dispatcher:
         self.wakeups = Wakeups(db.url, changes=self._changes, deliveries=self._sendable)
 
     async def run(self, stop: asyncio.Event) -> None:
-        http = self.http_client()
+        http = self._http = self.http_client()
         log.info("dispatcher %s started", self.name)
         loops = [
             asyncio.create_task(self._fan_out_loop(stop), name="dispatch-fanout"),
@@ -99,6 +114,10 @@ class Dispatcher:
                     await task
             # Attempts in flight finish (each is bounded by its timeout), then their outcomes are recorded;
             # any not recorded come due again when their lease ends.
+            for waiting in self.queued.values():  # handed back at once, not at their lease's end
+                self.release.extend(row for _, row in waiting)
+            self.queued.clear()
+            self.queued_count = 0
             if self.in_flight:
                 await asyncio.wait(list(self.in_flight.values()), timeout=self.settings.delivery_timeout_seconds + 2)
             loops[3].cancel()
@@ -166,7 +185,7 @@ class Dispatcher:
 
     async def _send_loop(self, stop: asyncio.Event, http: Any) -> None:
         while not stop.is_set():
-            free = self.limit - len(self.in_flight)
+            free = self.capacity - len(self.in_flight) - self.queued_count
             claimed = 0
             if free > 0:
                 try:
@@ -174,25 +193,52 @@ class Dispatcher:
                 except Exception:
                     log.exception("claiming deliveries failed; retrying")
                     await asyncio.sleep(1)
-            if claimed == 0 or len(self.in_flight) >= self.limit:
+            if claimed == 0 or len(self.in_flight) + self.queued_count >= self.capacity:
                 # Until a notification, a freed slot or a retry coming due says there may be more.
                 await wait(self._sendable, stop, self.poll)
 
     async def _claim(self, http: Any, count: int) -> int:
         busy_tenants = [t for t, n in self.by_tenant.items() if n >= self.per_tenant]
+        taken = Counter(self.by_channel)
+        for channel_id, waiting in self.queued.items():
+            taken[channel_id] += len(waiting)
         async with self._transaction() as conn:
             rows = await store.claim(
                 conn,
                 owner=self.name,
                 limit=count,
-                per_channel=self.per_channel,
-                in_flight=dict(self.by_channel),
+                per_channel=self.per_channel + self.ahead,
+                in_flight=dict(taken),
                 busy_tenants=busy_tenants,
                 lease_seconds=self.settings.delivery_lease_seconds,
             )
+        now = time.monotonic()
         for row in rows:
-            self._start(http, row)
+            self.queued.setdefault(row["channel_id"], deque()).append((now, row))
+        self.queued_count += len(rows)
+        self._pump()
         return len(rows)
+
+    def _pump(self) -> None:
+        """Start what waits, channel by channel in random order, while slots allow."""
+        channels = list(self.queued)
+        random.shuffle(channels)
+        now = time.monotonic()
+        for channel_id in channels:
+            waiting = self.queued[channel_id]
+            while waiting and self.by_channel[channel_id] < self.per_channel and len(self.in_flight) < self.limit:
+                claimed_at, row = waiting[0]
+                if self.ahead and now - claimed_at > self.queue_seconds:
+                    self.release.append(row)  # its lease may end mid-attempt: back to the queue table
+                    self._outcome_ready.set()
+                elif self.ahead and self.by_tenant[row["tenant_id"]] >= self.per_tenant:
+                    break
+                else:
+                    self._start(self._http, row)
+                waiting.popleft()
+                self.queued_count -= 1
+            if not waiting:
+                del self.queued[channel_id]
 
     def _start(self, http: Any, row: dict[str, Any]) -> None:
         delivery_id: UUID = row["delivery_id"]
@@ -207,6 +253,8 @@ class Dispatcher:
                 counter[key] -= 1
                 if counter[key] <= 0:
                     del counter[key]
+            if self.queued:
+                self._pump()
             self._sendable.set()
 
         task.add_done_callback(done)
@@ -223,6 +271,9 @@ class Dispatcher:
             # A retry due before the next poll: look again then (the record is written well before).
             asyncio.get_running_loop().call_later(delay, self._sendable.set)
         if result.disable:
+            # What waits for the channel goes back unsent: it is sent when the channel is enabled again.
+            self.release.extend(r for _, r in self.queued.pop(row["channel_id"], ()))
+            self.queued_count = sum(len(w) for w in self.queued.values())
             self.disable.append((row["tenant_id"], row["channel_id"], result.error or "the receiver answered 410"))
         self.outcomes.append(
             {
@@ -294,7 +345,7 @@ class Dispatcher:
     async def _record_loop(self, stop: asyncio.Event) -> None:
         while True:
             self._outcome_ready.clear()
-            if not self.outcomes and not self.disable:
+            if not self.outcomes and not self.disable and not self.release:
                 await self._outcome_ready.wait()
             try:
                 await self._flush()
@@ -306,14 +357,17 @@ class Dispatcher:
     async def _flush(self) -> None:
         outcomes, self.outcomes = self.outcomes, []
         disable, self.disable = self.disable, []
-        if not outcomes and not disable:
+        release, self.release = self.release, []
+        if not outcomes and not disable and not release:
             return
         try:
             async with self._transaction() as conn:
                 for tenant_id, channel_id, reason in disable:
                     await store.disable_channel(conn, tenant_id, channel_id, reason)
                 await store.record(conn, self.name, outcomes)
+                await store.release(conn, self.name, release)
         except BaseException:
             self.outcomes[:0] = outcomes  # kept for the next try (the lease covers them meanwhile)
             self.disable[:0] = disable
+            self.release[:0] = release
             raise

@@ -522,6 +522,21 @@ async def record(conn: Conn, owner: str, outcomes: Sequence[dict[str, Any]]) -> 
     )
 
 
+async def release(conn: Conn, owner: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Hand claimed deliveries back unsent: due now, unleased, their claim's attempt not counted. Only
+    while ``owner`` still holds the claim (same lease owner, same attempt)."""
+    if not rows:
+        return
+    await conn.execute(
+        "UPDATE deliveries d SET lease_owner = NULL, next_attempt_at = now(), attempts = d.attempts - 1,"
+        " updated_at = now()"
+        " FROM unnest(%s::text[], %s::uuid[], %s::int[]) AS v(tenant_id, delivery_id, attempt)"
+        " WHERE d.tenant_id = v.tenant_id AND d.delivery_id = v.delivery_id AND d.lease_owner = %s"
+        f" AND d.attempts = v.attempt AND d.state = 'pending' RETURNING {_NOTIFY}",
+        [[r["tenant_id"] for r in rows], [r["delivery_id"] for r in rows], [r["attempts"] for r in rows], owner],
+    )
+
+
 async def disable_channel(conn: Conn, tenant_id: str, channel_id: UUID, reason: str) -> None:
     await conn.execute(
         "UPDATE notification_channels SET enabled = false, disabled_reason = %s, updated_at = now()"
