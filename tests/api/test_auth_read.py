@@ -12,6 +12,7 @@ import pytest
 
 from lily.api.app import create_app
 from lily.config import Settings
+from lily.domain.access import Caller
 
 from .helpers import assert_problem, create
 
@@ -120,3 +121,35 @@ async def test_reads_take_their_rate_limit_tokens(settings, database_url, tenant
                 for _ in range(4)
             ]
     assert codes == [200, 200, 429, 429]
+
+
+async def test_the_read_transaction_is_the_tenants_read_only_and_recovers_from_errors(app, tenant, other_tenant):
+    """Database.read, which the cached read path uses: the tenant's and caller's settings, row-level
+    security, read-only, and a failing statement or block leaves the pooled connection clean."""
+    db = app.state.runtime.db
+    caller = Caller("viewer", ("everyone", "role:viewer"))
+    async with db.read(tenant.tenant_id, caller) as conn:
+        settings = await conn.execute(
+            "SELECT current_setting('lily.tenant_id') AS t, current_setting('lily.access_role') AS r,"
+            " current_setting('transaction_read_only') AS ro"
+        )
+        tenants = await conn.execute("SELECT tenant_id FROM tenants ORDER BY tenant_id")
+    assert await settings.fetchone() == {"t": tenant.tenant_id, "r": "viewer", "ro": "on"}
+    assert [r["tenant_id"] for r in await tenants.fetchall()] == [tenant.tenant_id]
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        async with db.read(tenant.tenant_id, caller) as conn:
+            await conn.execute("UPDATE tenants SET name = 'x'")
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        async with db.read(tenant.tenant_id, caller) as conn:
+            await conn.execute("SELECT * FROM no_such_table")
+    with pytest.raises(RuntimeError):
+        async with db.read(tenant.tenant_id, caller) as conn:
+            await conn.execute("SELECT 1")
+            raise RuntimeError("the block failed")
+    # Every connection of the pool is usable again, outside any transaction.
+    for _ in range(db.pool.max_size):
+        async with db.read(other_tenant.tenant_id, caller) as conn:
+            cur = await conn.execute("SELECT current_setting('lily.tenant_id') AS t")
+        assert await cur.fetchone() == {"t": other_tenant.tenant_id}
+        async with db.connection() as conn:
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
