@@ -81,6 +81,17 @@ def blocked(name: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+def blocked_roots(patterns: Iterable[str]) -> list[str] | None:
+    """The names :func:`blocked` stops, as the roots they are under (``PII.*`` → ``PII``), for SQL to narrow
+    a read with; None when one pattern (``*``) stops every name."""
+    roots: list[str] = []
+    for pattern in patterns:
+        if pattern == "*":
+            return None
+        roots.append(pattern.removesuffix(".*"))
+    return sorted(set(roots))
+
+
 def blocking_patterns(attributes: dict[str, Any] | None) -> list[str]:
     """What a job (process) asset blocks: ``attributes["lily.blocks_propagation"]`` or the nested
     ``attributes["lily"]["blocks_propagation"]`` (both spellings are common in hand-written JSON)."""

@@ -508,6 +508,50 @@ async def unsupported(conn: Conn, tenant_id: str, asset_ids: Sequence[UUID]) -> 
     return [(r["qualified_name"], _row(r)) for r in await cur.fetchall()]
 
 
+async def through_processes(
+    conn: Conn, tenant_id: str, process_ids: Sequence[UUID], roots: Sequence[str] | None
+) -> list[tuple[str, Row, list[dict[str, Any] | None]]]:
+    """Propagated rows whose last step runs along an edge through one of these processes (jobs), with a
+    name under one of ``roots`` (None: any name): (the qualified name of the row's asset, the row, the
+    attributes of the process of every edge that carries that step now, None for an edge without one).
+    What a job that blocks more than before may have let through (the caller decides with the blocking
+    patterns: a step another edge still carries stays)."""
+    carries = (
+        "{e}.tenant_id = c.tenant_id AND {e}.upstream_id = c.via_asset_id AND {e}.downstream_id = c.asset_id"
+        " AND (c.column_name IS NULL OR EXISTS (SELECT 1 FROM column_lineage cl"
+        "  WHERE cl.tenant_id = {e}.tenant_id AND cl.edge_id = {e}.edge_id"
+        "  AND cl.downstream_column = c.column_name AND cl.upstream_column = c.via_column))"
+    )
+    names = None if roots is None else list(roots)
+    cur = await conn.execute(
+        f"SELECT DISTINCT ON (c.classification_id) a.qualified_name,"
+        f" {', '.join('c.' + c.strip() for c in _COLS.split(','))},"
+        " (SELECT jsonb_agg(p.attributes) FROM lineage_edges o"
+        "  LEFT JOIN assets p ON p.tenant_id = o.tenant_id AND p.asset_id = o.process_id"
+        f"  WHERE {carries.format(e='o')}) AS carriers"
+        " FROM lineage_edges e"
+        " JOIN classifications c ON c.tenant_id = e.tenant_id AND c.asset_id = e.downstream_id"
+        "  AND c.via_asset_id = e.upstream_id AND c.source = 'propagated'"
+        " JOIN assets a ON a.tenant_id = c.tenant_id AND a.asset_id = c.asset_id"
+        f" WHERE e.tenant_id = %s AND e.process_id = ANY(%s) AND {carries.format(e='e')}"
+        " AND (%s::text[] IS NULL"
+        "  OR EXISTS (SELECT 1 FROM unnest(%s::text[]) r WHERE starts_with(c.classification || '.', r || '.')))"
+        " ORDER BY c.classification_id",
+        [tenant_id, list(process_ids), names, names],
+    )
+    return [(r["qualified_name"], _row(r), list(r["carriers"] or [])) for r in await cur.fetchall()]
+
+
+async def process_upstreams(conn: Conn, tenant_id: str, process_ids: Sequence[UUID]) -> dict[UUID, list[UUID]]:
+    """Per process (job), the upstream assets of the edges that run through it."""
+    cur = await conn.execute(
+        "SELECT process_id, array_agg(DISTINCT upstream_id) AS upstreams FROM lineage_edges"
+        " WHERE tenant_id = %s AND process_id = ANY(%s) GROUP BY process_id",
+        [tenant_id, list(process_ids)],
+    )
+    return {r["process_id"]: list(r["upstreams"]) for r in await cur.fetchall()}
+
+
 async def propagating(conn: Conn, tenant_id: str, asset_ids: Sequence[UUID]) -> list[Row]:
     """The rows of these assets that flow downstream: set with ``propagate``, or propagated themselves."""
     cur = await conn.execute(
