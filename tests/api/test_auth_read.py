@@ -4,6 +4,7 @@ and nothing read as the caller before the change is answered."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -13,6 +14,8 @@ import pytest
 from lily.api.app import create_app
 from lily.config import Settings
 from lily.domain.access import Caller
+from tests.ops.conftest import database_outage
+from tests.pipeline.support import until
 
 from .helpers import assert_problem, create
 
@@ -153,3 +156,20 @@ async def test_the_read_transaction_is_the_tenants_read_only_and_recovers_from_e
         assert await cur.fetchone() == {"t": other_tenant.tenant_id}
         async with db.connection() as conn:
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+async def test_a_cached_read_during_an_outage_is_a_quick_503_and_recovers(client, tenant, pg_admin_url, database_url):
+    asset = await create(client, tenant.headers("editor"), "pg://db/s/orders")
+    path = f"/metadata/{asset['asset_id']}"
+    assert (await _warm(client, tenant.headers("viewer"), path)).status_code == 200
+    with database_outage(pg_admin_url, database_url):
+        began = time.monotonic()
+        r = await client.get(path, headers=tenant.headers("viewer"))
+        assert_problem(r, 503, "service-unavailable")
+        assert time.monotonic() - began < 2.0
+
+    async def reads() -> httpx.Response | None:
+        r = await client.get(path, headers=tenant.headers("viewer"))
+        return r if r.status_code == 200 else None
+
+    await until(reads, timeout=15, interval=0.2, what="reads to succeed again")
