@@ -9,7 +9,8 @@ hands each new connection to whichever process accepts first.
 Helpers end with the main process: SIGTERM is passed on to them, a helper whose parent is gone stops by
 itself, and one that dies is started again. Each process has its own connection pool (so N pools of
 ``LILY_POOL_MAX_SIZE``) and its own in-memory credential cache, kept honest by the auth epoch
-(``lily.auth.cache``).
+(``lily.auth.cache``), and its own rate-limit tokens, leased from the shared buckets (``lily.auth.leases``:
+with N processes a bucket may be exceeded by at most N batches in any window).
 """
 
 from __future__ import annotations
