@@ -215,8 +215,9 @@ def mix(words: dict[str, str]) -> dict[str, Call]:
 async def measure(url: str, rounds: int, policies: int = 0) -> None:
     with psycopg.connect(url) as conn:
         counts = conn.execute(
+            # A repeatable sample: the same words in every run on one database, so runs compare.
             "SELECT word, ndoc FROM ts_stat($$SELECT to_tsvector('simple', description) FROM assets"
-            " WHERE tenant_id = 'bench' AND random() < 0.05$$) ORDER BY ndoc DESC"
+            " TABLESAMPLE BERNOULLI (5) REPEATABLE (1) WHERE tenant_id = 'bench'$$) ORDER BY ndoc DESC, word"
         ).fetchall()
     common = counts[0][0]
     mid = counts[len(counts) // 20][0]

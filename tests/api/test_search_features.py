@@ -190,6 +190,19 @@ async def test_total_and_ranking_bounds_are_flagged(app, tenant):
         assert faceted.total(bound=10) == (10, False) and faceted.total(bound=30) is None
         assert (await store.facets(conn, Filters(q="common"), ["type"])).total(bound=30) == (30, True)
         assert (await store.facets(conn, Filters(q="nothing"), ["type"])).total() is None
+        # A row found both by text and by name prefix is one candidate, scored once (migration 0018 scores
+        # candidates in the scans that find them; both give it the same score).
+        await conn.execute("SET LOCAL ROLE postgres")
+        await conn.execute(
+            "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, description, version, created_at,"
+            " updated_at) VALUES (%s, gen_random_uuid(), 'pg://b/common', 'table', 'common', 'common word', 1, now(),"
+            " now())",
+            [tenant.tenant_id],
+        )
+        await conn.execute("RESET ROLE")
+        found = await store.page(conn, Filters(q="common"), sort=Sort.relevance, after=None, limit=100)
+        assert found.ranked == 31 and len({h.asset.asset_id for h in found.hits}) == 31
+        assert found.hits[0].asset.name == "common" and found.hits[0].position["score"] > 3
 
 
 def forged(position: Any) -> str:
