@@ -174,3 +174,32 @@ async def test_processes_lease_tokens_in_batches_and_never_admit_more_than_the_b
     if refilled == 0:
         assert from_b == [200] * 10 + [429] * 2
         assert from_a == [200] * 9 + [429]
+
+
+async def test_concurrent_requests_of_one_process_lease_one_batch(settings, database_url, tenant):
+    """Twelve requests at once find the process's lease empty: one leases a batch, the others one token
+    each, so the process never holds more than a batch and nothing beyond the bucket is admitted."""
+    leased = settings.model_copy(
+        update={
+            "rate_limit_per_key": 0.1,
+            "rate_limit_per_tenant": 0.0,
+            "rate_limit_burst_seconds": 200.0,
+            "rate_limit_lease_seconds": 100.0,
+        }
+    )
+    viewer = tenant.headers("viewer")
+    a = create_app(leased, database_url, run_workers=False)
+    async with (
+        a.router.lifespan_context(a),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://lily.test/lily/v1") as ca,
+    ):
+        await validate(ca, viewer)  # caches the credential (and leases the first batch)
+        codes = [r.status_code for r in await asyncio.gather(*(validate(ca, viewer) for _ in range(12)))]
+        leases = a.state.runtime.leases
+        held = sum(h.tokens for h in leases._held.values())
+        async with a.state.runtime.db.tenant(tenant.tenant_id) as conn:
+            cur = await conn.execute("SELECT tokens FROM rate_buckets WHERE bucket LIKE 'key:%%'")
+            left = (await cur.fetchone())["tokens"]
+    assert held <= leases.principal_batch == 10
+    assert 1 + codes.count(200) + held + int(left) <= 20, (codes, held, left)
+    assert codes.count(200) >= 9

@@ -49,7 +49,10 @@ def test_keys_share_the_tenants_tokens_but_not_their_own():
 def test_a_partial_grant_is_kept_and_a_refusal_gives_back_what_was_taken():
     held = leases()
     held.settle("t", "key:a", (25, 50), (3, 1), admitted=True)  # the buckets held little
-    assert [held.take("t", "key:a") for _ in range(3)] == [(0, 50), (0, 50), (25, 50)]
+    assert held.take("t", "key:a") == (0, 50)
+    held.settle("t", "key:a", (0, 50), (0, 50), admitted=True)
+    assert held.take("t", "key:a") == (0, 0)
+    assert held.take("t", "key:a") == (25, 0)
     # Refused with nothing granted: the request that took the key's tokens locally gives them back.
     held = leases()
     held.settle("t", "key:a", (25, 50), (2, 2), admitted=True)
@@ -87,3 +90,25 @@ def test_memory_is_bounded():
     for i in range(100):
         held.settle(f"t{i}", "key:a", (25, 50), (25, 50), admitted=True)
     assert len(held._held) <= 10
+
+
+def test_while_one_request_leases_a_batch_the_others_ask_for_their_own_token():
+    """Concurrent requests that find a bucket empty do not each lease a batch: a process holds one batch."""
+    held = leases()
+    assert held.take("t", "key:a") == (25, 50)
+    assert [held.take("t", "key:a") for _ in range(3)] == [(1, 1)] * 3
+    for _ in range(3):
+        held.settle("t", "key:a", (1, 1), (1, 1), admitted=True)
+    held.settle("t", "key:a", (25, 50), (25, 50), admitted=True)
+    assert held._held[("t", "key:a")].tokens == 24 and held._held[("t", "tenant")].tokens == 49
+    # The batch is spent: the next request leases again.
+    for _ in range(24):
+        assert held.take("t", "key:a") == (0, 0)
+    assert held.take("t", "key:a") == (25, 0)
+
+
+def test_a_lease_that_got_no_answer_lets_the_next_request_lease():
+    held = leases()
+    assert held.take("t", "key:a") == (25, 50)
+    held.settle("t", "key:a", (25, 50), (0, 0), admitted=False)  # the database did not answer
+    assert held.take("t", "key:a") == (25, 50)

@@ -128,20 +128,25 @@ async def _authenticate(
     bucket = f"{kind}:{name}"
     if wants is None:
         wants = runtime.leases.take(tenant_id, bucket)
-    async with runtime.db.connection() as conn:
-        row = await identity.authenticate(
-            conn,
-            tenant_id,
-            kind=kind,
-            name=name,
-            jti=jti,
-            sid=sid,
-            secret_hash=secret_hash,
-            limits=runtime.rate_limits,
-            known_epoch=None if known is None else known.epoch,
-            principal_want=wants[0],
-            tenant_want=wants[1],
-        )
+    try:
+        async with runtime.db.connection() as conn:
+            row = await identity.authenticate(
+                conn,
+                tenant_id,
+                kind=kind,
+                name=name,
+                jti=jti,
+                sid=sid,
+                secret_hash=secret_hash,
+                limits=runtime.rate_limits,
+                known_epoch=None if known is None else known.epoch,
+                principal_want=wants[0],
+                tenant_want=wants[1],
+            )
+    except BaseException:
+        # No answer (an outage, a cancelled request): whatever this request took or is leasing is released.
+        runtime.leases.settle(tenant_id, bucket, wants, (0, 0), admitted=False)
+        raise
     status = row["status"]
     runtime.leases.settle(
         tenant_id, bucket, wants, (row["principal_granted"], row["tenant_granted"]), status in ("ok", "cached")

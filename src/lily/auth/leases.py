@@ -57,6 +57,10 @@ class TokenLeases:
         self.principal_batch = batch_of(limits.per_principal, lease_seconds)
         self.tenant_batch = batch_of(limits.per_tenant, lease_seconds)
         self._held: dict[tuple[str, str], _Held] = {}
+        # Buckets a batch is being leased for. Requests that find the bucket empty meanwhile ask for
+        # their own token only: many concurrent requests would otherwise each lease a batch, and one
+        # process could hold concurrency x batch tokens instead of one batch.
+        self._leasing: set[tuple[str, str]] = set()
 
     def _tokens(self, key: tuple[str, str]) -> int:
         held = self._held.get(key)
@@ -70,7 +74,8 @@ class TokenLeases:
     def take(self, tenant_id: str, principal: str) -> tuple[int, int]:
         """Spend one held token of each bucket (whose limit is on) that has one; for each that has none,
         how many to ask the database for: ``(principal's, tenant's)``, ``(0, 0)`` when the request may
-        go on without asking. Tokens the database then grants go to :meth:`keep`, less the one spent."""
+        go on without asking (a batch, or one while another request leases a batch of that bucket).
+        Every call that asked for anything must be followed by :meth:`settle`, even when the ask failed."""
         wants = [0, 0]
         buckets = (
             ((tenant_id, principal), self.limits.per_principal, self.principal_batch),
@@ -81,8 +86,11 @@ class TokenLeases:
                 continue
             if self._tokens(key) > 0:
                 self._held[key].tokens -= 1
-            else:
+            elif batch > 1 and key not in self._leasing:
+                self._leasing.add(key)
                 wants[i] = batch
+            else:
+                wants[i] = 1
         return wants[0], wants[1]
 
     def keep(self, tenant_id: str, principal: str, principal_tokens: int, tenant_tokens: int) -> None:
@@ -101,9 +109,12 @@ class TokenLeases:
     ) -> None:
         """After the database answered a request that :meth:`take` sent there with ``wants``: hold what it
         ``granted``, less the token the request spends of each bucket asked when ``admitted``; a refused
-        request gives back the tokens it took from this process."""
+        request gives back the tokens it took from this process. A failed ask (no answer): granted (0, 0)."""
         kept = []
-        for want, got, bucket in zip(wants, granted, (self.limits.per_principal, self.limits.per_tenant), strict=True):
+        buckets = (((tenant_id, principal), self.limits.per_principal), ((tenant_id, "tenant"), self.limits.per_tenant))
+        for want, got, (key, bucket) in zip(wants, granted, buckets, strict=True):
+            if want > 1:  # this request leased the batch (the others ask for one)
+                self._leasing.discard(key)
             if want:
                 kept.append(got - 1 if admitted else got)
             else:
