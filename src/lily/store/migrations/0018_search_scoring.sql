@@ -11,15 +11,6 @@
 --
 -- lily_search_page also built the WHERE clause and the ways of matching twice (once for itself, once
 -- in lily_search_ids), which ran the typo fallback's probe twice; it now builds them once.
---
--- A page and a count run with work_mem = 512kB. A way of matching that finds many rows (the typo
--- fallback's "customers" is in 44k names of 1M) is read through a bitmap of every match, of which the
--- LIMIT then takes 500. With the default 4MB that bitmap held one entry per heap page (44k), built and
--- sorted before the first row: 19 ms for that scan alone. Past 512kB it keeps whole ranges of pages
--- instead (lossy), which costs little to build, and the scan rechecks the rows of the 460 pages it reads
--- before the LIMIT stops it: 10 ms. A bitmap of up to ~8,000 pages (a word+type's 4,016) stays exact, and the
--- page's UNION of up to 2 x 500 candidates and its top-N sort fit in 512kB. Facets keep the default:
--- their UNION of 2 x 2,001 rows with their arrays needs ~720kB.
 
 -- The UNION of ``per_arm`` rows (``cols``) from each way of matching ``arms`` under the WHERE clause
 -- ``w``: lily_search_ids' body, for callers that have built w and the arms already. ``cols`` comes from
@@ -39,8 +30,7 @@ RETURNS TABLE (asset_id uuid, score float8, sort_name text, sort_updated timesta
                qualified_name text, type text, name text, description text, owners text[], tags text[],
                attributes jsonb, placeholder boolean, source text, has_active_source boolean, version integer,
                created_at timestamptz, updated_at timestamptz, deleted_at timestamptz, classifications text[])
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
-SET work_mem = '512kB' AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 DECLARE
     w text := public.lily_search_where(f);
     q text := nullif(btrim(f->>'q'), '');
@@ -103,5 +93,3 @@ BEGIN
     END IF;
 END
 $$;
-
-ALTER FUNCTION lily_search_count(jsonb, integer) SET work_mem = '512kB';
