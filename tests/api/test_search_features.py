@@ -190,7 +190,7 @@ async def test_total_and_ranking_bounds_are_flagged(app, tenant):
         assert faceted.total(bound=10) == (10, False) and faceted.total(bound=30) is None
         assert (await store.facets(conn, Filters(q="common"), ["type"])).total(bound=30) == (30, True)
         assert (await store.facets(conn, Filters(q="nothing"), ["type"])).total() is None
-        # A row found both by text and by name prefix is one candidate, scored once (migration 0018 scores
+        # A row found both by text and by name prefix is one candidate, scored once (migration 0016 scores
         # candidates in the scans that find them; both give it the same score).
         await conn.execute("SET LOCAL ROLE postgres")
         await conn.execute(

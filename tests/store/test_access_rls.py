@@ -110,7 +110,7 @@ async def test_search_applies_the_same_rule_as_row_level_security(database_url):
             " (ARRAY['table','view','topic'])[i % 3 + 1], 't' || i, 1, now(), now(), ARRAY['k' || (i % 5)],"
             " CASE WHEN i % 7 = 0 THEN '{PII,PII.Email}'::text[] ELSE '{}' END FROM generate_series(1, 300) i"
         )
-        # Prefixes compile to left(qualified_name, n) = ANY (…) per length (0016): characters, not bytes,
+        # Prefixes compile to left(qualified_name, n) = ANY (…) per length (0015): characters, not bytes,
         # and no LIKE metacharacters.
         conn.execute(
             "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, version, created_at, updated_at)"
@@ -163,7 +163,7 @@ async def test_search_applies_the_same_rule_as_row_level_security(database_url):
 
 
 async def test_a_policy_change_applies_to_the_next_search_on_every_connection(database_url):
-    """The compiled rule is kept per connection under the tenant's policy epoch (migration 0016). Two pools
+    """The compiled rule is kept per connection under the tenant's policy epoch (migration 0015). Two pools
     of one connection each stand for two API processes: both have the rule cached when a policy changes
     through one of them, or by an operator's SQL, and the very next search on either applies the change.
     Two callers alternating on one connection each keep their own rule."""

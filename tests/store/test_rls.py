@@ -250,7 +250,7 @@ def test_the_search_role_is_confined_to_reading_assets_through_its_functions(dat
         assert members == []
         owned = conn.execute("SELECT relname FROM pg_class WHERE relowner = 'lily_search'::regrole").fetchall()
         assert owned == []
-        # It may read assets, the access policies that hide some of them (0008) and their epochs (0016), and
+        # It may read assets, the access policies that hide some of them (0008) and their epochs (0015), and
         # the tenants' name words for typo matching (0012), and nothing else.
         grants = conn.execute(
             "SELECT table_name, privilege_type FROM information_schema.role_table_grants WHERE grantee = 'lily_search'"

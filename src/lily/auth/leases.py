@@ -3,7 +3,7 @@
 Every request takes one token of its principal's bucket and one of its tenant's. Taking them in the
 database one at a time made every request of a key queue on that bucket's row (an advisory lock held to
 commit): 32 connections of one key were served one after another. A process now takes up to
-:attr:`TokenLeases.batch` tokens of a bucket at once (``lily_authenticate_lease``, migration 0015) and
+:attr:`TokenLeases.batch` tokens of a bucket at once (``lily_authenticate_lease``, migration 0014) and
 spends them here, so the rows are touched about once per batch.
 
 Tokens are never made up: every token spent was taken from the shared bucket first. The bound, across P

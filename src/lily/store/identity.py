@@ -223,7 +223,7 @@ async def authenticate(
     tenant_want: int = 1,
 ) -> dict[str, Any]:
     """Check a credential and lease rate-limit tokens, in one round trip (``lily_authenticate_lease``,
-    migration 0015): ``status``, the current ``role`` and ``groups``, ``key_name``, ``retry_after``, the
+    migration 0014): ``status``, the current ``role`` and ``groups``, ``key_name``, ``retry_after``, the
     tenant's auth ``epoch``, and the tokens granted (``principal_granted``, ``tenant_granted``: up to the
     wants, at least one each unless ``limited``; a want of 0 asks nothing of that bucket). With
     ``known_epoch`` (the epoch this process last checked the credential at) still current, the status is

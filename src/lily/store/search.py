@@ -3,7 +3,7 @@
 The functions run as ``lily_search`` so that text, tag, trigram and prefix predicates can use their
 indexes (under RLS none of them could: they are not LEAKPROOF); they take the tenant only from the
 transaction's ``lily.tenant_id`` and add the caller's read rule (access policies) to every query they
-run. A page's rows come with their columns from that same query (migration 0016), as counts and facets
+run. A page's rows come with their columns from that same query (migration 0015), as counts and facets
 always did: reading them back under RLS re-ran the per-row rule on rows the query had already filtered
 by it, which cost about as much as the search itself for short pages.
 """

@@ -7,7 +7,7 @@
 -- 8.4 of 12.5. The scans that find the candidates have the row in hand; they now compute its score
 -- there. A row found by two ways of matching gets the same score from both (the expression depends on
 -- the row and q only), so UNION still keeps it once. The page's columns are still read for its own
--- rows only (a page, not the candidates, as 0016).
+-- rows only (a page, not the candidates, as 0015).
 --
 -- lily_search_page also built the WHERE clause and the ways of matching twice (once for itself, once
 -- in lily_search_ids), which ran the typo fallback's probe twice; it now builds them once.
@@ -24,7 +24,7 @@ $$;
 ALTER FUNCTION lily_search_union(text, text[], integer, text) OWNER TO lily_search;
 REVOKE ALL ON FUNCTION lily_search_union(text, text[], integer, text) FROM PUBLIC;
 
--- As 0016 (same results, same order), with the candidates scored where they are found.
+-- As 0015 (same results, same order), with the candidates scored where they are found.
 CREATE OR REPLACE FUNCTION lily_search_page(f jsonb, sort text, after jsonb, lim integer, candidates integer)
 RETURNS TABLE (asset_id uuid, score float8, sort_name text, sort_updated timestamptz, ranked integer,
                qualified_name text, type text, name text, description text, owners text[], tags text[],

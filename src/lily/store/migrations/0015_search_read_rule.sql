@@ -43,7 +43,7 @@ CREATE TRIGGER access_policies_epoch AFTER INSERT OR UPDATE OR DELETE ON access_
 -- As 0008, the same rule (the test compares it with RLS), with two changes. It is kept per connection in
 -- one of 16 session settings (lily.read_rule_0 … 15, picked by a hash of the key), each holding its key
 -- and the text, so a pooled connection serving several callers keeps each one's rule; the key holds the
--- tenant's policy epoch, read here. No epoch row (no policy change since 0016, hence no policy): compiled
+-- tenant's policy epoch, read here. No epoch row (no policy change since 0015, hence no policy): compiled
 -- every time, which is a look-up that finds nothing. No caller or an admin: 'true' at once. And prefixes
 -- compile to one left(…) = ANY (…) per length.
 CREATE OR REPLACE FUNCTION lily_read_predicate(alias text DEFAULT 'a') RETURNS text
