@@ -12,12 +12,15 @@ a loopback port with ``LILY_DATABASE_URL`` pointing at it, creates a tenant and 
 
 ``--tool`` (default ``auto``) picks the load generator for the point-read figure at 32 connections:
 ``wrk`` (C, random asset ids through a Lua script) when installed, else ``hey`` (one asset id), else
-the Python client; the report says which ran. ``--paced-rate R`` then sends single creates at R/s on a
-fixed schedule (open loop: a late answer does not delay the next request, and latency counts from the
-scheduled send, so queueing is not hidden) and reports accept→apply p50/p99. ``--workers N`` is passed
-to ``lily serve`` (API processes; default one per core). The spawned server's rate limits are raised
-(``--key-rate``, ``--tenant-rate``; the defaults, 500/s per key and 1,000/s per tenant, are below the
-1,500 reads/s goal and one key sends everything): still taken on every request, but never reached.
+the Python client; the report says which ran. ``--paced-rate R`` then offers single creates at R/s and
+reports accept→apply p50/p99: from wrk when it ran (R/5 connections, each sending one create every 200 ms
+through wrk's ``delay()``; closed loop, so the achieved rate is printed and a shortfall means the server
+did not keep up), else from the Python client on a fixed schedule (open loop: latency counts from the
+scheduled send, but the client itself cannot pace hundreds per second on a busy 2-core machine).
+``--workers N`` is passed to ``lily serve`` (API processes; default one per core). The spawned server's
+rate limits are raised (``--key-rate``, ``--tenant-rate``; the defaults, 500/s per key and 1,000/s per
+tenant, are below the 1,500 reads/s goal and one key sends everything): still taken on every request,
+but never reached.
 
 Each scenario sends a bounded number of requests (``--requests``, default 2000) from N concurrent
 clients (one ``httpx.AsyncClient`` each, keep-alive), after a short warm-up, and reports requests/s
@@ -283,6 +286,55 @@ def wrk_reads(
     return int(n), int(errors), int(n) / (int(micros) / 1e6), float(p50), float(p99)
 
 
+# Paced creates from wrk: each connection sends one create every `interval` ms (wrk's delay()), so the
+# connections together offer `rate`/s while answers come back within the interval. Closed loop: an answer
+# slower than that delays its connection's next create, so the achieved rate is printed next to the
+# offered one (if it falls short, the server did not keep up and the latencies understate the queueing).
+_WRK_PACED_SCRIPT = """
+local headers = {["Authorization"] = "Bearer %(key)s", ["Content-Type"] = "application/json"}
+local threads, counter = 0, 0
+-- setup runs in the main state; "me" becomes a global of each thread's own state (names stay unique).
+setup = function(thread)
+  threads = threads + 1
+  thread:set("me", threads)
+end
+delay = function()
+  return %(interval)f
+end
+request = function()
+  counter = counter + 1
+  local body = string.format('{"qualified_name": "bench://%(run)s/wrk/t%%d_%%d", "type": "table"}', me, counter)
+  return wrk.format("POST", "%(path)s/metadata", headers, body)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%d %%f %%f\\n", summary.requests,
+    e.status + e.connect + e.read + e.write + e.timeout, summary.duration,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def wrk_paced_creates(base: str, key: str, rate: int, seconds: int, connections: int) -> Figures:
+    """(requests, errors, achieved req/s, p50 ms, p99 ms) of single creates offered at ``rate``/s."""
+    parts = urlsplit(base)
+    script = _WRK_PACED_SCRIPT % {
+        "key": key, "path": parts.path, "run": uuid.uuid4().hex[:6], "interval": connections / rate * 1000
+    }  # fmt: skip
+    with NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write(script)
+        f.flush()
+        done = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", f.name, f"{parts.scheme}://{parts.netloc}/"],
+            capture_output=True, text=True, timeout=seconds + 120,
+        )  # fmt: skip
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"wrk failed:\n{done.stdout}\n{done.stderr}")
+    n, errors, micros, p50, p99 = line.split()[1:]
+    return int(n), int(errors), int(n) / (int(micros) / 1e6), float(p50), float(p99)
+
+
 def hey_reads(
     base: str, key: str, ids: list[str], connections: int, seconds: int
 ) -> tuple[int, int, float, float, float]:
@@ -425,7 +477,16 @@ def main() -> None:
         else:
             n, errors, rate, p50, p99 = asyncio.run(python_reads(base, key, ids, args.connections, args.seconds))
         print(f"{n:>9} {errors:>7} {rate:>8.0f} {p50:>8.1f} {p99:>8.1f}", flush=True)
-        if args.paced_rate:
+        if args.paced_rate and tool == "wrk":
+            connections = max(1, min(200, args.paced_rate // 5))  # one create per connection every 200 ms
+            print(
+                f"\nsingle creates offered at {args.paced_rate}/s for {args.seconds} s (wrk, {connections}"
+                " connections, each paced by delay(); achieved rate below)"
+            )
+            print(f"{'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+            n, errors, rate, p50, p99 = wrk_paced_creates(base, key, args.paced_rate, args.seconds, connections)
+            print(f"{n:>9} {errors:>7} {rate:>8.0f} {p50:>8.1f} {p99:>8.1f}", flush=True)
+        elif args.paced_rate:
             print(f"\nsingle creates paced at {args.paced_rate}/s for {args.seconds} s (Python client, open loop)")
             done = asyncio.run(paced_creates(base, key, args.paced_rate, args.seconds))
             print(row(done), flush=True)
