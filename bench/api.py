@@ -251,46 +251,28 @@ def pick_tool(wanted: str) -> str:
     return next((t for t in ("wrk", "hey") if shutil.which(t)), "python")
 
 
-_WRK_SCRIPT = """
-local ids = {%(ids)s}
-local headers = {["Authorization"] = "Bearer %(key)s"}
-request = function()
-  return wrk.format("GET", "%(path)s/metadata/" .. ids[math.random(#ids)], headers)
-end
+# wrk's report, as one line the script below parses (every wrk script here ends with it).
+_WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("RESULT %%d %%d %%d %%f %%f\\n", summary.requests,
+  io.write(string.format("RESULT %d %d %d %f %f\\n", summary.requests,
     e.status + e.connect + e.read + e.write + e.timeout, summary.duration,
     latency:percentile(50) / 1000, latency:percentile(99) / 1000))
 end
 """
 
+_WRK_READS = """
+local ids = {%(ids)s}
+local headers = {["Authorization"] = "Bearer %(key)s"}
+request = function()
+  return wrk.format("GET", "%(path)s/metadata/" .. ids[math.random(#ids)], headers)
+end
+"""
 
-def wrk_reads(
-    base: str, key: str, ids: list[str], connections: int, seconds: int
-) -> tuple[int, int, float, float, float]:
-    """(requests, errors, req/s, p50 ms, p99 ms) from wrk: 2 threads, random ids of the created assets."""
-    parts = urlsplit(base)
-    script = _WRK_SCRIPT % {"ids": ",".join(f'"{i}"' for i in ids), "key": key, "path": parts.path}
-    with NamedTemporaryFile("w", suffix=".lua") as f:
-        f.write(script)
-        f.flush()
-        done = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", f.name, f"{parts.scheme}://{parts.netloc}/"],
-            capture_output=True, text=True, timeout=seconds + 60,
-        )  # fmt: skip
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if line is None:
-        raise SystemExit(f"wrk failed:\n{done.stdout}\n{done.stderr}")
-    n, errors, micros, p50, p99 = line.split()[1:]
-    return int(n), int(errors), int(n) / (int(micros) / 1e6), float(p50), float(p99)
-
-
-# Paced creates from wrk: each connection sends one create every `interval` ms (wrk's delay()), so the
-# connections together offer `rate`/s while answers come back within the interval. Closed loop: an answer
-# slower than that delays its connection's next create, so the achieved rate is printed next to the
-# offered one (if it falls short, the server did not keep up and the latencies understate the queueing).
-_WRK_PACED_SCRIPT = """
+# Paced creates: each connection waits `interval` ms after every answer before its next create (wrk's
+# delay()). Closed loop, so the connections offer connections / (interval + latency) per second: the
+# achieved rate is printed, and one short of the asked rate means the server's latency held it back.
+_WRK_PACED_CREATES = """
 local headers = {["Authorization"] = "Bearer %(key)s", ["Content-Type"] = "application/json"}
 local threads, counter = 0, 0
 -- setup runs in the main state; "me" becomes a global of each thread's own state (names stay unique).
@@ -306,23 +288,14 @@ request = function()
   local body = string.format('{"qualified_name": "bench://%(run)s/wrk/t%%d_%%d", "type": "table"}', me, counter)
   return wrk.format("POST", "%(path)s/metadata", headers, body)
 end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %%d %%d %%d %%f %%f\\n", summary.requests,
-    e.status + e.connect + e.read + e.write + e.timeout, summary.duration,
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
 """
 
 
-def wrk_paced_creates(base: str, key: str, rate: int, seconds: int, connections: int) -> Figures:
-    """(requests, errors, achieved req/s, p50 ms, p99 ms) of single creates offered at ``rate``/s."""
+def run_wrk(base: str, script: str, connections: int, seconds: int) -> Figures:
+    """Run wrk (2 threads) with ``script`` against ``base``'s host; (requests, errors, req/s, p50, p99)."""
     parts = urlsplit(base)
-    script = _WRK_PACED_SCRIPT % {
-        "key": key, "path": parts.path, "run": uuid.uuid4().hex[:6], "interval": connections / rate * 1000
-    }  # fmt: skip
     with NamedTemporaryFile("w", suffix=".lua") as f:
-        f.write(script)
+        f.write(script + _WRK_DONE)
         f.flush()
         done = subprocess.run(
             ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", f.name, f"{parts.scheme}://{parts.netloc}/"],
@@ -333,6 +306,20 @@ def wrk_paced_creates(base: str, key: str, rate: int, seconds: int, connections:
         raise SystemExit(f"wrk failed:\n{done.stdout}\n{done.stderr}")
     n, errors, micros, p50, p99 = line.split()[1:]
     return int(n), int(errors), int(n) / (int(micros) / 1e6), float(p50), float(p99)
+
+
+def wrk_reads(base: str, key: str, ids: list[str], connections: int, seconds: int) -> Figures:
+    """Point reads of random ids of the created assets."""
+    script = _WRK_READS % {"ids": ",".join(f'"{i}"' for i in ids), "key": key, "path": urlsplit(base).path}
+    return run_wrk(base, script, connections, seconds)
+
+
+def wrk_paced_creates(base: str, key: str, rate: int, seconds: int, connections: int) -> Figures:
+    """Single creates, ``connections`` of them each pausing ``connections / rate`` s after every answer."""
+    script = _WRK_PACED_CREATES % {
+        "key": key, "path": urlsplit(base).path, "run": uuid.uuid4().hex[:6], "interval": connections / rate * 1000
+    }  # fmt: skip
+    return run_wrk(base, script, connections, seconds)
 
 
 def hey_reads(
