@@ -4,6 +4,7 @@ connections, the address guard at connect time, a connection the receiver closed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
@@ -183,3 +184,29 @@ async def test_waiting_longer_than_the_pool_timeout_for_a_connection_is_a_pool_t
             with pytest.raises(httpx.PoolTimeout):
                 await http.post(slow.url, content=b"{}")
             assert (await first).status_code == 204
+
+
+async def test_an_endless_answer_is_read_up_to_the_limit_and_its_connection_closed() -> None:
+    # A receiver is a tenant's choice: one that streams forever must not fill the shared dispatcher's memory.
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65_536, b"x" * 65_536)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = PooledTransport(allow_private=True, max_body_bytes=200_000)
+    try:
+        async with client(transport, timeout=10) as http:
+            r = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
+            assert r.status_code == 200 and r.content == b"x" * 200_000
+            r = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
+            assert len(r.content) == 200_000
+        assert transport.connections_opened == 2  # the cut-off connection was not reused
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -17,6 +17,10 @@ every channel reads) and replaces only the connection layer: asyncio streams, h1
   address, so two names on one address never share a connection (nor its TLS session).
 - A request on a reused connection that the receiver closed meanwhile (the keep-alive race: nothing of
   the answer arrived) is sent once more on a new connection.
+- **Answers are read up to ``max_body_bytes``** (1 MiB): what a receiver sends beyond is not read, and its
+  connection is closed. A receiver is a tenant's choice; an endless body within the attempt's timeout must
+  not fill the dispatcher's memory, which every tenant's deliveries share (a delivery keeps 1,000 characters
+  of the answer anyway).
 - No proxies, no HTTP/2: the dispatcher connects to receivers directly (a proxy would connect to
   addresses the guard never saw).
 """
@@ -37,6 +41,7 @@ from lily.netguard import check_target
 __all__ = ["PooledTransport", "delivery_client"]
 
 READ_CHUNK = 65_536
+MAX_BODY_BYTES = 1 << 20
 
 
 class _Connection:
@@ -76,8 +81,10 @@ class _Body(httpx.AsyncByteStream):
         conn: _Connection,
         request: httpx.Request,
         read_timeout: float | None,
+        max_bytes: int,
     ) -> None:
         self._transport = transport
+        self._left = max_bytes
         self._request = request
         self._pool = pool
         self._conn: _Connection | None = conn
@@ -97,7 +104,14 @@ class _Body(httpx.AsyncByteStream):
                 except (OSError, _Closed, h11.RemoteProtocolError) as exc:
                     raise _read_error(exc, self._request) from None
                 if isinstance(event, h11.Data):
-                    yield bytes(event.data)
+                    data = bytes(event.data)
+                    if len(data) > self._left:
+                        # The rest is never read: the connection closes (not complete, so not reused).
+                        yield data[: self._left]
+                        await self.aclose()
+                        return
+                    self._left -= len(data)
+                    yield data
                 elif isinstance(event, h11.EndOfMessage):
                     self._complete = True
                     return
@@ -120,11 +134,13 @@ class PooledTransport(httpx.AsyncBaseTransport):
         allow_private: bool,
         max_per_origin: int = 32,
         keepalive_seconds: float = 30.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.allow_private = allow_private
         self.max_per_origin = max_per_origin
         self.keepalive = keepalive_seconds
+        self.max_body_bytes = max_body_bytes
         self._ssl = ssl_context
         self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._swept = time.monotonic()
@@ -183,7 +199,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=response.status_code,
             headers=[(bytes(k), bytes(v)) for k, v in response.headers.raw_items()],
-            stream=_Body(self, pool, conn, request, timeouts.get("read")),
+            stream=_Body(self, pool, conn, request, timeouts.get("read"), self.max_body_bytes),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": bytes(response.reason)},
         )
 
