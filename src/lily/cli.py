@@ -107,6 +107,8 @@ def _supervise(settings: Settings) -> Any:
 def _uvicorn_config(app: Any, host: str, port: int, level: str) -> Any:
     import uvicorn
 
+    from lily.api.http import BoundedHttpToolsProtocol
+
     return uvicorn.Config(
         app,
         host=host,
@@ -117,10 +119,8 @@ def _uvicorn_config(app: Any, host: str, port: int, level: str) -> Any:
         # uvicorn's own handling would believe any header sent from 127.0.0.1.
         proxy_headers=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-        # h11 bounds a request's head (16 KiB, then 400 and close); the httptools parser takes headers
-        # without limit (100 MiB of them from one connection were measured held in memory).
-        http="h11",
-        h11_max_incomplete_event_size=16 * 1024,
+        # httptools, with a request's head bounded as h11 bounded it (lily.api.http).
+        http=BoundedHttpToolsProtocol,
     )
 
 
