@@ -12,8 +12,9 @@ VACUUM ANALYZE.
 
 Every query goes the way ``GET /metadata/search`` goes: ``lily.store.search`` on the application pool
 (``lily_app``, RLS on, one tenant transaction per call, as a viewer with ``--policies N`` access
-policies in force, half of them applying to it). p50/p99 at 1 client and at 8 concurrent clients
-(one pool of 8). The reference: the rare-word predicate as raw SQL on a superuser connection.
+policies in force, all of them applying to it; ``--policy-scope`` says how much they hide). p50/p99 at
+1 client and at 8 concurrent clients (one pool of 8). The reference: the rare-word predicate as raw SQL
+on a superuser connection.
 """
 
 from __future__ import annotations
@@ -133,16 +134,26 @@ CALLER = Caller("viewer", ("everyone", "group:analysts", "role:viewer", "user:be
 UNBOUND = Caller("viewer", ("everyone", "role:viewer", "user:nobody"))
 
 
-def add_policies(url: str, n: int) -> None:
-    """Replace the tenant's access policies with ``n``: a fifth each deny reading a tag, deny reading a
+def add_policies(url: str, n: int, scope: str = "broad") -> None:
+    """Replace the tenant's access policies with ``n``, all of them applying to the searching principal
+    (CALLER), none to UNBOUND; none selects every asset. A fifth each deny reading a tag, deny reading a
     qualified-name prefix, deny reading a type+tag pair, allow writes on a type, deny writes on a tag.
-    All of them apply to the searching principal (CALLER), none to UNBOUND; none selects every asset."""
+
+    ``scope`` says how much the read denials select. ``broad``: each of 20 tags (of 50), 20 prefixes of a
+    schema in one system, 20 type+tag pairs; together half of the tenant. ``narrow``: the same kinds and
+    counts, as governance usually writes them: two sensitive tags (``pii``, ``finance``) and 18 lists of
+    asset ids, a schema of one system each, and rarer type+tag pairs; together about a tenth. The cost of
+    a bounded scan (a page of a rare filter, a count, the facets) grows with the share it must skip, the
+    cost of the policies themselves with their number: the two scopes tell them apart."""
+    rng = random.Random(7)
     with psycopg.connect(url, autocommit=True) as conn:
+        ids = [r[0] for r in conn.execute("SELECT asset_id FROM assets WHERE tenant_id = %s LIMIT 2000", [TENANT])]
         conn.execute("DELETE FROM access_policies WHERE tenant_id = %s", [TENANT])
         for i in range(n):
             who = ["group:analysts"] if i % 2 == 0 else ["user:bench"]
             kind = i % 5
             tag = TAGS[(i // 5) % 48]
+            asset_ids = None
             effect, actions, prefix, types, tags = {
                 0: ("deny", ["read"], None, None, [tag]),
                 1: ("deny", ["read"], f"{SYSTEMS[i % len(SYSTEMS)]}/s{i % 97}.", None, None),
@@ -150,10 +161,20 @@ def add_policies(url: str, n: int) -> None:
                 3: ("allow", ["write"], None, [TYPES[-1 - i % 8]], None),
                 4: ("deny", ["write"], None, None, [tag]),
             }[kind]
+            if scope == "narrow" and kind == 0:
+                if i < 10:
+                    tags = [["pii", "finance"][i // 5]]
+                else:
+                    tags, asset_ids = None, rng.sample(ids, 10)
+            elif scope == "narrow" and kind == 1:
+                prefix = f"{SYSTEMS[i % len(SYSTEMS)]}/s{i % 97}.{PREFIXES[i % len(PREFIXES)]}_"
+            elif scope == "narrow" and kind == 2:
+                types = [TYPES[-1 - i % 4]]  # model, file, metric, job: the rarer types
             conn.execute(
-                "INSERT INTO access_policies (tenant_id, name, effect, actions, principals, qualified_name_prefix,"
-                " types, tags, created_by, updated_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'bench', 'bench')",
-                [TENANT, f"p{i}", effect, actions, who, prefix, types, tags],
+                "INSERT INTO access_policies (tenant_id, name, effect, actions, principals, asset_ids,"
+                " qualified_name_prefix, types, tags, created_by, updated_by)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'bench', 'bench')",
+                [TENANT, f"p{i}", effect, actions, who, asset_ids, prefix, types, tags],
             )
         conn.execute("ANALYZE access_policies")
 
@@ -279,6 +300,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--policies", type=int, default=0, help="access policies in force for the searching principal (0-500)"
     )
+    parser.add_argument(
+        "--policy-scope",
+        choices=["broad", "narrow"],
+        default="broad",
+        help="how much the read denials hide: broad about half of the tenant, narrow about a tenth",
+    )
     args = parser.parse_args(argv)
     name = args.reuse or f"lily_bench_search_{uuid.uuid4().hex[:8]}"
     url = make_conninfo("", **{**conninfo_to_dict(args.url), "dbname": name})
@@ -289,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.reuse:
             migrate(url, partitions=4)
             load(url, args.assets, args.seed)
-        add_policies(url, args.policies)
-        print(f"access policies: {args.policies}", flush=True)
+        add_policies(url, args.policies, args.policy_scope)
+        print(f"access policies: {args.policies} ({args.policy_scope})", flush=True)
         asyncio.run(measure(url, args.rounds, args.policies))
     finally:
         if args.keep or args.reuse:
