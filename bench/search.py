@@ -141,7 +141,8 @@ def add_policies(url: str, n: int, scope: str = "broad") -> None:
 
     ``scope`` says how much the read denials select. ``broad``: each of 20 tags (of 50), 20 prefixes of a
     schema in one system, 20 type+tag pairs; together half of the tenant. ``narrow``: the same kinds and
-    counts, as governance usually writes them: two sensitive tags (``pii``, ``finance``) and 18 lists of
+    counts, as governance usually writes them: two sensitive tags (not the two the query mix filters on,
+    which would make those queries contradict the policies and answer nothing at once) and 18 lists of
     asset ids, a schema of one system each, and rarer type+tag pairs; together about a tenth. The cost of
     a bounded scan (a page of a rare filter, a count, the facets) grows with the share it must skip, the
     cost of the policies themselves with their number: the two scopes tell them apart."""
@@ -163,7 +164,7 @@ def add_policies(url: str, n: int, scope: str = "broad") -> None:
             }[kind]
             if scope == "narrow" and kind == 0:
                 if i < 10:
-                    tags = [["pii", "finance"][i // 5]]
+                    tags = [TAGS[46 + i // 5]]
                 else:
                     tags, asset_ids = None, rng.sample(ids, 10)
             elif scope == "narrow" and kind == 1:

@@ -119,3 +119,31 @@ async def test_a_contradicted_filter_plans_nothing_and_others_keep_the_rule(
                         )
                         assert "One-Time Filter: false" in plan, plan
                         assert not re.search(r"Scan (using \w+ )?on assets ", plan), plan  # no row of assets read
+
+
+async def test_the_denials_kept_per_connection_follow_a_policy_change(
+    database_url: str, client: Any, tenant: Any, seeded: dict[str, str]
+) -> None:
+    viewer = "{everyone,role:viewer}"
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+
+        def where(filters: dict[str, Any]) -> str:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT set_config('lily.tenant_id', %s, true), set_config('lily.access_role', 'viewer', true),"
+                    " set_config('lily.access_names', %s, true)",
+                    [tenant.tenant_id, viewer],
+                )
+                return where_of(conn, filters)
+
+        assert where({"tags": ["pii"]}).endswith(" AND false")
+        assert where({"tags": ["pii"]}).endswith(" AND false")  # now from this connection's copy
+        # Another connection (the API's) lifts the pii denial: this connection's next search sees it.
+        h = tenant.headers("steward")
+        listed = (await client.get("/metadata/access-control/policies", headers=h)).json()["items"]
+        pii = next(p for p in listed if p["resources"].get("tags") == ["pii"])
+        r = await client.delete(f"/metadata/access-control/policies/{pii['policy_id']}", headers=h)
+        assert r.status_code == 204, r.text
+        assert not where({"tags": ["pii"]}).endswith(" AND false")
+        r = await client.get("/metadata/search", params={"tag": "pii"}, headers=tenant.headers("viewer"))
+        assert {a["qualified_name"] for a in r.json()["items"]} == {"pg://h/db.fin.b", "pg://h/db.pub.c"}
