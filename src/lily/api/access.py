@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import Depends
 
 from lily.api.deps import Principal, RuntimeDep, authenticate
+from lily.api.runtime import Runtime
 from lily.domain.access import AssetFacts, Decision, Policy, applies, decide
 from lily.domain.assets import Asset
 from lily.domain.errors import Forbidden
@@ -155,6 +156,28 @@ async def check_named(
         states = [proposed(name, now, type=type, tags=tags), *([facts(now)] if now is not None else [])]
         targets.append((name, now, states))
     await check_write(conn, principal, targets, read=read, checker=checker)
+
+
+async def check_named_write(
+    runtime: Runtime,
+    principal: Principal,
+    names: Sequence[str],
+    *,
+    type: str | None = None,
+    tags: Sequence[str] | None = None,
+    read: Sequence[str] = (),
+) -> None:
+    """:func:`check_named` for a route that checks before it appends: the policies are read in one round
+    trip (:meth:`Database.read`), and only a caller some policy applies to, or whose role cannot write, is
+    checked further, in a tenant transaction. Before, every write opened a transaction to find there was
+    nothing to check: three round trips of a single create's ten."""
+    async with runtime.db.read(principal.tenant_id) as conn:
+        pending = await store.queue_all_policies(conn, principal.tenant_id)
+    checker = Checker(principal, (Policy.from_row(r) for r in await pending.fetchall()))
+    if checker.unbound():
+        return
+    async with runtime.db.tenant(principal.tenant_id) as conn:
+        await check_named(conn, principal, names, type=type, tags=tags, read=read, checker=checker)
 
 
 async def check_asset(

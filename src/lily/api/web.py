@@ -34,8 +34,7 @@ class Web:
     async def check_writes(
         self, runtime: Runtime, caller: Principal, written: Sequence[str], read: Sequence[str] = ()
     ) -> None:
-        async with runtime.db.tenant(caller.tenant_id) as conn:
-            await access.check_named(conn, caller, list(dict.fromkeys(written)), read=list(dict.fromkeys(read)))
+        await access.check_named_write(runtime, caller, list(dict.fromkeys(written)), read=list(dict.fromkeys(read)))
 
 
 def _marker(alias: Any) -> Any:

@@ -21,7 +21,8 @@ from lily.pipeline.writer import Submitted, request_hash
 from lily.store import log as store_log
 from lily.store.db import Conn
 
-# Renders an applied write's result, reading what it needs through the given (tenant) connection.
+# Renders an applied write's result, reading what it needs through the given connection (a read-only
+# tenant transaction in pipeline mode: Database.read).
 Render = Callable[[Conn, dict[str, Any]], Awaitable[Response]]
 
 STATUS_PATH = "/lily/v1/events/{}"
@@ -82,8 +83,9 @@ async def write(
         return accepted_response(submitted)
     if not await runtime.writer.wait(submitted, wait_bound(prefs, runtime.settings.write_wait_seconds)):
         return accepted_response(submitted, async_preferred=False)
-    # One transaction reads the outcome and renders it (one pool checkout, fewer round trips).
-    async with runtime.db.tenant(principal.tenant_id) as conn:
+    # One read-only transaction reads the outcome and renders it: a pipelined Database.read, so the
+    # settings travel with the outcome's query and no BEGIN or COMMIT costs a round trip of its own.
+    async with runtime.db.read(principal.tenant_id) as conn:
         outcome = await store_log.get_event(conn, principal.tenant_id, UUID(submitted.event_id))
         assert outcome is not None
         if outcome["status"] == "failed":

@@ -29,6 +29,9 @@ class AppliedWaiter:
         self._held: dict[int, set[int]] = {}
         self._waiting: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
         self._task: asyncio.Task[None] | None = None
+        # Which LISTEN session is up (a new number for each connection), None while there is none.
+        self._listening: int | None = None
+        self._sessions = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="lily-applied-listener")
@@ -39,19 +42,30 @@ class AppliedWaiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def wait(self, partition: int, seq: int, timeout: float) -> bool:
-        """True once ``seq`` of ``partition`` is applied (or failed), False after ``timeout`` seconds."""
+    def listening(self) -> int | None:
+        """The LISTEN session up now, if any. Taken before an event is appended and handed back to
+        :meth:`wait`: while the same session is still up, everything said of that event after its append
+        reaches this process."""
+        return self._listening
+
+    async def wait(self, partition: int, seq: int, timeout: float, *, heard_since: int | None = None) -> bool:
+        """True once ``seq`` of ``partition`` is applied (or failed), False after ``timeout`` seconds.
+        ``heard_since``: the :meth:`listening` session taken before the event was appended."""
         if self._decided(partition, seq):
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(partition, []).append((seq, fut))
         try:
-            # The event may have been applied (or held) before we registered: ask once.
-            async with self.db.connection() as conn:  # one round trip, outside any transaction
-                offset, held = await store_log.applied_state(conn, partition, seq)
-            if held:
-                self._held.setdefault(partition, set()).add(seq)
-            self._advance(partition, offset)
+            if heard_since is None or heard_since != self._listening:
+                # The event may have been applied (or held) before we listened: ask once. Not needed when
+                # the listener was up before the append and still is (a round trip of every write saved):
+                # PostgreSQL delivers every notification committed after LISTEN, so the worker's word on
+                # this event comes, or has come, through it.
+                async with self.db.connection() as conn:  # one round trip, outside any transaction
+                    offset, held = await store_log.applied_state(conn, partition, seq)
+                if held:
+                    self._held.setdefault(partition, set()).add(seq)
+                self._advance(partition, offset)
             await asyncio.wait_for(asyncio.shield(fut), timeout)
             return True
         except TimeoutError:
@@ -92,9 +106,14 @@ class AppliedWaiter:
             try:
                 async with await psycopg.AsyncConnection.connect(self.db.url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {store_log.APPLIED_CHANNEL}")
-                    async for note in conn.notifies():
-                        for partition, seq, mark in store_log.parse_applied(note.payload):
-                            self._note(partition, seq, mark)
+                    self._sessions += 1
+                    self._listening = self._sessions
+                    try:
+                        async for note in conn.notifies():
+                            for partition, seq, mark in store_log.parse_applied(note.payload):
+                                self._note(partition, seq, mark)
+                    finally:
+                        self._listening = None
             except psycopg.OperationalError as exc:
                 log.warning("applied-listener lost its connection, reconnecting: %s", exc)
                 await asyncio.sleep(1)

@@ -27,6 +27,7 @@ class Submitted:
     partition: int
     seq: int
     replayed: bool = False  # True when an idempotency key matched an earlier request
+    heard_since: int | None = None  # the waiter's LISTEN session before the append (AppliedWaiter.listening)
 
 
 class Writer:
@@ -39,10 +40,11 @@ class Writer:
         self, event: NewEvent, *, idempotency_key: str | None = None, fingerprint: str | None = None
     ) -> Submitted:
         """Append one event; with an idempotency key, a repeat returns the first event instead."""
+        heard = self.waiter.listening()
         if not idempotency_key:
             async with self.db.connection() as conn:
                 accepted = await store_log.append_alone(conn, event, self.settings.partitions)
-            return Submitted(str(accepted.event_id), accepted.partition, accepted.seq)
+            return Submitted(str(accepted.event_id), accepted.partition, accepted.seq, heard_since=heard)
         async with self.db.tenant(event.tenant_id) as conn:
             first = await idempotency.claim(
                 conn, event.tenant_id, idempotency_key, fingerprint or "", {"event_id": str(event.event_id)}
@@ -56,7 +58,7 @@ class Writer:
                 assert previous is not None
                 return Submitted(str(previous["event_id"]), previous["partition"], previous["seq"], True)
             (accepted,) = await store_log.append(conn, [event], self.settings.partitions)
-        return Submitted(str(accepted.event_id), accepted.partition, accepted.seq)
+        return Submitted(str(accepted.event_id), accepted.partition, accepted.seq, heard_since=heard)
 
     async def append_many(self, tenant_id: str, events: list[NewEvent]) -> list[Accepted]:
         async with self.db.tenant(tenant_id) as conn:
@@ -67,4 +69,5 @@ class Writer:
             submitted.partition,
             submitted.seq,
             self.settings.write_wait_seconds if timeout is None else timeout,
+            heard_since=submitted.heard_since,
         )

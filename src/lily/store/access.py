@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg import AsyncCursor
 
 from lily.domain.access import PolicyIn
 from lily.domain.errors import Conflict
@@ -116,10 +117,14 @@ async def page(conn: Conn, tenant_id: str, *, after: UUID | None, limit: int) ->
 
 async def all_policies(conn: Conn, tenant_id: str) -> list[dict[str, Any]]:
     """Every policy of the tenant (bounded by ``MAX_POLICIES``), for deciding in the API."""
-    cur = await conn.execute(
+    return await (await queue_all_policies(conn, tenant_id)).fetchall()
+
+
+async def queue_all_policies(conn: Conn, tenant_id: str) -> AsyncCursor[dict[str, Any]]:
+    """:func:`all_policies`, sent but not fetched (for :meth:`Database.read`: fetch after its block)."""
+    return await conn.execute(
         f"SELECT {_COLUMNS} FROM access_policies WHERE tenant_id = %s ORDER BY policy_id", [tenant_id]
     )
-    return await cur.fetchall()
 
 
 async def hidden_names(conn: Conn, qualified_names: Sequence[str]) -> set[str]:

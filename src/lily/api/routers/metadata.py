@@ -70,8 +70,7 @@ async def create_or_update(
 ) -> Response:
     payload = body.model_dump(mode="json", exclude_unset=True)
     payload["qualified_name"], payload["type"] = body.qualified_name, body.type
-    async with runtime.db.tenant(principal.tenant_id) as conn:
-        await access.check_named(conn, principal, [body.qualified_name], type=body.type, tags=payload.get("tags"))
+    await access.check_named_write(runtime, principal, [body.qualified_name], type=body.type, tags=payload.get("tags"))
     event = NewEvent(principal.tenant_id, body.qualified_name, ASSET_UPSERT, payload, principal.actor, request_id)
     return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
 

@@ -116,8 +116,7 @@ async def lineage_from_sql(
         return {"statements": statements, "applied": False, "event_ids": []}
     written = list(dict.fromkeys(sl.qualified_name(body.namespace, f.target) for f in found if f.target is not None))
     read_only = [q for f in found for r in f.sources if (q := sl.qualified_name(body.namespace, r)) not in written]
-    async with runtime.db.tenant(principal.tenant_id) as conn:
-        await access.check_named(conn, principal, written, read=list(dict.fromkeys(read_only)))
+    await access.check_named_write(runtime, principal, written, read=list(dict.fromkeys(read_only)))
     events = [
         NewEvent(principal.tenant_id, str(p["downstreams"][0]), LINEAGE_UPSERT, p, principal.actor, request_id)  # type: ignore[index]
         for p in payloads
