@@ -233,7 +233,7 @@ def api_process(fd: int, parent: int) -> None:
     import uvicorn
 
     from lily.api.app import create_app
-    from lily.api.processes import watch_parent
+    from lily.api.processes import own_socket, watch_parent
 
     settings = _settings()
     if not settings.database_url:
@@ -241,7 +241,7 @@ def api_process(fd: int, parent: int) -> None:
     watch_parent(parent)
     app = create_app(settings, settings.database_url, run_workers=False, run_scheduler=False)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    sock = socket.socket(fileno=fd)
+    sock = own_socket(socket.socket(fileno=fd))
     config = _uvicorn_config(app, settings.host, settings.port, _log_level())
 
     class Server(uvicorn.Server):
