@@ -92,13 +92,16 @@ def blocked_roots(patterns: Iterable[str]) -> list[str] | None:
     return sorted(set(roots))
 
 
+BLOCKS_PROPAGATION = "lily.blocks_propagation"  # the flat attribute key (OpenLineage's ``lily`` job facet sets it)
+
+
 def blocking_patterns(attributes: dict[str, Any] | None) -> list[str]:
     """What a job (process) asset blocks: ``attributes["lily.blocks_propagation"]`` or the nested
     ``attributes["lily"]["blocks_propagation"]`` (both spellings are common in hand-written JSON)."""
     if not attributes:
         return []
     found: list[str] = []
-    flat = attributes.get("lily.blocks_propagation")
+    flat = attributes.get(BLOCKS_PROPAGATION)
     nested = attributes.get("lily")
     for value in (flat, nested.get("blocks_propagation") if isinstance(nested, dict) else None):
         if isinstance(value, str):

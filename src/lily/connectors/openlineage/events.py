@@ -1,7 +1,8 @@
 """OpenLineage events as the spec (https://openlineage.io/spec/2-0-2/OpenLineage.json) defines them.
 
 Only what Lily reads is typed: identity (namespace, name, runId), event type and time, and the facets
-that become Lily fields (``schema``, ``columnLineage``, ``documentation``, ``ownership``). Everything else
+that become Lily fields (``schema``, ``columnLineage``, ``documentation``, ``ownership``, and a job's
+``lily`` facet: ``{"blocks_propagation": ["PII.*"]}``). Everything else
 is allowed through untyped, as the spec's ``additionalProperties`` asks, so producers that add custom
 facets are never refused. Validation errors name the field the way the API does (``run.runId``,
 ``outputs[0].facets.schema.fields[2].name``; ``[3].job`` inside a batch).
@@ -134,9 +135,21 @@ class DatasetFacets(_Open):
     ownership: OwnershipFacet | None = None
 
 
+class LilyJobFacet(_Open):
+    """Lily's own job facet: what the job stops from propagating along the lineage it writes (an
+    anonymising or hashing step), as ``attributes["lily.blocks_propagation"]`` does for a job written
+    through the API. ``{"_deleted": true}`` (the spec's removal) lifts the block."""
+
+    blocks_propagation: (
+        list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]] | None
+    ) = Field(default=None, max_length=100)
+    deleted: bool = Field(default=False, alias="_deleted")
+
+
 class JobFacets(_Open):
     documentation: DocumentationFacet | None = None
     ownership: OwnershipFacet | None = None
+    lily: LilyJobFacet | None = None
 
 
 # ---------------------------------------------------------------- the core objects

@@ -35,6 +35,7 @@ from lily.connectors.openlineage.events import (
 from lily.connectors.openlineage.facets import ATTRIBUTE, bounded, kept
 from lily.connectors.openlineage.runs import OPENLINEAGE_RUN, timestamp
 from lily.domain.assets import default_name
+from lily.domain.classification import BLOCKS_PROPAGATION
 from lily.domain.errors import Invalid
 from lily.domain.events import ASSET_UPSERT, LINEAGE_UPSERT, NewEvent
 from lily.domain.lineage import MAX_EDGES_PER_REQUEST, MAX_REFS
@@ -127,7 +128,14 @@ def dataset_payload(ds: Dataset) -> dict[str, Any]:
 
 
 def job_payload(job: Job, *, with_facets: bool = True) -> dict[str, Any]:
-    return _common(job, JOB, with_facets=with_facets)
+    payload = _common(job, JOB, with_facets=with_facets)
+    lily = job.facets.lily
+    # Only an event that carries the facet sets the block (upserts replace an attribute key as a whole):
+    # a later event of the same job without it keeps what was declared.
+    if lily is not None and (lily.deleted or lily.blocks_propagation is not None):
+        blocks = [] if lily.deleted else list(dict.fromkeys(lily.blocks_propagation or ()))
+        payload.setdefault("attributes", {})[BLOCKS_PROPAGATION] = blocks
+    return payload
 
 
 def columns(fields: list[SchemaField], prefix: str = "") -> list[dict[str, Any]]:
