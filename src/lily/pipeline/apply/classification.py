@@ -75,6 +75,7 @@ class Flow:
     ctx: BatchContext
     _policy: tuple[bool, int] | None = None
     _steps: dict[Place, list[store.Step]] = field(default_factory=dict)
+    _reach: dict[Place, dict[Place, list[list[str]]]] = field(default_factory=dict)  # still_flows' index
     _out: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     # Per asset: the steward removals and the rows at the places its one propagation (or retraction) event
     # of the batch names, read for the whole batch at once (:meth:`read_ahead`); taken by that event.
@@ -123,7 +124,21 @@ class Flow:
             self._ahead[asset_id] = (removed.get(asset_id, set()), rows)
         if not propagating:
             return
-        places = list(dict.fromkeys((a, c) for a, c, _ in keys if c is not None and (a, c) not in self._steps))
+        # The lineage one step on from each column, and one step on from each step's upstream place (for
+        # still_flows: is the step it arrived by still there, and still unblocked).
+        vias = [
+            _place(item.via)
+            for event in events
+            if event.kind == CLASSIFICATION_PROPAGATE
+            and (asset := current.get(event.subject)) is not None
+            and asset.asset_id in self._ahead
+            for item in event.notes.request.items
+        ]
+        places = list(
+            dict.fromkeys(
+                (a, c) for a, c in [*((a, c) for a, c, _ in keys), *vias] if c is not None and (a, c) not in self._steps
+            )
+        )
         if places:
             for place, steps in (await store.columns_steps(self.ctx.conn, self.ctx.tenant_id, places)).items():
                 self._steps[place] = steps
@@ -133,6 +148,20 @@ class Flow:
     ) -> tuple[set[tuple[str | None, str]], dict[tuple[str | None, str], list[Row]]] | None:
         """What :meth:`read_ahead` read for the asset's step (once: it is then out of date)."""
         return self._ahead.pop(asset_id, None)
+
+    async def still_flows(self, via: Place, place: Place, name: str) -> bool:
+        """Whether lineage still leads from ``via`` to ``place`` through a job that does not block ``name``.
+        A step is queued when its upstream place gets the name and applied later: a lineage removal or a
+        job's new block applied in between would otherwise find nothing to retract yet, and the step would
+        land after it."""
+        reach = self._reach.get(via)
+        if reach is None:
+            if via not in self._steps:
+                self._steps[via] = await store.steps(self.ctx.conn, self.ctx.tenant_id, via[0], via[1])
+            reach = self._reach[via] = {}
+            for s in self._steps[via]:  # by place: a column may have a thousand derived ones
+                reach.setdefault((s.asset_id, s.column), []).append(cls.blocking_patterns(s.process_attributes))
+        return any(not cls.blocked(name, patterns) for patterns in reach.get(place, ()))
 
     async def step(
         self, pending: list[tuple[str, str, dict[str, Any]]], place: Place, name: str, origin: Place, distance: int,
@@ -461,6 +490,8 @@ async def _propagate(ctx: BatchContext, event: PipelineEvent, asset: Asset, flow
         same = [r for r in existing[key] if r.source == "propagated" and (r.origin_asset_id, r.origin_column) == origin]
         if any((r.via_asset_id, r.via_column) == via for r in same):
             continue
+        if not await flow.still_flows(via, place, item.classification):
+            continue  # the edge is gone, or its job blocks the name, since the step was queued
         if same and item.distance > min(r.distance or 0 for r in same):
             continue  # a longer way from the same origin (a cycle, or a longer arm): nothing new
         row = Row(
