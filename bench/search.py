@@ -148,7 +148,8 @@ def add_policies(url: str, n: int, scope: str = "broad") -> None:
     cost of the policies themselves with their number: the two scopes tell them apart."""
     rng = random.Random(7)
     with psycopg.connect(url, autocommit=True) as conn:
-        ids = [r[0] for r in conn.execute("SELECT asset_id FROM assets WHERE tenant_id = %s LIMIT 2000", [TENANT])]
+        first = "SELECT asset_id FROM assets WHERE tenant_id = %s ORDER BY asset_id LIMIT 2000"  # the same every run
+        ids = [r[0] for r in conn.execute(first, [TENANT])]
         conn.execute("DELETE FROM access_policies WHERE tenant_id = %s", [TENANT])
         for i in range(n):
             who = ["group:analysts"] if i % 2 == 0 else ["user:bench"]
