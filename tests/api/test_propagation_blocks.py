@@ -200,3 +200,58 @@ def test_only_a_changed_blocking_list_is_noticed() -> None:
     # What the retraction's read narrows to (the patterns decide in the end).
     assert cls.blocked_roots(["PII.*", "GDPR.Personal", "PII"]) == ["GDPR.Personal", "PII"]
     assert cls.blocked_roots(["PII", "*"]) is None
+
+
+async def test_diamond_with_unequal_arms_keeps_the_name_by_the_longer_arm(client, tenant, app) -> None:
+    """a.x →(jobs.short) s.x → d.x and a.x → l1.x → l2.x → d.x. d records only the shorter path (a longer
+    one from the same origin is not recorded); when the short arm's job comes to block, the name comes
+    back to d by the longer arm. Removed at the source, it goes everywhere."""
+    nodes = {n: await put(client, tenant, n, ["x"]) for n in ("a", "s", "l1", "l2", "d")}
+    a, s, l2, d = (nodes[n]["asset_id"] for n in ("a", "s", "l2", "d"))
+    await _job(client, tenant, "jobs.short", None)
+    await link(client, tenant, "a", "s", {"x": "x"}, process="jobs.short")
+    for up, down in (("s", "d"), ("a", "l1"), ("l1", "l2"), ("l2", "d")):
+        await link(client, tenant, up, down, {"x": "x"})
+    r = await classify(client, tenant, a, ["PII.Email"], column="x")
+    assert r.status_code == 200, r.text
+    await wait_idle(app, tenant)
+    assert _paths(await items(client, tenant, d), "x", "PII.Email") == {("propagated", s)}
+
+    await _job(client, tenant, "jobs.short", ["PII.*"])
+    await wait_idle(app, tenant)
+    assert _paths(await items(client, tenant, s), "x", "PII.Email") == set()
+    at_d = [i for i in await items(client, tenant, d) if i["column"] == "x" and i["classification"] == "PII.Email"]
+    assert [(i["source"], i["propagated_from"]["via"]["asset_id"], i["propagated_from"]["distance"]) for i in at_d] == [
+        ("propagated", l2, 3)
+    ]
+
+    r = await client.delete(
+        f"/metadata/governance/classification/{a}",
+        params={"classification": "PII.Email", "column": "x"},
+        headers=tenant.headers("steward"),
+    )
+    assert r.status_code == 200, r.text
+    await wait_idle(app, tenant)
+    for n in ("s", "l1", "l2", "d"):
+        assert _paths(await items(client, tenant, nodes[n]["asset_id"]), "x", "PII.Email") == set(), n
+
+
+async def test_a_cycle_does_not_hand_a_name_back_to_where_it_was_lost(client, tenant, app) -> None:
+    """a.x →(jobs.in) p.x → q.x → p.x (a cycle): when the job comes to block, p loses the name, and q,
+    which only has it by way of p, does not give it back."""
+    nodes = {n: await put(client, tenant, n, ["x"]) for n in ("a", "p", "q")}
+    a = nodes["a"]["asset_id"]
+    await _job(client, tenant, "jobs.in", None)
+    await link(client, tenant, "a", "p", {"x": "x"}, process="jobs.in")
+    await link(client, tenant, "p", "q", {"x": "x"})
+    await link(client, tenant, "q", "p", {"x": "x"})
+    r = await classify(client, tenant, a, ["PII.Email"], column="x")
+    assert r.status_code == 200, r.text
+    await wait_idle(app, tenant)
+    assert _paths(await items(client, tenant, nodes["q"]["asset_id"]), "x", "PII.Email") == {
+        ("propagated", nodes["p"]["asset_id"])
+    }
+    await _job(client, tenant, "jobs.in", ["PII.*"])
+    await wait_idle(app, tenant)
+    for n in ("p", "q"):
+        assert _paths(await items(client, tenant, nodes[n]["asset_id"]), "x", "PII.Email") == set(), n

@@ -435,6 +435,54 @@ async def columns_steps(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Carrier:
+    """An upstream place that carries a name from an origin, one lineage step before a place."""
+
+    asset_id: UUID
+    column: str | None
+    distance: int  # from the origin (0: the origin itself)
+    confidence: float
+    process_attributes: dict[str, Any] | None  # the job on the edge (what it blocks)
+
+
+async def carriers_into(
+    conn: Conn, tenant_id: str, asset_id: UUID, keys: Sequence[tuple[str | None, str, UUID, str | None]]
+) -> dict[tuple[str | None, str, UUID, str | None], list[Carrier]]:
+    """For each (column, name, origin asset, origin column) of one asset: the places one lineage step
+    upstream of it (column lineage for a column, table lineage for the asset itself) whose propagating row
+    of the name comes from that origin — or that are the origin, with its own propagating row — other
+    than by way of this very place; live assets only, nearest to the origin first. One query."""
+    cur = await conn.execute(
+        "SELECT k.col AS place_column, k.name, k.oa, k.oc, c.asset_id, c.column_name,"
+        " coalesce(c.distance, 0) AS distance, c.confidence, p.attributes AS process_attributes"
+        " FROM jsonb_to_recordset(%(keys)s::jsonb) AS k(col text, name text, oa uuid, oc text)"
+        " JOIN lineage_edges e ON e.tenant_id = %(t)s AND e.downstream_id = %(asset)s"
+        " LEFT JOIN column_lineage cl ON k.col IS NOT NULL AND cl.tenant_id = e.tenant_id"
+        "  AND cl.edge_id = e.edge_id AND cl.downstream_column = k.col"
+        " JOIN assets u ON u.tenant_id = e.tenant_id AND u.asset_id = e.upstream_id AND u.deleted_at IS NULL"
+        " JOIN classifications c ON c.tenant_id = e.tenant_id AND c.asset_id = e.upstream_id"
+        "  AND c.column_name IS NOT DISTINCT FROM cl.upstream_column AND c.classification = k.name AND c.propagate"
+        " LEFT JOIN assets p ON p.tenant_id = e.tenant_id AND p.asset_id = e.process_id"
+        " WHERE (k.col IS NULL OR cl.edge_id IS NOT NULL)"
+        "  AND ((c.source = 'propagated' AND c.origin_asset_id = k.oa AND c.origin_column IS NOT DISTINCT FROM k.oc"
+        "        AND NOT (c.via_asset_id = %(asset)s AND c.via_column IS NOT DISTINCT FROM k.col))"
+        "    OR (c.source <> 'propagated' AND c.asset_id = k.oa AND c.column_name IS NOT DISTINCT FROM k.oc))"
+        " ORDER BY distance, c.asset_id, c.column_name",
+        {
+            "keys": Jsonb([{"col": c, "name": n, "oa": str(oa), "oc": oc} for c, n, oa, oc in keys]),
+            "t": tenant_id,
+            "asset": asset_id,
+        },
+    )
+    out: dict[tuple[str | None, str, UUID, str | None], list[Carrier]] = {k: [] for k in keys}
+    for r in await cur.fetchall():
+        out[(r["place_column"], r["name"], r["oa"], r["oc"])].append(
+            Carrier(r["asset_id"], r["column_name"], r["distance"], r["confidence"], r["process_attributes"])
+        )
+    return out
+
+
 @dataclass(slots=True)
 class Carried:
     """A downstream row that one place's classification put there (for retraction)."""

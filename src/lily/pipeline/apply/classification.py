@@ -186,6 +186,36 @@ class Flow:
             }
             pending.append((CLASSIFICATION_PROPAGATE, s.qualified_name, item))
 
+    async def reflow(
+        self, pending: list[tuple[str, str, dict[str, Any]]], asset: Asset, lost: list[tuple[str | None, str, Place]]
+    ) -> None:
+        """Places of ``asset`` lost their last recorded path of a name from an origin (``lost``: column,
+        name, origin). Where an unrecorded one remains — a longer arm of a diamond, never recorded because a
+        shorter one arrived first — the name comes back by it, one step from the nearest upstream place
+        that still carries it other than by way of this place (so a cycle cannot hand a name back to where
+        it was lost). What the place passed on is retracted meanwhile and passed on again when the name is
+        back; the tenant's depth bounds it."""
+        lost = [(c, n, o) for c, n, o in lost if (asset.asset_id, c) != o]
+        enabled, max_depth = await self.policy()
+        if not lost or not enabled:
+            return
+        keys = list(dict.fromkeys((c, n, o[0], o[1]) for c, n, o in lost))
+        found = await store.carriers_into(self.ctx.conn, self.ctx.tenant_id, asset.asset_id, keys)
+        for (column, name, origin_id, origin_column), carriers in found.items():
+            for c in carriers:
+                if c.distance + 1 > max_depth or cls.blocked(name, cls.blocking_patterns(c.process_attributes)):
+                    continue
+                item = {
+                    "column": column,
+                    "classification": name,
+                    "origin": _doc((origin_id, origin_column)),
+                    "via": _doc((c.asset_id, c.column)),
+                    "distance": c.distance + 1,
+                    "confidence": c.confidence,
+                }
+                pending.append((CLASSIFICATION_PROPAGATE, asset.qualified_name, item))
+                break
+
     async def retract(
         self, pending: list[tuple[str, str, dict[str, Any]]], place: Place, name: str, origin: Place
     ) -> None:
@@ -536,10 +566,11 @@ async def _retract(ctx: BatchContext, event: PipelineEvent, asset: Asset, flow: 
             continue
         existing[key] = [r for r in existing[key] if r not in gone]
         delta.removed.extend(gone)
-        if len(gone) == len(same):  # no other path from this origin carries it here: it goes on
+        if len(gone) == len(same):  # no other recorded path from this origin carries it here: it goes on
             onward.append((item.column, item.classification, origin))
     await store.delete(ctx.conn, ctx.tenant_id, delta.removed)
     await flow.retract_many(delta.pending, asset.asset_id, onward)
+    await flow.reflow(delta.pending, asset, onward)
     return delta
 
 
