@@ -93,3 +93,32 @@ async def test_words_and_classifications_of_another_tenant_are_unreachable(clien
     theirs = other_tenant.headers("viewer")
     assert await names(client, theirs, q="zanzibr") == ["zanzibar_ledger"]
     assert await names(client, theirs, classification="Secret") == ["zanzibar_ledger"]
+
+
+async def test_pages_of_matches_never_turn_into_typo_matches_and_typo_pages_go_on(client, tenant):
+    """The typo fallback is decided after a page comes back empty (migration 0018): a later page of real
+    matches that finds nothing more is empty, and a later page of a fallback stays in the fallback."""
+    h, v = tenant.headers("editor"), tenant.headers("viewer")
+    made = {n: await post(client, h, f"pg://wh/p.{n}", name=n) for n in ("orders_a", "orders_b", "orders_c")}
+    for name in ("recorders", "borders_x"):  # near "orders" by trigrams, never a text or prefix match of it
+        await post(client, h, f"pg://wh/p.{name}", name=name)
+    first = await search(client, v, q="orders", limit=2)
+    assert len(first["items"]) == 2 and first["next_cursor"]
+    seen = {a["name"] for a in first["items"]}
+    # The one match left is deleted: the next page is empty, not the typo matches of "orders".
+    (left,) = {"orders_a", "orders_b", "orders_c"} - seen
+    r = await client.delete(f"/metadata/{made[left]['asset_id']}", headers=h)
+    assert r.status_code in (200, 204), r.text
+    after = await search(client, v, q="orders", limit=2, cursor=first["next_cursor"])
+    assert after["items"] == [], after["items"]
+    # A misspelling finds the near words' names, and its pages go on through them.
+    typo_first = await search(client, v, q="ordrs", limit=1)
+    assert len(typo_first["items"]) == 1 and typo_first["next_cursor"]
+    names_seen = [typo_first["items"][0]["name"]]
+    cursor = typo_first["next_cursor"]
+    while cursor:
+        page = await search(client, v, q="ordrs", limit=1, cursor=cursor)
+        names_seen += [a["name"] for a in page["items"]]
+        cursor = page["next_cursor"]
+    everything = await names(client, v, q="ordrs")
+    assert names_seen == everything and len(everything) >= 2, (names_seen, everything)
