@@ -57,9 +57,13 @@ class Checker:
         self.policies = [p for p in policies if applies(p, principal.names)]
 
     @classmethod
-    async def load(cls, conn: Conn, principal: Principal) -> Checker:
-        rows = await store.all_policies(conn, principal.tenant_id)
+    def of_rows(cls, principal: Principal, rows: Iterable[dict[str, Any]]) -> Checker:
+        """From the tenant's policy rows as :func:`lily.store.access.all_policies` reads them."""
         return cls(principal, (Policy.from_row(r) for r in rows))
+
+    @classmethod
+    async def load(cls, conn: Conn, principal: Principal) -> Checker:
+        return cls.of_rows(principal, await store.all_policies(conn, principal.tenant_id))
 
     def decide(self, asset: AssetFacts) -> dict[str, Decision]:
         return decide(self.principal.role, self.principal.names, self.policies, asset)
@@ -173,7 +177,7 @@ async def check_named_write(
     nothing to check: three round trips of a single create's ten."""
     async with runtime.db.read(principal.tenant_id) as conn:
         pending = await store.queue_all_policies(conn, principal.tenant_id)
-    checker = Checker(principal, (Policy.from_row(r) for r in await pending.fetchall()))
+    checker = Checker.of_rows(principal, await pending.fetchall())
     if checker.unbound():
         return
     async with runtime.db.tenant(principal.tenant_id) as conn:
