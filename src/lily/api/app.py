@@ -41,6 +41,7 @@ from lily.auth.tokens import TokenConfig
 from lily.changes.waker import ChangeWaker
 from lily.config import Settings
 from lily.crypto import Keyring
+from lily.heap import settle_after_startup
 from lily.pipeline.waiter import AppliedWaiter
 from lily.pipeline.writer import Writer
 from lily.plugins import PluginError, Plugins, load_plugins
@@ -139,6 +140,7 @@ def create_app(
 
             dispatcher = Dispatcher(db, settings, plugins.channels, keyring)
             runtime.background.append(asyncio.create_task(dispatcher.run(stop), name="dispatcher"))
+        settle_after_startup()
         try:
             yield
         finally:

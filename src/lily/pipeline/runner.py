@@ -8,6 +8,7 @@ import os
 import signal
 
 from lily.config import Settings
+from lily.heap import settle_after_startup
 from lily.pipeline.stages import Pipeline
 from lily.pipeline.worker import Worker
 from lily.plugins import Plugins, load_plugins
@@ -44,6 +45,7 @@ async def run_standalone(database_url: str, settings: Settings, *, concurrency: 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks = start_workers(db, settings, stop, count=concurrency, plugins=plugins)
+    settle_after_startup()
     log.info("worker %s consuming %s partitions", os.getpid(), settings.partitions)
     try:
         await asyncio.gather(*tasks)

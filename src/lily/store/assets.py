@@ -67,14 +67,21 @@ async def current_by_names(conn: Conn, tenant_id: str, names: Sequence[str]) -> 
     return {asset.qualified_name: asset for asset in await cur.fetchall()}
 
 
+# A point read by primary key, whose deleted row is dropped here rather than by ``deleted_at IS NULL``:
+# that condition matches the partial indexes' predicate, and on a table not yet analyzed (autovacuum off,
+# or not yet run after a load) the planner priced a scan of the tenant's slice of ``assets_qn_prefix``
+# the same as the primary key and took it, filtering every asset of the tenant on each read.
+_BY_ID = f"SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = %s AND asset_id = %s"
+
+
+def _live_unless(asset: Asset | None, include_deleted: bool) -> Asset | None:
+    return asset if asset is None or include_deleted or asset.live else None
+
+
 async def get(conn: Conn, tenant_id: str, asset_id: UUID, *, include_deleted: bool = False) -> Asset | None:
     cur = conn.cursor(row_factory=_AS_ASSET)
-    await cur.execute(
-        f"SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = %s AND asset_id = %s"
-        + ("" if include_deleted else " AND deleted_at IS NULL"),
-        [tenant_id, asset_id],
-    )
-    return await cur.fetchone()
+    await cur.execute(_BY_ID, [tenant_id, asset_id])
+    return _live_unless(await cur.fetchone(), include_deleted)
 
 
 async def write(
@@ -160,12 +167,13 @@ async def history(
 class PendingAsset:
     """An asset and a page of its history, queued (pipeline mode) and read once the round trip is made."""
 
-    def __init__(self, asset: AsyncCursor[Asset], history: AsyncCursor[dict[str, Any]]) -> None:
+    def __init__(self, asset: AsyncCursor[Asset], history: AsyncCursor[dict[str, Any]], include_deleted: bool) -> None:
         self._asset = asset
         self._history = history
+        self._include_deleted = include_deleted
 
     async def result(self) -> tuple[Asset | None, list[dict[str, Any]]]:
-        return await self._asset.fetchone(), await self._history.fetchall()
+        return _live_unless(await self._asset.fetchone(), self._include_deleted), await self._history.fetchall()
 
 
 async def queue_with_history(
@@ -180,18 +188,14 @@ async def queue_with_history(
     """Queue :func:`get` and :func:`history` on a connection in pipeline mode (``Database.read``)."""
     asset_cur = conn.cursor(row_factory=_AS_ASSET)
     history_cur = conn.cursor()
-    await asset_cur.execute(
-        f"SELECT {ASSET_COLUMNS} FROM assets WHERE tenant_id = %s AND asset_id = %s"
-        + ("" if include_deleted else " AND deleted_at IS NULL"),
-        [tenant_id, asset_id],
-    )
+    await asset_cur.execute(_BY_ID, [tenant_id, asset_id])
     await history_cur.execute(
         "SELECT version, action, changes, snapshot, actor, request_id, event_id, origin, changed_at"
         " FROM asset_versions WHERE tenant_id = %s AND asset_id = %s AND version < %s"
         " ORDER BY version DESC LIMIT %s",
         [tenant_id, asset_id, before_version or 2**31 - 1, limit],
     )
-    return PendingAsset(asset_cur, history_cur)
+    return PendingAsset(asset_cur, history_cur, include_deleted)
 
 
 async def get_with_history(
