@@ -278,7 +278,8 @@ ViewerReading = Annotated[Reading, Depends(read_as_viewer)]
 MAX_REQUEST_ID = 200
 
 
-def request_id(request: Request) -> str:
+# async: a plain ``def`` dependency runs in a worker thread (see get_runtime).
+async def request_id(request: Request) -> str:
     """The client's ``X-Request-ID`` (kept in history and audit), else a new one."""
     given = request.headers.get("x-request-id")
     if not given:

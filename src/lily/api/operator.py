@@ -26,7 +26,7 @@ def is_operator_token(settings: Settings, token: str | None) -> bool:
     return settings.is_operator_token(token)
 
 
-def require_operator(
+async def require_operator(
     runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     # No credential at all is 401 whatever the configuration (RFC 9110: 403 is for a known caller).

@@ -112,7 +112,7 @@ async def _caller(
 JobsCaller = Annotated[Caller, Depends(_caller)]
 
 
-def _jobs(request: Request) -> Mapping[str, ScheduledJob]:
+async def _jobs(request: Request) -> Mapping[str, ScheduledJob]:
     jobs: Mapping[str, ScheduledJob] = request.app.state.plugins.jobs
     return jobs
 

@@ -34,12 +34,12 @@ router = APIRouter(prefix="/notifications", tags=["notifications"])
 notify_router = APIRouter(prefix="/metadata/notifications", tags=["notifications"])
 
 
-def _keyring(request: Request) -> Keyring:
+async def _keyring(request: Request) -> Keyring:
     keyring: Keyring = request.app.state.keyring
     return keyring
 
 
-def _channels(request: Request) -> Mapping[str, Channel]:
+async def _channels(request: Request) -> Mapping[str, Channel]:
     channels: Mapping[str, Channel] = request.app.state.plugins.channels
     return channels
 
