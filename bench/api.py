@@ -131,6 +131,8 @@ def fresh_database(admin_url: str, keep: bool) -> Iterator[str]:
 def spawned_server(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     """(base URL, editor key) of a `lily serve` this script starts and stops."""
     with TemporaryDirectory(prefix="lily-bench-") as home, bench_database(args) as database_url:
+        # Run as root, the embedded PostgreSQL runs as a user of its own and must be able to enter LILY_HOME.
+        os.chmod(home, 0o711)
         env = {
             **os.environ,
             "LILY_HOME": home,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
@@ -266,3 +268,79 @@ async def test_admin_operations_refuse_bad_names(db: Any) -> None:
     async with db.tenant("acme") as conn:
         cur = await conn.execute("SELECT action FROM audit_log")
         assert [r["action"] for r in await cur.fetchall()] == ["tenant.created"]
+
+
+# The processes of `lily serve`: API processes, and the pipeline in a process of its own
+# (`lily pipeline-process`), started again when it dies and stopped with the server.
+
+
+def children(pid: int) -> dict[str, list[int]]:
+    """The ``lily`` children of ``pid`` by their command: api-process, pipeline-process."""
+    found: dict[str, list[int]] = {}
+    for child in psutil.Process(pid).children():
+        try:
+            cmdline = child.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        for kind in ("api-process", "pipeline-process"):
+            if kind in cmdline and child.status() != psutil.STATUS_ZOMBIE:
+                found.setdefault(kind, []).append(child.pid)
+    return found
+
+
+def wait_for(what: str, check: Any, deadline_seconds: float = 30) -> Any:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)  # between polls of the process table, not as synchronisation
+    raise AssertionError(f"{what} did not happen within {deadline_seconds}s")
+
+
+def create(base: str, key: str, name: str) -> httpx.Response:
+    return httpx.post(
+        f"{base}/metadata",
+        json={"qualified_name": name, "type": "table"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def test_the_pipeline_runs_apart_is_restarted_when_killed_and_stops_with_the_server(env: dict[str, str]) -> None:
+    assert lily(env, "admin", "create-tenant", "acme").returncode == 0
+    key = lily(env, "admin", "create-api-key", "acme", "ci", "--role", "editor").stdout.strip()
+    proc, base = start_serve({**env, "LILY_API_PROCESSES": "2"})
+    try:
+        wait_until_healthy(base, proc)
+        kids = wait_for("the children starting", lambda: (k := children(proc.pid)).get("pipeline-process") and k)
+        assert len(kids["pipeline-process"]) == 1 and len(kids["api-process"]) == 1, kids
+        # 201, not 202: the write was applied (by the pipeline process: the main process runs no worker).
+        assert create(base, key, "pg://db/s/one").status_code == 201
+        first = kids["pipeline-process"][0]
+        psutil.Process(first).send_signal(signal.SIGKILL)
+        again = wait_for(
+            "a new pipeline process",
+            lambda: [p for p in children(proc.pid).get("pipeline-process", []) if p != first],
+        )
+        assert len(again) == 1
+        answer = create(base, key, "pg://db/s/two")
+        assert answer.status_code == 201, answer.text
+        everyone = [*children(proc.pid).get("api-process", []), *again]
+    finally:
+        output = stop(proc)
+    assert proc.returncode == 0, output
+    assert not [p for p in everyone if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_the_pipeline_can_stay_in_the_main_process(env: dict[str, str]) -> None:
+    assert lily(env, "admin", "create-tenant", "acme").returncode == 0
+    key = lily(env, "admin", "create-api-key", "acme", "ci", "--role", "editor").stdout.strip()
+    proc, base = start_serve({**env, "LILY_API_PROCESSES": "1", "LILY_PIPELINE_PROCESS": "false"})
+    try:
+        wait_until_healthy(base, proc)
+        assert create(base, key, "pg://db/s/one").status_code == 201  # applied by the main process's worker
+        assert children(proc.pid) == {}
+    finally:
+        output = stop(proc)
+    assert proc.returncode == 0, output

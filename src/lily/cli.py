@@ -137,11 +137,15 @@ def _serve(host: str | None, port: int | None, run_workers: bool, processes: int
 
     settings = _settings()
     url = _migrated_url(settings)
-    # This process runs the parts that must run once (pipeline workers, scheduler); helpers only serve.
+    # This process runs the parts that must run once (scheduler, dispatcher, and the pipeline workers
+    # unless they have a process of their own); helpers only serve.
+    pipeline_apart = run_workers and settings.pipeline_process
+    if pipeline_apart:
+        _check_metrics_config(settings)  # the pipeline process serves LILY_METRICS_PORT, as `lily worker` does
     app = create_app(
         settings,
         url,
-        run_workers=run_workers,
+        run_workers=run_workers and not pipeline_apart,
         run_scheduler=run_workers and settings.scheduler_in_serve,
         run_dispatcher=run_workers and settings.dispatcher_in_serve,
     )
@@ -154,23 +158,26 @@ def _serve(host: str | None, port: int | None, run_workers: bool, processes: int
     config = _uvicorn_config(app, bind_host, bind_port, level)
     count = processes or api_processes.default_count()
     sock = api_processes.bind(bind_host, bind_port) if count > 1 else None
-    helpers = api_processes.Helpers(sock, count - 1, url, level) if sock is not None else None
+    commands = [api_processes.helper_command(sock) for _ in range(count - 1)] if sock is not None else []
+    if pipeline_apart:
+        commands.append(api_processes.pipeline_command())
+    children = api_processes.Children(commands, url, level) if commands else None
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             _arm_watchdog()  # from the first signal on, the deadline runs
-            if helpers is not None:
-                helpers.stop()
+            if children is not None:
+                children.stop()
             super().handle_exit(sig, frame)
 
     supervisor = _supervise(settings)
     try:
-        if helpers is not None:
-            helpers.start()
+        if children is not None:
+            children.start()
         Server(config).run(sockets=[sock] if sock is not None else None)
     finally:
-        if helpers is not None:
-            helpers.wait(SHUTDOWN_GRACE_SECONDS + 1)
+        if children is not None:
+            children.wait(SHUTDOWN_GRACE_SECONDS + 1)
         if supervisor is not None:
             supervisor.stop()  # before atexit stops the embedded server, or it would be started again
 
@@ -252,19 +259,47 @@ def api_process(fd: int, parent: int) -> None:
     Server(config).run(sockets=[sock])
 
 
+@main.command("pipeline-process", hidden=True)
+@click.option("--parent", required=True, type=int)
+def pipeline_process(parent: int) -> None:
+    """The pipeline workers of `lily serve` (started by it; LILY_WORKERS_IN_SERVE consumer tasks)."""
+    from lily.api.processes import watch_parent
+
+    settings = _settings()
+    if not settings.database_url:
+        raise click.UsageError("pipeline-process runs under lily serve, which sets LILY_DATABASE_URL")
+    watch_parent(parent)
+    _consume(settings, settings.database_url, settings.workers_in_serve)
+
+
 @main.command()
 @click.option("--concurrency", default=1, show_default=True, help="Consumer tasks in this process.")
 def worker(concurrency: int) -> None:
     """Consume the event log. Start as many as you like; they share the partitions."""
-    from lily.pipeline.metrics_listener import MetricsConfigError, check_config, serve_metrics
-    from lily.pipeline.runner import run_standalone
-
     settings = _settings()
+    _check_metrics_config(settings)
+    url = _migrated_url(settings)
+    supervisor = _supervise(settings)
+    try:
+        _consume(settings, url, concurrency)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+
+
+def _check_metrics_config(settings: Settings) -> None:
+    from lily.pipeline.metrics_listener import MetricsConfigError, check_config
+
     try:
         check_config(settings)
     except MetricsConfigError as err:
         raise click.UsageError(str(err)) from err
-    url = _migrated_url(settings)
+
+
+def _consume(settings: Settings, url: str, concurrency: int) -> None:
+    """Run ``concurrency`` pipeline workers until SIGTERM, with the metrics listener if one is configured."""
+    from lily.pipeline.metrics_listener import serve_metrics
+    from lily.pipeline.runner import run_standalone
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -275,12 +310,7 @@ def worker(concurrency: int) -> None:
             stop.set()
             await listener
 
-    supervisor = _supervise(settings)
-    try:
-        asyncio.run(main())
-    finally:
-        if supervisor is not None:
-            supervisor.stop()
+    asyncio.run(main())
 
 
 @main.command()

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     worker_batch_size: int = 1000
     worker_partitions_per_transaction: int = Field(default=8, ge=1)
     workers_in_serve: int = 1
+    pipeline_process: bool = Field(
+        default=True,
+        description="Run `lily serve`'s pipeline workers in a process of their own, apart from the API's event loop.",
+    )
     max_attempts: int = 5
     retry_base_seconds: float = 0.2
     retry_max_seconds: float = 30.0

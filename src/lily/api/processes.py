@@ -1,13 +1,20 @@
-"""Several API processes on one port: ``lily serve --workers N`` / ``lily api --workers N``.
+"""The processes of ``lily serve`` and ``lily api``: several API processes on one port, and the pipeline
+in a process of its own.
 
 One Python process serves about one core's worth of requests. The process that ``lily serve`` starts
 binds the port, keeps every part that must run once — migrations, the embedded PostgreSQL and its
-supervisor, pipeline workers, the scheduler — and serves requests itself; it starts N - 1 helper
-processes (``lily api-process``) that only serve the API. On Linux each process listens on its own
-socket of one SO_REUSEPORT group and the kernel deals new connections out evenly between them
-(:func:`own_socket`); elsewhere they share the main process's socket.
+supervisor, the scheduler, the dispatcher — and serves requests itself; it starts N - 1 helper
+processes (``lily api-process``) that only serve the API, and one pipeline process (``lily
+pipeline-process``, unless ``LILY_PIPELINE_PROCESS=false``) that runs the pipeline workers. On Linux
+each API process listens on its own socket of one SO_REUSEPORT group and the kernel deals new
+connections out evenly between them (:func:`own_socket`); elsewhere they share the main process's socket.
 
-Helpers end with the main process: SIGTERM is passed on to them, a helper whose parent is gone stops by
+Why the pipeline has a process of its own: applying a batch is a dozen round trips, and in an API
+process's event loop each of them waited behind the request handlers that ran meanwhile. Under 350
+paced creates a second the wait for the apply (accept to applied, as the API saw it) had a median of
+49 ms with the workers inside the main process and 15 ms with them apart (bench/api.py; README).
+
+Children end with the main process: SIGTERM is passed on to them, a child whose parent is gone stops by
 itself, and one that dies is started again. Each process has its own connection pool (so N pools of
 ``LILY_POOL_MAX_SIZE``) and its own in-memory credential cache, kept honest by the auth epoch
 (``lily.auth.cache``), and its own rate-limit tokens, leased from the shared buckets (``lily.auth.leases``:
@@ -72,12 +79,23 @@ def own_socket(inherited: socket.socket) -> socket.socket:
     return sock
 
 
-class Helpers:
-    """The main process's N - 1 helper API processes."""
+def helper_command(sock: socket.socket) -> tuple[list[str], tuple[int, ...]]:
+    """An API helper's ``lily`` arguments and the descriptors it inherits (the listening socket)."""
+    fd = sock.fileno()
+    return ["api-process", "--fd", str(fd), "--parent", str(os.getpid())], (fd,)
 
-    def __init__(self, sock: socket.socket, count: int, database_url: str, log_level: str) -> None:
-        self.sock = sock
-        self.count = count
+
+def pipeline_command() -> tuple[list[str], tuple[int, ...]]:
+    """The pipeline process's ``lily`` arguments (it inherits nothing)."""
+    return ["pipeline-process", "--parent", str(os.getpid())], ()
+
+
+class Children:
+    """The main process's child processes: API helpers and the pipeline process, each one ``lily``
+    command (see :func:`helper_command`, :func:`pipeline_command`), started again when it dies."""
+
+    def __init__(self, commands: list[tuple[list[str], tuple[int, ...]]], database_url: str, log_level: str) -> None:
+        self.commands = commands
         self.database_url = database_url
         self.log_level = log_level
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -85,24 +103,23 @@ class Helpers:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        fd = self.sock.fileno()
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+        args, fds = self.commands[i]
         env = {
             **os.environ,
-            # The database the main process resolved (and migrated): a helper never starts or migrates one.
+            # The database the main process resolved (and migrated): a child never starts or migrates one.
             "LILY_DATABASE_URL": self.database_url,
             "LILY_LOG_LEVEL": self.log_level,
         }
-        command = ["api-process", "--fd", str(fd), "--parent", str(os.getpid())]
         return subprocess.Popen(
-            [sys.executable, "-c", "from lily.cli import main; main()", *command], env=env, pass_fds=(fd,)
+            [sys.executable, "-c", "from lily.cli import main; main()", *args], env=env, pass_fds=fds
         )
 
     def start(self) -> None:
-        for _ in range(self.count):
-            self.procs.append(self._spawn())
+        for i in range(len(self.commands)):
+            self.procs.append(self._spawn(i))
             self._started.append(time.monotonic())
-        self._watcher = threading.Thread(target=self._watch, name="lily-api-helpers", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name="lily-children", daemon=True)
         self._watcher.start()
 
     def _watch(self) -> None:
@@ -112,12 +129,13 @@ class Helpers:
                     continue
                 if time.monotonic() - self._started[i] < _RESTART_SECONDS:
                     continue
-                log.warning("API process %s exited with %s; starting another", proc.pid, proc.returncode)
-                self.procs[i] = self._spawn()
+                kind = self.commands[i][0][0]
+                log.warning("%s %s exited with %s; starting another", kind, proc.pid, proc.returncode)
+                self.procs[i] = self._spawn(i)
                 self._started[i] = time.monotonic()
 
     def stop(self) -> None:
-        """Pass SIGTERM on (once); the helpers finish their requests like the main process does."""
+        """Pass SIGTERM on (once); each child finishes what it holds (requests, a batch) and exits."""
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -126,7 +144,7 @@ class Helpers:
                 proc.send_signal(signal.SIGTERM)
 
     def wait(self, timeout: float) -> None:
-        """Wait for the helpers to exit; kill those still running after ``timeout`` seconds."""
+        """Wait for the children to exit; kill those still running after ``timeout`` seconds."""
         self.stop()
         deadline = time.monotonic() + timeout
         for proc in self.procs:
@@ -138,7 +156,7 @@ class Helpers:
 
 
 def watch_parent(parent: int) -> None:
-    """In a helper: SIGTERM ourselves when the main process is gone (even killed with SIGKILL)."""
+    """In a child: SIGTERM ourselves when the main process is gone (even killed with SIGKILL)."""
 
     def run() -> None:
         while os.getppid() == parent:
