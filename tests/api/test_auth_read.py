@@ -5,29 +5,17 @@ and nothing read as the caller before the change is answered."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import psycopg
 import pytest
 
 from lily.api.app import create_app
-from lily.config import Settings
 from lily.domain.access import Caller
 from tests.ops.conftest import database_outage
 from tests.pipeline.support import until
 
 from .helpers import assert_problem, create
-
-
-@pytest.fixture
-async def second_process(settings: Settings, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """Another API process on the same database: its own pool and runtime, nothing shared in memory."""
-    other = create_app(settings, database_url, run_workers=False)
-    async with other.router.lifespan_context(other):
-        transport = httpx.ASGITransport(app=other)
-        async with httpx.AsyncClient(transport=transport, base_url="http://lily.test/lily/v1") as c:
-            yield c
 
 
 async def _warm(client: httpx.AsyncClient, headers: dict[str, str], path: str) -> httpx.Response:

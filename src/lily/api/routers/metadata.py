@@ -63,14 +63,17 @@ def render_version(runtime: Any, tenant_id: str) -> writes.Render:
 async def create_or_update(
     body: rules.AssetIn,
     request: Request,
-    principal: access.Writer,
+    writing: access.CheckedWriter,
     runtime: RuntimeDep,
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
+    principal = writing.principal
     payload = body.model_dump(mode="json", exclude_unset=True)
     payload["qualified_name"], payload["type"] = body.qualified_name, body.type
-    await access.check_named_write(runtime, principal, [body.qualified_name], type=body.type, tags=payload.get("tags"))
+    await access.check_named_write(
+        runtime, principal, [body.qualified_name], type=body.type, tags=payload.get("tags"), checker=writing.checker
+    )
     event = NewEvent(principal.tenant_id, body.qualified_name, ASSET_UPSERT, payload, principal.actor, request_id)
     return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
 
