@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -52,4 +54,32 @@ def test_a_second_server_on_a_taken_port_is_refused() -> None:
             processes.bind("127.0.0.1", main.getsockname()[1])
         assert taken.value.errno == errno.EADDRINUSE
     finally:
+        main.close()
+
+
+def test_on_stop_the_api_processes_go_first_and_the_pipeline_process_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request still in flight may wait for its write's apply: the pipeline process is stopped only by
+    ``wait``, once the main process has finished its own requests."""
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self: processes.Children, i: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["sleep", "60"])  # stands in for the child: SIGTERM ends it at once
+        spawned.append(proc)
+        return proc
+
+    monkeypatch.setattr(processes.Children, "_spawn", spawn)
+    main = processes.bind("127.0.0.1", 0)
+    children = processes.Children([processes.helper_command(main), processes.pipeline_command()], "postgresql:", "info")
+    try:
+        children.start()
+        helper, pipeline = spawned
+        children.stop()
+        assert helper.wait(10) == -signal.SIGTERM
+        assert pipeline.poll() is None  # not signalled: it goes on applying
+        children.wait(10)
+        assert pipeline.returncode == -signal.SIGTERM
+    finally:
+        for proc in spawned:
+            proc.kill()
+            proc.wait()
         main.close()

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,12 @@ def helper_command(sock: socket.socket) -> tuple[list[str], tuple[int, ...]]:
     return ["api-process", "--fd", str(fd), "--parent", str(os.getpid())], (fd,)
 
 
+_PIPELINE = "pipeline-process"
+
+
 def pipeline_command() -> tuple[list[str], tuple[int, ...]]:
     """The pipeline process's ``lily`` arguments (it inherits nothing)."""
-    return ["pipeline-process", "--parent", str(os.getpid())], ()
+    return [_PIPELINE, "--parent", str(os.getpid())], ()
 
 
 class Children:
@@ -134,18 +138,25 @@ class Children:
                 self.procs[i] = self._spawn(i)
                 self._started[i] = time.monotonic()
 
+    def _signal(self, which: Callable[[str], bool]) -> None:
+        for (args, _), proc in zip(self.commands, self.procs, strict=True):
+            if which(args[0]) and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
-        """Pass SIGTERM on (once); each child finishes what it holds (requests, a batch) and exits."""
+        """Pass SIGTERM on (once) to the API processes, which finish their requests and exit. The pipeline
+        process goes on meanwhile: a request in flight may be waiting for its write's apply. It is
+        stopped by :meth:`wait`, once the main process has finished its own requests."""
         if self._stopping.is_set():
             return
         self._stopping.set()
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        self._signal(lambda kind: kind != _PIPELINE)
 
     def wait(self, timeout: float) -> None:
-        """Wait for the children to exit; kill those still running after ``timeout`` seconds."""
+        """Stop the pipeline process too, and wait for the children to exit; kill those still running
+        after ``timeout`` seconds."""
         self.stop()
+        self._signal(lambda kind: kind == _PIPELINE)
         deadline = time.monotonic() + timeout
         for proc in self.procs:
             try:
