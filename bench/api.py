@@ -13,10 +13,9 @@ a loopback port with ``LILY_DATABASE_URL`` pointing at it, creates a tenant and 
 ``--tool`` (default ``auto``) picks the load generator for the point-read figure at 32 connections:
 ``wrk`` (C, random asset ids through a Lua script) when installed, else ``hey`` (one asset id), else
 the Python client; the report says which ran. ``--paced-rate R`` then offers single creates at R/s and
-reports accept→apply p50/p99: from wrk when it ran (R/5 connections, each sending one create every 200 ms
-through wrk's ``delay()``; closed loop, so the achieved rate is printed and a shortfall means the server
-did not keep up), else from the Python client on a fixed schedule (open loop: latency counts from the
-scheduled send, but the client itself cannot pace hundreds per second on a busy 2-core machine).
+reports accept→apply p50/p99 from ``bench/pacer.py``: open loop (each create is due at its time whatever
+the server did with the ones before, and its latency counts from then), written by hand so that pacing
+500 a second costs the machine little. The achieved rate is answers over the run's time.
 ``--workers N`` is passed to ``lily serve`` (API processes; default one per core). The spawned server's
 rate limits are raised (``--key-rate``, ``--tenant-rate``; the defaults, 500/s per key and 1,000/s per
 tenant, are below the 1,500 reads/s goal and one key sends everything): still taken on every request,
@@ -49,6 +48,7 @@ from tempfile import NamedTemporaryFile, TemporaryDirectory
 from urllib.parse import urlsplit
 
 import httpx
+import pacer  # bench/pacer.py, beside this script
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -271,27 +271,6 @@ request = function()
 end
 """
 
-# Paced creates: each connection waits `interval` ms after every answer before its next create (wrk's
-# delay()). Closed loop, so the connections offer connections / (interval + latency) per second: the
-# achieved rate is printed, and one short of the asked rate means the server's latency held it back.
-_WRK_PACED_CREATES = """
-local headers = {["Authorization"] = "Bearer %(key)s", ["Content-Type"] = "application/json"}
-local threads, counter = 0, 0
--- setup runs in the main state; "me" becomes a global of each thread's own state (names stay unique).
-setup = function(thread)
-  threads = threads + 1
-  thread:set("me", threads)
-end
-delay = function()
-  return %(interval)f
-end
-request = function()
-  counter = counter + 1
-  local body = string.format('{"qualified_name": "bench://%(run)s/wrk/t%%d_%%d", "type": "table"}', me, counter)
-  return wrk.format("POST", "%(path)s/metadata", headers, body)
-end
-"""
-
 
 def run_wrk(base: str, script: str, connections: int, seconds: int) -> Figures:
     """Run wrk (2 threads) with ``script`` against ``base``'s host; (requests, errors, req/s, p50, p99)."""
@@ -313,14 +292,6 @@ def run_wrk(base: str, script: str, connections: int, seconds: int) -> Figures:
 def wrk_reads(base: str, key: str, ids: list[str], connections: int, seconds: int) -> Figures:
     """Point reads of random ids of the created assets."""
     script = _WRK_READS % {"ids": ",".join(f'"{i}"' for i in ids), "key": key, "path": urlsplit(base).path}
-    return run_wrk(base, script, connections, seconds)
-
-
-def wrk_paced_creates(base: str, key: str, rate: int, seconds: int, connections: int) -> Figures:
-    """Single creates, ``connections`` of them each pausing ``connections / rate`` s after every answer."""
-    script = _WRK_PACED_CREATES % {
-        "key": key, "path": urlsplit(base).path, "run": uuid.uuid4().hex[:6], "interval": connections / rate * 1000
-    }  # fmt: skip
     return run_wrk(base, script, connections, seconds)
 
 
@@ -364,45 +335,22 @@ async def python_reads(
     return result.requests, errors, result.rate, result.percentile(50), result.percentile(99)
 
 
-async def paced_creates(base: str, key: str, rate: int, seconds: int) -> Result:
-    """``rate`` single creates per second on a fixed schedule; latency from each scheduled send to the
-    answer, which comes once the write is applied (read-your-writes). A request that fails (a refused
-    connection, a client timeout) counts as an error, not as a crash of the run; whatever is unanswered
-    ``PACED_GRACE_SECONDS`` after the last scheduled send is cancelled and counted as an error too, so a
-    server that cannot keep up still gets a figure (its errors say how far behind it was)."""
-    total = rate * seconds
-    latencies: list[float] = []
-    errors = 0
+async def paced_creates(base: str, key: str, rate: int, seconds: int) -> pacer.Paced:
+    """``rate`` single creates per second on a fixed schedule (:mod:`pacer`), each a new asset; whatever is
+    unanswered ``PACED_GRACE_SECONDS`` after the last due time counts as an error, so a server that cannot
+    keep up still gets a figure (its errors say how far behind it was)."""
     run_id = uuid.uuid4().hex[:6]
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    async with httpx.AsyncClient(
-        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits
-    ) as http:
-        start = time.perf_counter()
+    path = urlsplit(base).path + "/metadata"
+    headers = {"Authorization": f"Bearer {key}"}
 
-        async def one(i: int) -> None:
-            nonlocal errors
-            scheduled = start + i / rate
-            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            try:
-                r = await http.post(
-                    "/metadata", json={"qualified_name": f"bench://{run_id}/paced/t{i}", "type": "table"}
-                )
-            except httpx.HTTPError:
-                errors += 1
-                return
-            latencies.append(time.perf_counter() - scheduled)
-            errors += r.status_code != 201
+    def create(i: int) -> bytes:
+        body = f'{{"qualified_name": "bench://{run_id}/paced/t{i}", "type": "table"}}'.encode()
+        return pacer.json_post(base, path, headers, body)
 
-        tasks = [asyncio.ensure_future(one(i)) for i in range(total)]
-        _, late = await asyncio.wait(tasks, timeout=seconds + PACED_GRACE_SECONDS)
-        for task in late:
-            task.cancel()
-        errors += len(late)
-        elapsed = time.perf_counter() - start
-    if late:
-        print(f"{len(late)} of {total} creates unanswered {PACED_GRACE_SECONDS} s after the last send (errors)")
-    return Result(f"create paced {rate}/s", 0, total, errors, elapsed, latencies)
+    done = await pacer.pace(base, rate, seconds, create, grace=PACED_GRACE_SECONDS)
+    if done.failures:
+        print(f"{done.failures} of {done.due} creates got no answer (errors): {done.failure_kinds or 'unanswered'}")
+    return done
 
 
 # How long a paced run waits for answers after its last scheduled send.
@@ -466,19 +414,19 @@ def main() -> None:
         else:
             n, errors, rate, p50, p99 = asyncio.run(python_reads(base, key, ids, args.connections, args.seconds))
         print(f"{n:>9} {errors:>7} {rate:>8.0f} {p50:>8.1f} {p99:>8.1f}", flush=True)
-        if args.paced_rate and tool == "wrk":
-            connections = max(1, min(200, args.paced_rate // 5))  # one create per connection every 200 ms
+        if args.paced_rate:
             print(
-                f"\nsingle creates offered at {args.paced_rate}/s for {args.seconds} s (wrk, {connections}"
-                " connections, each paced by delay(); achieved rate below)"
+                f"\nsingle creates paced at {args.paced_rate}/s for {args.seconds} s (bench/pacer.py: open loop,"
+                " latency from each create's due time to its answer, which comes once it is applied)"
             )
             print(f"{'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-            n, errors, rate, p50, p99 = wrk_paced_creates(base, key, args.paced_rate, args.seconds, connections)
-            print(f"{n:>9} {errors:>7} {rate:>8.0f} {p50:>8.1f} {p99:>8.1f}", flush=True)
-        elif args.paced_rate:
-            print(f"\nsingle creates paced at {args.paced_rate}/s for {args.seconds} s (Python client, open loop)")
             done = asyncio.run(paced_creates(base, key, args.paced_rate, args.seconds))
-            print(row(done), flush=True)
+            answered = len(done.latencies)
+            print(
+                f"{done.due:>9} {done.errors(201):>7} {answered / done.elapsed:>8.0f} {done.percentile(50):>8.1f}"
+                f" {done.percentile(99):>8.1f}   answers by status: {dict(sorted(done.statuses.items()))}",
+                flush=True,
+            )
 
     if args.url:
         if not args.key:
