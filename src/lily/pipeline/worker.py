@@ -178,9 +178,7 @@ class Worker:
                 events = sorted((PipelineEvent.from_row(r) for r in rows), key=lambda e: (e.partition, e.seq))
                 if events:
                     try:
-                        # Pipeline mode: the statements whose results nobody reads (versions, audit, change
-                        # events, outcomes, offsets) go out together, one round trip where each took one.
-                        async with conn.transaction(), conn.pipeline():
+                        async with conn.transaction():
                             await self._apply(conn, events)
                             await store_log.advance_many(conn, {e.partition: e.seq for e in events})
                         outcome.applied = events
