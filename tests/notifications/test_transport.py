@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 from collections.abc import AsyncIterator
 
 import httpx
@@ -207,6 +208,30 @@ async def test_an_endless_answer_is_read_up_to_the_limit_and_its_connection_clos
             r = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
             assert len(r.content) == 200_000
         assert transport.connections_opened == 2  # the cut-off connection was not reused
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_compressed_answer_is_not_decoded_so_the_bound_holds() -> None:
+    # A gzip bomb: 64 KB that a decoding client would expand to 64 MB in the shared dispatcher.
+    bomb = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(bomb), bomb))
+        await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = PooledTransport(allow_private=True, max_body_bytes=200_000)
+    try:
+        async with client(transport, timeout=10) as http:
+            r = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
+        assert r.status_code == 200
+        assert r.content == bomb[:200_000]  # the bytes that came, not 64 MB of zeros
+        assert b"accept-encoding: identity" in seen[0].lower()
     finally:
         server.close()
         await server.wait_closed()

@@ -20,7 +20,8 @@ every channel reads) and replaces only the connection layer: asyncio streams, h1
 - **Answers are read up to ``max_body_bytes``** (1 MiB): what a receiver sends beyond is not read, and its
   connection is closed. A receiver is a tenant's choice; an endless body within the attempt's timeout must
   not fill the dispatcher's memory, which every tenant's deliveries share (a delivery keeps 1,000 characters
-  of the answer anyway).
+  of the answer anyway). Requests ask for ``identity`` and answers are never decoded, so the bound holds for
+  a compressed answer too (a decompression bomb stays the bytes that came).
 - No proxies, no HTTP/2: the dispatcher connects to receivers directly (a proxy would connect to
   addresses the guard never saw).
 """
@@ -163,6 +164,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
             pool = self._pools[origin] = _Pool(self.max_per_origin)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
+        # Answers uncompressed (see _respond): ask for nothing else.
+        request.headers["accept-encoding"] = "identity"
         pool.busy += 1
         try:
             async with asyncio.timeout(timeouts.get("pool")):
@@ -198,7 +201,10 @@ class PooledTransport(httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         return httpx.Response(
             status_code=response.status_code,
-            headers=[(bytes(k), bytes(v)) for k, v in response.headers.raw_items()],
+            # Without its Content-Encoding, an answer reaches the caller as the bytes that came (at most
+            # max_body_bytes): httpx would otherwise decode it, and a megabyte of gzip or brotli a
+            # receiver chose to send regardless can expand a thousandfold in the shared dispatcher.
+            headers=[(bytes(k), bytes(v)) for k, v in response.headers.raw_items() if k.lower() != b"content-encoding"],
             stream=_Body(self, pool, conn, request, timeouts.get("read"), self.max_body_bytes),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": bytes(response.reason)},
         )
