@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials
 
-from lily.api.deps import Principal, RuntimeDep, _bearer, authenticate, read_as_viewer
+from lily.api.deps import BearerCredentials, Principal, RuntimeDep, authenticate, read_as_viewer
 from lily.api.runtime import Runtime
 from lily.domain.access import AssetFacts, Decision, Policy, applies, decide
 from lily.domain.assets import Asset
@@ -100,10 +99,14 @@ async def may_write(principal: Annotated[Principal, Depends(authenticate)], runt
     async with runtime.db.tenant(principal.tenant_id) as conn:
         checker = await Checker.load(conn, principal)
     if not checker.may_write_somewhere():
-        raise Forbidden(
-            f"this needs the editor role or higher, or a policy allowing writes; you have {principal.role.value}"
-        )
+        raise _may_not_write(principal)
     return principal
+
+
+def _may_not_write(principal: Principal) -> Forbidden:
+    return Forbidden(
+        f"this needs the editor role or higher, or a policy allowing writes; you have {principal.role.value}"
+    )
 
 
 Writer = Annotated[Principal, Depends(may_write)]
@@ -119,17 +122,13 @@ class Writing:
     checker: Checker
 
 
-async def may_write_checked(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Writing:
+async def may_write_checked(request: Request, credentials: BearerCredentials) -> Writing:
     """:func:`may_write`, with the policies it read kept for the write's own check."""
     reading = await read_as_viewer(request, credentials)
     principal, pending = await reading.read(lambda conn: store.queue_all_policies(conn, reading.tenant_id))
     checker = Checker.of_rows(principal, await pending.fetchall())
     if not checker.may_write_somewhere():
-        raise Forbidden(
-            f"this needs the editor role or higher, or a policy allowing writes; you have {principal.role.value}"
-        )
+        raise _may_not_write(principal)
     return Writing(principal, checker)
 
 

@@ -65,6 +65,8 @@ class Principal:
 
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT from /auth/login, or a Lily API key")
+# The credential a request presents (None when it presents none), for dependencies that check it themselves.
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 # What a refused credential is told. Deliberately vague where more would help a guesser.
 _REFUSED = {
@@ -80,7 +82,7 @@ def _storable(value: object) -> bool:
 
 async def authenticate(
     runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: BearerCredentials,
 ) -> Principal:
     """Verify the bearer token, then check it against the database and take its rate limits in one round
     trip: a role change, deletion, disabling, key revocation or tenant deletion applies to the next request.
@@ -256,7 +258,7 @@ class Reading:
 
 async def read_as_viewer(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: BearerCredentials,
 ) -> Reading:
     # The runtime straight from the app, not as a dependency of its own: one fewer for FastAPI to solve
     # on the hottest route.
