@@ -122,3 +122,30 @@ async def test_pages_of_matches_never_turn_into_typo_matches_and_typo_pages_go_o
         cursor = page["next_cursor"]
     everything = await names(client, v, q="ordrs")
     assert names_seen == everything and len(everything) >= 2, (names_seen, everything)
+
+
+def tokens(database_url: str, tenant_id: str) -> set[tuple[str, str]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT t.word, a.name FROM asset_name_tokens t JOIN assets a USING (tenant_id, asset_id)"
+            " WHERE t.tenant_id = %s",
+            [tenant_id],
+        ).fetchall()
+    return {(r[0], r[1]) for r in rows}
+
+
+async def test_name_tokens_follow_the_name(client, tenant, other_tenant, database_url):
+    """The typo fallback's btree of (tenant, word, asset) (migration 0020) holds each live name's words."""
+    h = tenant.headers("editor")
+    await post(client, h, "pg://wh/x.stg_invoices", name="stg_invoices")
+    await post(client, other_tenant.headers("editor"), "pg://wh/x.stg_invoices", name="stg_invoices")
+    assert tokens(database_url, tenant.tenant_id) == {("stg", "stg_invoices"), ("invoices", "stg_invoices")}
+    r = await client.post(
+        "/metadata", json={"qualified_name": "pg://wh/x.stg_invoices", "type": "table", "name": "raw_bills"}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    assert tokens(database_url, tenant.tenant_id) == {("raw", "raw_bills"), ("bills", "raw_bills")}
+    # The other tenant's asset of the same name kept its own.
+    assert tokens(database_url, other_tenant.tenant_id) == {("stg", "stg_invoices"), ("invoices", "stg_invoices")}
+    assert await names(client, tenant.headers("viewer"), q="bils") == ["raw_bills"]
+    assert await names(client, tenant.headers("viewer"), q="invoces") == []

@@ -251,7 +251,7 @@ def test_the_search_role_is_confined_to_reading_assets_through_its_functions(dat
         owned = conn.execute("SELECT relname FROM pg_class WHERE relowner = 'lily_search'::regrole").fetchall()
         assert owned == []
         # It may read assets, the access policies that hide some of them (0008) and their epochs (0015), and
-        # the tenants' name words for typo matching (0012), and nothing else.
+        # the tenants' name words and the names holding them for typo matching (0012, 0020), and nothing else.
         grants = conn.execute(
             "SELECT table_name, privilege_type FROM information_schema.role_table_grants WHERE grantee = 'lily_search'"
             " ORDER BY table_name"
@@ -259,6 +259,7 @@ def test_the_search_role_is_confined_to_reading_assets_through_its_functions(dat
         assert grants == [
             {"table_name": "access_policies", "privilege_type": "SELECT"},
             {"table_name": "access_policy_epochs", "privilege_type": "SELECT"},
+            {"table_name": "asset_name_tokens", "privilege_type": "SELECT"},
             {"table_name": "asset_name_words", "privilege_type": "SELECT"},
             {"table_name": "assets", "privilege_type": "SELECT"},
         ]

@@ -158,9 +158,9 @@ def plans_of(conn: psycopg.Connection[dict[str, Any]], query: str, params: list[
         ({"q": "alphanam"}, "relevance", "assets_name_prefix"),
         # A misspelt name: an index of the tenant's name words (0012; for a handful of words the planner
         # takes the primary key's tenant prefix, for thousands the trigram index), then the names holding
-        # the nearest through the text index.
+        # the nearest through the btree of name tokens (0020), never a bitmap of every match.
         ({"q": "alphanaem1"}, "relevance", "Scan on asset_name_words_"),
-        ({"q": "alphanaem1"}, "relevance", "assets_search_doc_filters"),
+        ({"q": "alphanaem1"}, "relevance", "Index Only Scan using asset_name_tokens_pkey"),
         ({"tags": ["alphatag"]}, "count", "assets_tags"),
         ({"owners": ["alphaowner"]}, "count", "assets_owners"),
         ({"q": "alphaword", "tags": ["alphatag"]}, "facet", "assets_tags"),
@@ -213,3 +213,11 @@ async def test_search_plans_use_the_indexes_through_the_app_role(
                     ).fetchall()
                 )
                 assert "assets_search_doc" not in rls_plan, rls_plan
+
+
+def test_a_search_page_starts_no_parallel_workers(database_url: str) -> None:
+    """Migration 0020: a page reads a bounded number of rows, and eight searches at once on two cores each
+    starting workers made the typo fallback's p99 three times longer."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT proconfig FROM pg_proc WHERE proname = 'lily_search_page'").fetchone()
+    assert row is not None and "max_parallel_workers_per_gather=0" in row[0], row
