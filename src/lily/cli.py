@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -310,7 +310,18 @@ def _consume(settings: Settings, url: str, concurrency: int) -> None:
             stop.set()
             await listener
 
-    asyncio.run(main())
+    _run_loop(main())
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (uvicorn[standard] brings it, and the API processes run on
+    it already): the pipeline is a loop of round trips, and uvloop's is the cheaper event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 @main.command()
