@@ -333,6 +333,17 @@ def test_the_pipeline_runs_apart_is_restarted_when_killed_and_stops_with_the_ser
     assert not [p for p in everyone if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
 
+def test_no_pipeline_process_when_serve_runs_no_workers(env: dict[str, str]) -> None:
+    proc, base = start_serve({**env, "LILY_API_PROCESSES": "2", "LILY_WORKERS_IN_SERVE": "0"})
+    try:
+        wait_until_healthy(base, proc)
+        kids = wait_for("the API helper starting", lambda: (k := children(proc.pid)).get("api-process") and k)
+        assert "pipeline-process" not in kids, kids
+    finally:
+        output = stop(proc)
+    assert proc.returncode == 0, output
+
+
 def test_the_pipeline_can_stay_in_the_main_process(env: dict[str, str]) -> None:
     assert lily(env, "admin", "create-tenant", "acme").returncode == 0
     key = lily(env, "admin", "create-api-key", "acme", "ci", "--role", "editor").stdout.strip()
