@@ -355,3 +355,20 @@ def test_the_pipeline_can_stay_in_the_main_process(env: dict[str, str]) -> None:
     finally:
         output = stop(proc)
     assert proc.returncode == 0, output
+
+
+def test_the_pipeline_processes_run_on_uvloop() -> None:
+    """``lily worker`` and ``lily serve``'s pipeline process run their loop as the API processes do."""
+    import asyncio
+
+    import uvloop
+
+    from lily.cli import _run_loop
+
+    seen: list[object] = []
+
+    async def main() -> None:
+        seen.append(asyncio.get_running_loop())
+
+    _run_loop(main())
+    assert len(seen) == 1 and isinstance(seen[0], uvloop.Loop)

@@ -1,4 +1,4 @@
-"""Process-wide runtime settings of a long-running process: the collector (lily.heap), the event loop."""
+"""The collector's settings of a long-running process (lily.heap)."""
 
 from __future__ import annotations
 
@@ -32,20 +32,3 @@ def test_settling_freezes_what_startup_left_and_raises_the_young_threshold() -> 
 def test_the_app_settles_the_heap_when_it_starts(app: Any) -> None:
     assert gc.get_freeze_count() > 0
     assert gc.get_threshold()[0] == YOUNG_THRESHOLD
-
-
-def test_the_pipeline_processes_run_on_uvloop() -> None:
-    """``lily worker`` and ``lily serve``'s pipeline process run their loop as the API processes do."""
-    import asyncio
-
-    import uvloop
-
-    from lily.cli import _run_loop
-
-    seen: list[object] = []
-
-    async def main() -> None:
-        seen.append(asyncio.get_running_loop())
-
-    _run_loop(main())
-    assert len(seen) == 1 and isinstance(seen[0], uvloop.Loop)

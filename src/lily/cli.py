@@ -138,9 +138,9 @@ def _serve(host: str | None, port: int | None, run_workers: bool, processes: int
     settings = _settings()
     url = _migrated_url(settings)
     # This process runs the parts that must run once (scheduler, dispatcher, and the pipeline workers
-    # unless they have a process of their own); helpers only serve.
-    # No pipeline process when `lily serve` runs no workers (LILY_WORKERS_IN_SERVE=0: `lily worker`s do the
-    # work): one with nothing to run would exit at once and be started again, every two seconds.
+    # unless they have a process of their own); helpers only serve. No pipeline process when there are no
+    # workers to run (LILY_WORKERS_IN_SERVE=0, `lily worker`s do the work): it would exit at once and be
+    # started again every two seconds.
     pipeline_apart = run_workers and settings.pipeline_process and settings.workers_in_serve > 0
     if pipeline_apart:
         _check_metrics_config(settings)  # the pipeline process serves LILY_METRICS_PORT, as `lily worker` does
