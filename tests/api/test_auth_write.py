@@ -24,21 +24,38 @@ async def test_a_cached_writer_makes_one_round_trip_for_its_credential_and_the_p
 ):
     headers = tenant.headers("editor")
     assert (await second_process.post("/metadata", json=body("pg://db/s/a"), headers=headers)).status_code == 201
-    checkouts: list[str] = []
+    checkouts: list[list[str]] = []  # per checkout, the I/O psycopg waited for
     db: Database = second_app.state.runtime.db
     real = db._checkout
 
     @asynccontextmanager
     async def counted() -> AsyncIterator[Any]:
-        checkouts.append("trip")
+        waits: list[str] = []
+        checkouts.append(waits)
         async with real() as conn:
-            yield conn
+            wait = conn.wait
+
+            async def noted(gen: Any, *args: Any, **kwargs: Any) -> Any:
+                waits.append(gen.__qualname__)
+                return await wait(gen, *args, **kwargs)
+
+            conn.wait = noted  # type: ignore[method-assign]
+            try:
+                yield conn
+            finally:
+                del conn.wait  # the pooled connection goes back as it was
 
     monkeypatch.setattr(db, "_checkout", counted)  # this process's pool only (the worker runs elsewhere)
     r = await second_process.post("/metadata", json=body("pg://db/s/b"), headers=headers)
     assert r.status_code == 201, r.text
+    assert r.json()["qualified_name"] == "pg://db/s/b" and r.json()["version"] == 1
     # The credential with the policies, the append, the answer's read (the waiter's LISTEN heard the apply).
     assert len(checkouts) == 3, checkouts
+    # Each pipeline is one round trip: nothing fetched before its Sync (a fetch inside the block forces
+    # one of its own; the answer's read did two, outcome then version, before both went in one statement).
+    for waits in (checkouts[0], checkouts[2]):
+        assert waits[0] == "BasePipeline._enter_gen" and waits[-1] == "BasePipeline._exit_gen", waits
+        assert "BasePipeline._fetch_gen" not in waits, waits
 
 
 async def test_a_role_change_applies_to_the_next_write_in_another_process(client, second_process, tenant, database_url):

@@ -142,15 +142,6 @@ async def write(
             await write_audit(conn, tenant_id, audits)
 
 
-async def version_snapshot(conn: Conn, tenant_id: str, asset_id: UUID, version: int) -> dict[str, Any] | None:
-    cur = await conn.execute(
-        "SELECT snapshot FROM asset_versions WHERE tenant_id = %s AND asset_id = %s AND version = %s",
-        [tenant_id, asset_id, version],
-    )
-    row = await cur.fetchone()
-    return None if row is None else row["snapshot"]
-
-
 async def history(
     conn: Conn, tenant_id: str, asset_id: UUID, *, before_version: int | None, limit: int
 ) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg import sql
+from psycopg import AsyncCursor, sql
 from psycopg.types.json import Jsonb
 
 from lily.domain.events import Accepted, NewEvent, partition_of
@@ -593,6 +593,19 @@ async def recent_latency(conn: Conn, per_partition: int = 200, window_seconds: f
 
 
 # -- reading events as a tenant ------------------------------------------------------------------
+
+
+async def queue_outcome_with_version(conn: Conn, tenant_id: str, event_id: UUID) -> AsyncCursor[dict[str, Any]]:
+    """Queue (in a :meth:`Database.read` pipeline) an event's status and result, with the asset version
+    an applied one produced (``snapshot``; NULL for any other outcome): what a write of an asset answers,
+    in one statement. Fetch from the cursor after the block."""
+    return await conn.execute(
+        "SELECT e.status, e.result, v.snapshot FROM events e"
+        " LEFT JOIN asset_versions v ON e.status = 'applied' AND v.tenant_id = e.tenant_id"
+        " AND v.asset_id = (e.result ->> 'asset_id')::uuid AND v.version = (e.result ->> 'version')::int"
+        " WHERE e.tenant_id = %s AND e.event_id = %s",
+        [tenant_id, event_id],
+    )
 
 
 async def get_event(conn: Conn, tenant_id: str, event_id: UUID) -> dict[str, Any] | None:

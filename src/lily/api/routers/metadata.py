@@ -39,15 +39,12 @@ def asset_response(snapshot: dict[str, Any], status: int = 200, **extra: Any) ->
     )
 
 
-def render_version(runtime: Any, tenant_id: str) -> writes.Render:
-    """Answer a write with the version it produced (not whatever is current by now)."""
+def _answer_version(snapshot: dict[str, Any], result: dict[str, Any]) -> Response:
+    return asset_response(snapshot, 201 if result.get("created") else 200)
 
-    async def render(conn: Conn, result: dict[str, Any]) -> Response:
-        snap = await store.version_snapshot(conn, tenant_id, UUID(result["asset_id"]), result["version"])
-        assert snap is not None
-        return asset_response(snap, 201 if result.get("created") else 200)
 
-    return render
+# A write of an asset answers with the version it produced (not whatever is current by now).
+ANSWER_VERSION = writes.VersionAnswer(_answer_version)
 
 
 @router.post(
@@ -75,7 +72,7 @@ async def create_or_update(
         runtime, principal, [body.qualified_name], type=body.type, tags=payload.get("tags"), checker=writing.checker
     )
     event = NewEvent(principal.tenant_id, body.qualified_name, ASSET_UPSERT, payload, principal.actor, request_id)
-    return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
+    return await writes.write(runtime, request, principal, event, payload, ANSWER_VERSION)
 
 
 @router.get("/audit/{asset_id}", response_model=AuditPage, responses=problem_responses(404))
@@ -147,7 +144,7 @@ async def replace_asset(
     if_version = rules.parse_if_match(if_match, asset_id) if if_match else body.version
     payload = {"asset_id": str(asset_id), "fields": body.mutable(), "if_version": if_version}
     event = NewEvent(principal.tenant_id, subject, ASSET_REPLACE, payload, principal.actor, request_id)
-    return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
+    return await writes.write(runtime, request, principal, event, payload, ANSWER_VERSION)
 
 
 @item_router.delete(
@@ -167,7 +164,7 @@ async def delete_asset(
     subject = await _subject(runtime, principal, asset_id, if_match)
     payload = {"asset_id": str(asset_id), "if_version": rules.parse_if_match(if_match, asset_id) if if_match else None}
     event = NewEvent(principal.tenant_id, subject, ASSET_DELETE, payload, principal.actor, request_id)
-    return await writes.write(runtime, request, principal, event, payload, render_version(runtime, principal.tenant_id))
+    return await writes.write(runtime, request, principal, event, payload, ANSWER_VERSION)
 
 
 async def _subject(
