@@ -57,3 +57,41 @@ async def test_a_deleted_asset_reads_as_missing_unless_asked_for(client: Any, te
         f"/metadata/{asset_id}", params={"include_deleted": "true"}, headers=tenant.headers("editor")
     )
     assert kept.status_code == 200 and kept.json()["deleted_at"] is not None
+
+
+async def test_a_writes_outcome_reads_its_version_by_the_primary_key(
+    database_url: str, client: Any, tenant: Any
+) -> None:
+    editor = tenant.headers("editor")
+    for i in range(3):
+        answer = await client.post(
+            "/metadata", json={"qualified_name": f"pg://db/s/v{i}", "type": "table"}, headers=editor
+        )
+        assert answer.status_code == 201, answer.text
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        event = conn.execute(
+            "SELECT event_id, result FROM events WHERE tenant_id = %s ORDER BY seq DESC LIMIT 1", [tenant.tenant_id]
+        ).fetchone()
+        assert event is not None
+        plans: list[str] = []
+        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+        # The plan of the statement inside lily_write_outcome, sent to this client as a notice.
+        conn.execute("LOAD 'auto_explain'")
+        conn.execute(
+            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+            " SET auto_explain.log_level = notice"
+        )
+        # A few rows cost nothing to scan; what matters is that the index can be used at all, which a
+        # join condition on a function that is not LEAKPROOF forbids under row-level security. With the
+        # other ways priced out, the planner shows whether it can.
+        conn.execute("SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_seqscan = off")
+        conn.execute(f"SET ROLE {APP_ROLE}")
+        row = conn.execute(
+            "SELECT * FROM lily_write_outcome(%s, NULL, NULL, %s)", [tenant.tenant_id, event["event_id"]]
+        ).fetchone()
+        assert row is not None and row["status"] == "applied"
+        assert row["snapshot"]["asset_id"] == event["result"]["asset_id"]
+        assert row["snapshot"]["version"] == event["result"]["version"] == 1
+        (plan,) = [p for p in plans if "Query Text: SELECT v.snapshot" in p]
+        versions = plan.split("asset_versions_pkey on asset_versions v")[1]
+        assert "asset_id = " in versions.split("Index Cond:")[1].splitlines()[0], plan

@@ -16,13 +16,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from psycopg import AsyncCursor
 
-from lily.api.deps import BearerCredentials, Principal, RuntimeDep, authenticate, read_as_viewer
+from lily.api.deps import BearerCredentials, Principal, Reading, RuntimeDep, authenticate, read_as_viewer
 from lily.api.runtime import Runtime
+from lily.auth.cache import TenantPolicies
 from lily.domain.access import AssetFacts, Decision, Policy, applies, decide
 from lily.domain.assets import Asset
 from lily.domain.errors import Forbidden
 from lily.domain.roles import Role
+from lily.pipeline.writer import CheckedAt
 from lily.store import access as store
 from lily.store import assets as store_assets
 from lily.store import audit as store_audit
@@ -114,22 +117,56 @@ Writer = Annotated[Principal, Depends(may_write)]
 
 @dataclass(frozen=True, slots=True)
 class Writing:
-    """A caller that may write somewhere, and the tenant's policies deciding for it, read in the round
-    trip that confirms its cached credential check (:class:`lily.api.deps.Reading`): for a route that
-    checks its writes by name (:func:`check_named_write`), one round trip instead of two."""
+    """A caller that may write somewhere, and the tenant's policies deciding for it, for a route that checks
+    its writes by name (:func:`check_named_write`).
+
+    Usually judged without a round trip: a cached credential (:class:`lily.api.deps.Reading`) and the
+    tenant's cached policies binding the caller in nothing. ``unconfirmed`` then holds the epochs of both,
+    which the append confirms in its own statement (``lily_append_checked``): if either moved, nothing is
+    appended (:class:`lily.pipeline.writer.StaleCheck`) and the route goes again with :meth:`confirmed`.
+    Otherwise the credential and the policies were read in one round trip, as :meth:`confirmed` does."""
 
     principal: Principal
     checker: Checker
+    reading: Reading
+    unconfirmed: CheckedAt | None = None
+
+    async def confirmed(self) -> Writing:
+        """The caller as it is now, and the policies as they are, read in one round trip."""
+        return await _read_writing(self.reading)
 
 
 async def may_write_checked(request: Request, credentials: BearerCredentials) -> Writing:
     """:func:`may_write`, with the policies it read kept for the write's own check."""
     reading = await read_as_viewer(request, credentials)
-    principal, pending = await reading.read(lambda conn: store.queue_all_policies(conn, reading.tenant_id))
-    checker = Checker.of_rows(principal, await pending.fetchall())
+    epoch = reading.unconfirmed_epoch
+    # A keyed write is claimed in a transaction of its own before its append: checked there, as before.
+    if epoch is not None and "idempotency-key" not in request.headers:
+        cached = reading.runtime.policies.get(reading.tenant_id)
+        if cached is not None:
+            checker = Checker(reading.principal, cached.policies)
+            # Only a caller nothing binds: whatever the cache would refuse, or have checked against the
+            # assets (and audited, for an admin), is read anew first.
+            if checker.unbound():
+                return Writing(reading.principal, checker, reading, CheckedAt(epoch, cached.epoch))
+    return await _read_writing(reading)
+
+
+async def _read_writing(reading: Reading) -> Writing:
+    tenant_id = reading.tenant_id
+
+    async def queue(conn: Conn) -> tuple[AsyncCursor[dict[str, Any]], AsyncCursor[dict[str, Any]]]:
+        return await store.queue_policy_epoch(conn, tenant_id), await store.queue_all_policies(conn, tenant_id)
+
+    principal, (epoch, pending) = await reading.read(queue)
+    found = await epoch.fetchone()
+    assert found is not None
+    policies = tuple(Policy.from_row(row) for row in await pending.fetchall())
+    reading.runtime.policies.put(tenant_id, TenantPolicies(found["epoch"], policies))
+    checker = Checker(principal, policies)
     if not checker.may_write_somewhere():
         raise _may_not_write(principal)
-    return Writing(principal, checker)
+    return Writing(principal, checker, reading)
 
 
 CheckedWriter = Annotated[Writing, Depends(may_write_checked)]

@@ -236,6 +236,11 @@ class Reading:
     def tenant_id(self) -> str:
         return self.principal.tenant_id
 
+    @property
+    def unconfirmed_epoch(self) -> int | None:
+        """The auth epoch of the cached check this caller was taken at, while no read has confirmed it."""
+        return self._epoch
+
     async def read(self, queue: Callable[[Conn], Awaitable[T]]) -> tuple[Principal, T]:
         """``queue``'s statements in one :meth:`Database.read` round trip, as the caller the credential
         is now: the principal and what ``queue`` returned (fetch from its cursors afterwards)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from lily.auth.cache import CredentialCache
+from lily.auth.cache import CredentialCache, PolicyCache
 from lily.auth.leases import TokenLeases
 from lily.auth.limits import LoginLimits, RateLimits
 from lily.auth.passwords import Hasher
@@ -27,6 +27,8 @@ class Runtime:
     change_waker: ChangeWaker | None = None
     # Credentials this process has checked in full (see lily.auth.cache): never trusted without the epoch.
     credentials: CredentialCache = field(default_factory=CredentialCache)
+    # Access policies per tenant, as last read (see lily.auth.cache): never trusted without the epoch.
+    policies: PolicyCache = field(default_factory=PolicyCache)
     hasher: Hasher = field(init=False)
     login_limits: LoginLimits = field(init=False)
     rate_limits: RateLimits = field(init=False)

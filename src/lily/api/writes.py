@@ -18,9 +18,9 @@ from lily.api.deps import Principal, Runtime
 from lily.api.responses import FastJSON
 from lily.domain.errors import LilyError, problem_from_result
 from lily.domain.events import NewEvent
-from lily.pipeline.writer import Submitted, request_hash
+from lily.pipeline.writer import CheckedAt, Submitted, request_hash
 from lily.store import log as store_log
-from lily.store.db import Conn
+from lily.store.db import CALLER, Conn
 
 # Renders an applied write's result, reading what it needs through the given connection (a read-only
 # tenant transaction in pipeline mode: Database.read).
@@ -30,8 +30,8 @@ Reader = Callable[[Conn, dict[str, Any]], Awaitable[Response]]
 @dataclass(frozen=True, slots=True)
 class VersionAnswer:
     """Renders a write of an asset from the version it produced (``snapshot``) and its result. That
-    version is read with the outcome in one statement: one round trip from the wake-up to the answer,
-    where a :data:`Reader` needs the outcome before it can read (two or three)."""
+    version is read with the outcome in one statement (``lily_write_outcome``): one round trip and one
+    send from the wake-up to the answer, where a :data:`Reader` needs the outcome before it can read."""
 
     answer: Callable[[dict[str, Any], dict[str, Any]], Response]
 
@@ -84,12 +84,17 @@ async def write(
     event: NewEvent,
     body: Any,
     render: Render,
+    *,
+    checked: CheckedAt | None = None,
 ) -> Response:
+    """Append ``event`` and answer once it is applied. ``checked``: the caller was checked at these epochs
+    without a round trip, and the append confirms them (:class:`StaleCheck` if they moved)."""
     key = request.headers.get("idempotency-key")
     submitted = await runtime.writer.submit(
         event,
         idempotency_key=key,
         fingerprint=request_hash(request.method, request.url.path, body) if key else None,
+        checked=checked,
     )
     prefs = preferences(request)
     if "respond-async" in prefs:
@@ -100,9 +105,8 @@ async def write(
     # settings travel with the outcome's query and no BEGIN or COMMIT costs a round trip of its own.
     event_id = UUID(submitted.event_id)
     if isinstance(render, VersionAnswer):
-        async with runtime.db.read(principal.tenant_id) as conn:
-            pending = await store_log.queue_outcome_with_version(conn, principal.tenant_id, event_id)
-        outcome = await pending.fetchone()
+        async with runtime.db.alone(principal.tenant_id) as conn:
+            outcome = await store_log.write_outcome(conn, principal.tenant_id, CALLER.get(), event_id)
         assert outcome is not None
         _raise_unless_applied(outcome, submitted)
         if outcome["status"] != "applied":

@@ -61,3 +61,30 @@ class CredentialCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicies:
+    """A tenant's access policies as one read found them, with the tenant's policy epoch in that read."""
+
+    epoch: int
+    policies: tuple[Any, ...]  # lily.domain.access.Policy
+
+
+class PolicyCache:
+    """The access policies this process last read per tenant. Never trusted on its own: a write acted on
+    under them is appended only while the tenant's policy epoch is still theirs (``lily_append_checked``),
+    and anything they would refuse is read again first. Bounded like :class:`CredentialCache`."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._entries: dict[str, TenantPolicies] = {}
+
+    def get(self, tenant_id: str) -> TenantPolicies | None:
+        return self._entries.get(tenant_id)
+
+    def put(self, tenant_id: str, entry: TenantPolicies) -> None:
+        self._entries.pop(tenant_id, None)
+        while len(self._entries) >= self.capacity:
+            del self._entries[next(iter(self._entries))]
+        self._entries[tenant_id] = entry

@@ -21,6 +21,20 @@ def request_hash(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(orjson.dumps([method, path, body], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+class StaleCheck(Exception):
+    """The credential or the policies a write was checked against moved before its append, which
+    therefore did not happen: check the caller again and decide anew. Never reaches a client."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedAt:
+    """The epochs a caller was checked at without a round trip (its cached credential, and cached
+    policies that bind it in nothing): the append confirms them (``lily_append_checked``)."""
+
+    auth_epoch: int
+    policy_epoch: int
+
+
 @dataclass(slots=True)
 class Submitted:
     event_id: str
@@ -37,12 +51,31 @@ class Writer:
         self.waiter = waiter
 
     async def submit(
-        self, event: NewEvent, *, idempotency_key: str | None = None, fingerprint: str | None = None
+        self,
+        event: NewEvent,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+        checked: CheckedAt | None = None,
     ) -> Submitted:
-        """Append one event; with an idempotency key, a repeat returns the first event instead."""
+        """Append one event; with an idempotency key, a repeat returns the first event instead. With
+        ``checked``, only while those epochs hold (else :class:`StaleCheck`; not with a key)."""
         heard = self.waiter.listening()
+        if checked is not None:
+            assert not idempotency_key, "a keyed write is checked before it is appended"
+            async with self.db.alone(event.tenant_id) as conn:
+                got = await store_log.append_checked(
+                    conn,
+                    event,
+                    self.settings.partitions,
+                    auth_epoch=checked.auth_epoch,
+                    policy_epoch=checked.policy_epoch,
+                )
+            if got is None:
+                raise StaleCheck
+            return Submitted(str(got.event_id), got.partition, got.seq, heard_since=heard)
         if not idempotency_key:
-            async with self.db.connection() as conn:
+            async with self.db.alone(event.tenant_id) as conn:
                 accepted = await store_log.append_alone(conn, event, self.settings.partitions)
             return Submitted(str(accepted.event_id), accepted.partition, accepted.seq, heard_since=heard)
         async with self.db.tenant(event.tenant_id) as conn:

@@ -127,6 +127,14 @@ async def queue_all_policies(conn: Conn, tenant_id: str) -> AsyncCursor[dict[str
     )
 
 
+async def queue_policy_epoch(conn: Conn, tenant_id: str) -> AsyncCursor[dict[str, Any]]:
+    """Queue the read of the tenant's policy epoch (0 for a tenant that never had a policy: migration 0015
+    writes the row on the first change), to fetch after the :meth:`Database.read` block."""
+    return await conn.execute(
+        "SELECT coalesce((SELECT epoch FROM access_policy_epochs WHERE tenant_id = %s), 0) AS epoch", [tenant_id]
+    )
+
+
 async def hidden_names(conn: Conn, qualified_names: Sequence[str]) -> set[str]:
     """Which of these names are assets of the transaction's tenant that its caller may not read (the
     database's read rule, applied by a function that can see them)."""

@@ -160,6 +160,14 @@ class Database:
             yield conn
 
     @asynccontextmanager
+    async def alone(self, tenant_id: str) -> AsyncIterator[Conn]:
+        """A pooled connection outside any transaction, counted in ``tenant_id``'s share, for statements
+        that set the tenant themselves (the SQL functions that append an event or read a write's outcome):
+        one statement is one round trip, and one send, where a pipeline sends each of its statements."""
+        async with self.shares.hold(tenant_id), self._checkout() as conn:
+            yield conn
+
+    @asynccontextmanager
     async def system(self) -> AsyncIterator[Conn]:
         """A transaction with no tenant: it sees the log's bookkeeping tables and no tenant rows."""
         async with self._checkout() as conn, conn.transaction():

@@ -14,9 +14,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncCursor, sql
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from lily.domain.access import Caller
 from lily.domain.events import Accepted, NewEvent, partition_of
 from lily.store.db import PIPELINE_ROLE, Conn, insert_rows
 
@@ -105,6 +106,33 @@ async def append_alone(conn: Conn, event: NewEvent, partitions: int) -> Accepted
     row = await cur.fetchone()
     assert row is not None
     return Accepted(event.event_id, partition, int(row["seq"]))
+
+
+async def append_checked(
+    conn: Conn, event: NewEvent, partitions: int, *, auth_epoch: int, policy_epoch: int
+) -> Accepted | None:
+    """:func:`append_alone`, but only while the tenant's auth and policy epochs are still these (the ones
+    the caller was checked at); None, with nothing appended, once either moved (``lily_append_checked``)."""
+    partition = partition_of(event.tenant_id, event.subject, partitions)
+    cur = await conn.execute(
+        "SELECT lily_append_checked(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) AS seq",
+        [
+            auth_epoch,
+            policy_epoch,
+            event.event_id,
+            partition,
+            event.tenant_id,
+            event.subject,
+            event.kind,
+            Jsonb(event.payload),
+            event.actor,
+            event.request_id,
+            event.source,
+        ],
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return None if row["seq"] is None else Accepted(event.event_id, partition, int(row["seq"]))
 
 
 async def _insert_events(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
@@ -595,17 +623,15 @@ async def recent_latency(conn: Conn, per_partition: int = 200, window_seconds: f
 # -- reading events as a tenant ------------------------------------------------------------------
 
 
-async def queue_outcome_with_version(conn: Conn, tenant_id: str, event_id: UUID) -> AsyncCursor[dict[str, Any]]:
-    """Queue (in a :meth:`Database.read` pipeline) an event's status and result, with the asset version
-    an applied one produced (``snapshot``; NULL for any other outcome): what a write of an asset answers,
-    in one statement. Fetch from the cursor after the block."""
-    return await conn.execute(
-        "SELECT e.status, e.result, v.snapshot FROM events e"
-        " LEFT JOIN asset_versions v ON e.status = 'applied' AND v.tenant_id = e.tenant_id"
-        " AND v.asset_id = (e.result ->> 'asset_id')::uuid AND v.version = (e.result ->> 'version')::int"
-        " WHERE e.tenant_id = %s AND e.event_id = %s",
-        [tenant_id, event_id],
+async def write_outcome(conn: Conn, tenant_id: str, caller: Caller | None, event_id: UUID) -> dict[str, Any] | None:
+    """An event's status and result, with the asset version an applied one produced (``snapshot``; None
+    for any other outcome), read as ``caller``: what a write of an asset answers, in one statement
+    (``lily_write_outcome``, migration 0022). ``conn`` must be outside any transaction."""
+    role, names = (None, None) if caller is None else (caller.role, caller.names_literal())
+    cur = await conn.execute(
+        "SELECT status, result, snapshot FROM lily_write_outcome(%s, %s, %s, %s)", [tenant_id, role, names, event_id]
     )
+    return await cur.fetchone()
 
 
 async def get_event(conn: Conn, tenant_id: str, event_id: UUID) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from lily.domain.events import ASSET_DELETE, ASSET_REPLACE, ASSET_UPSERT, NewEve
 from lily.domain.roles import Role
 from lily.domain.round_trip import ASSET_READ_ONLY, AssetReplaceDocument, changed_read_only
 from lily.domain.rules import check_if_match, require_asset
+from lily.pipeline.writer import StaleCheck
 from lily.store import assets as store
 from lily.store import audit as store_audit
 from lily.store.db import Conn
@@ -65,14 +66,28 @@ async def create_or_update(
     request_id: RequestId,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    principal = writing.principal
     payload = body.model_dump(mode="json", exclude_unset=True)
     payload["qualified_name"], payload["type"] = body.qualified_name, body.type
+    try:
+        return await _upsert(runtime, request, writing, body, payload, request_id)
+    except StaleCheck:  # the caller's credential or the tenant's policies moved: judged again, as it is now
+        return await _upsert(runtime, request, await writing.confirmed(), body, payload, request_id)
+
+
+async def _upsert(
+    runtime: Any,
+    request: Request,
+    writing: access.Writing,
+    body: rules.AssetIn,
+    payload: dict[str, Any],
+    request_id: str,
+) -> Response:
+    principal = writing.principal
     await access.check_named_write(
         runtime, principal, [body.qualified_name], type=body.type, tags=payload.get("tags"), checker=writing.checker
     )
     event = NewEvent(principal.tenant_id, body.qualified_name, ASSET_UPSERT, payload, principal.actor, request_id)
-    return await writes.write(runtime, request, principal, event, payload, ANSWER_VERSION)
+    return await writes.write(runtime, request, principal, event, payload, ANSWER_VERSION, checked=writing.unconfirmed)
 
 
 @router.get("/audit/{asset_id}", response_model=AuditPage, responses=problem_responses(404))
