@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     write_wait_seconds: float = 5.0
     worker_batch_size: int = 1000
     worker_partitions_per_transaction: int = Field(default=8, ge=1)
+    worker_linger_seconds: float = Field(
+        default=0.015, ge=0, le=1, description="Pause after a busy pass, so the next batch can grow (0: none)."
+    )
+    worker_linger_after_events: int = Field(
+        default=4, ge=1, description="A pass that moved at least this many events is busy: the worker lingers."
+    )
     workers_in_serve: int = 1
     pipeline_process: bool = Field(
         default=True,

@@ -173,3 +173,27 @@ async def test_one_batch_applies_events_of_different_kinds_in_log_order(
     assert {status for status, _ in results.values()} == {"applied"}, results
     assert sorted(results[downstream][1]["placeholders"]) == sorted([upstream, downstream]), results
     assert results[upstream][1]["created"] is False and results[upstream][1]["changed"] is True, results
+
+
+def test_a_busy_pass_lingers_and_a_lone_write_does_not(settings: Settings) -> None:
+    s = settings.model_copy(update={"worker_linger_seconds": 0.015, "worker_linger_after_events": 4})
+    worker = Worker(Database(s.database_url), s, build_pipeline(s))
+    assert [worker.linger_after(n) for n in (0, 1, 3)] == [0.0, 0.0, 0.0]
+    assert [worker.linger_after(n) for n in (4, 500)] == [0.015, 0.015]
+    off = Worker(Database(s.database_url), s.model_copy(update={"worker_linger_seconds": 0.0}), build_pipeline(s))
+    assert off.linger_after(500) == 0.0
+
+
+async def test_a_linger_ends_when_the_worker_is_stopped(tenant_db: Database, settings: Settings) -> None:
+    # A linger far longer than the test may take: stopping must cut it short.
+    s = settings.model_copy(update={"worker_linger_seconds": 600.0, "worker_linger_after_events": 1})
+    await append(tenant_db, upserts([f"pg://db/s.l{i}" for i in range(5)], 1), s)
+    stop = asyncio.Event()
+    task = asyncio.create_task(Worker(tenant_db, s, build_pipeline(s)).run(stop))
+
+    async def drained() -> bool:
+        return await backlog(tenant_db) == 0
+
+    await until(drained, what="the events to be applied")  # the pass that moved them is now lingering
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)

@@ -88,11 +88,24 @@ class Worker:
         async with await psycopg.AsyncConnection.connect(self.db.url, autocommit=True) as listener:
             await listener.execute(f"LISTEN {store_log.LOG_CHANNEL}")
             while not stop.is_set():
-                if not await self.drain_once(stop):
+                moved = await self.drain_once(stop)
+                if linger := self.linger_after(moved):
+                    await _pause(stop, linger)
+                if not moved:
                     # Woken by an append's NOTIFY; the timeout catches retry_at expiring and any
                     # notification lost while the listener reconnected.
                     async for _ in listener.notifies(timeout=0.25, stop_after=1):
                         pass
+
+    def linger_after(self, moved: int) -> float:
+        """How long to wait before the next pass after one that moved ``moved`` events.
+
+        A pass of many events means writes arrive faster than one at a time: waiting a little lets the
+        next batch grow, and each batch's fixed cost (a dozen statements, a commit, the wake-ups of every
+        waiting request) is shared by more events. At 500 creates a second this took about 0.2 ms of CPU
+        off each (bench/api.py). A pass of a few events (a lone writer, a quiet tenant) goes on at once:
+        its next write is not kept waiting for company that is not coming."""
+        return self.settings.worker_linger_seconds if moved >= self.settings.worker_linger_after_events else 0.0
 
     async def drain_once(self, stop: asyncio.Event | None = None) -> int:
         """One pass over the partitions with work; the number of events it moved past.
