@@ -83,7 +83,9 @@ class Settings(BaseSettings):
     partitions: int = Field(default=32, ge=1, le=1024)
     write_wait_seconds: float = 5.0
     worker_batch_size: int = 1000
-    worker_partitions_per_transaction: int = Field(default=8, ge=1)
+    worker_partitions_per_transaction: int | None = Field(
+        default=None, ge=1, description="Partitions a worker applies in one transaction (unset: all it finds)."
+    )
     worker_linger_seconds: float = Field(
         default=0.015, ge=0, le=1, description="Pause after a busy pass, so the next batch can grow (0: none)."
     )

@@ -197,3 +197,24 @@ async def test_a_linger_ends_when_the_worker_is_stopped(tenant_db: Database, set
     await until(drained, what="the events to be applied")  # the pass that moved them is now lingering
     stop.set()
     await asyncio.wait_for(task, timeout=10)
+
+
+@pytest.mark.parametrize(("per_transaction", "groups"), [(None, [6]), (4, [4, 2])])
+async def test_a_pass_applies_its_partitions_in_as_few_transactions_as_configured(
+    tenant_db: Database, settings: Settings, per_transaction: int | None, groups: list[int]
+) -> None:
+    s = settings.model_copy(update={"worker_partitions_per_transaction": per_transaction})
+    subjects = [subjects_in_partition(TENANT, p, s.partitions, 1, f"g{p}")[0] for p in range(6)]
+    await append(tenant_db, upserts(subjects, 1), s)
+    worker = Worker(tenant_db, s, build_pipeline(s))
+    seen: list[int] = []
+    real = worker._process_group
+
+    async def counted(partitions: list[int]) -> tuple[int, list[int]]:
+        seen.append(len(partitions))
+        return await real(partitions)
+
+    worker._process_group = counted  # type: ignore[method-assign]
+    assert await worker.drain_once() == 6
+    assert seen == groups
+    assert await backlog(tenant_db) == 0
