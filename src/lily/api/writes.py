@@ -101,35 +101,35 @@ async def write(
         return accepted_response(submitted)
     if not await runtime.writer.wait(submitted, wait_bound(prefs, runtime.settings.write_wait_seconds)):
         return accepted_response(submitted, async_preferred=False)
-    # One read-only transaction reads the outcome and renders it: a pipelined Database.read, so the
-    # settings travel with the outcome's query and no BEGIN or COMMIT costs a round trip of its own.
     event_id = UUID(submitted.event_id)
     if isinstance(render, VersionAnswer):
         async with runtime.db.alone(principal.tenant_id) as conn:
             outcome = await store_log.write_outcome(conn, principal.tenant_id, CALLER.get(), event_id)
-        assert outcome is not None
-        _raise_unless_applied(outcome, submitted)
-        if outcome["status"] != "applied":
+        if not _applied(outcome, submitted):
             return accepted_response(submitted, async_preferred=False)
-        assert outcome["snapshot"] is not None
+        assert outcome is not None and outcome["snapshot"] is not None
         return render.answer(outcome["snapshot"], outcome["result"])
+    # One read-only transaction reads the outcome and renders it: a pipelined Database.read, so the
+    # settings travel with the outcome's query and no BEGIN or COMMIT costs a round trip of its own.
     async with runtime.db.read(principal.tenant_id) as conn:
         outcome = await store_log.get_event(conn, principal.tenant_id, event_id)
-        assert outcome is not None
-        _raise_unless_applied(outcome, submitted)
-        if outcome["status"] != "applied":
+        if not _applied(outcome, submitted):
             return accepted_response(submitted, async_preferred=False)
+        assert outcome is not None
         return await render(conn, outcome["result"])
 
 
-def _raise_unless_applied(outcome: dict[str, Any], submitted: Submitted) -> None:
-    """The problem a failed or dead-lettered write answers with."""
+def _applied(outcome: dict[str, Any] | None, submitted: Submitted) -> bool:
+    """Whether the write was applied; the problem it answers with if it failed or was dead-lettered
+    (anything else, e.g. held for a retry, is still accepted)."""
+    assert outcome is not None
     if outcome["status"] == "failed":
         raise problem_from_result(outcome["result"] or {})
     if outcome["status"] == "dead_lettered":
         raise DeadLettered(
             "the pipeline could not apply this write; it is in the dead-letter queue", event_id=submitted.event_id
         )
+    return bool(outcome["status"] == "applied")
 
 
 class DeadLettered(LilyError):

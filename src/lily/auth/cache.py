@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from lily.domain.access import Policy
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,13 +37,32 @@ class Checked:
     key_name: str | None
 
 
-class CredentialCache:
-    """Bounded, insertion-ordered: when full, the oldest entries go first. Keyed by the whole presented
-    credential, so a key with a wrong secret or a re-signed token is never a hit."""
+class _Bounded(Generic[V]):
+    """Bounded, insertion-ordered: when full, the oldest entries go first."""
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
-        self._entries: dict[str, Checked] = {}
+        self._entries: dict[str, V] = {}
+
+    def get(self, key: str) -> V | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, entry: V) -> None:
+        self._entries.pop(key, None)
+        while len(self._entries) >= self.capacity:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = entry
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class CredentialCache(_Bounded[Checked]):
+    """Keyed by the whole presented credential, so a key with a wrong secret or a re-signed token is
+    never a hit; an expired token's entry is gone at its first look-up."""
 
     def get(self, credential: str) -> Checked | None:
         entry = self._entries.get(credential)
@@ -50,41 +73,16 @@ class CredentialCache:
             return None
         return entry
 
-    def put(self, credential: str, entry: Checked) -> None:
-        self._entries.pop(credential, None)
-        while len(self._entries) >= self.capacity:
-            del self._entries[next(iter(self._entries))]
-        self._entries[credential] = entry
-
-    def drop(self, credential: str) -> None:
-        self._entries.pop(credential, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 @dataclass(frozen=True, slots=True)
 class TenantPolicies:
     """A tenant's access policies as one read found them, with the tenant's policy epoch in that read."""
 
     epoch: int
-    policies: tuple[Any, ...]  # lily.domain.access.Policy
+    policies: tuple[Policy, ...]
 
 
-class PolicyCache:
+class PolicyCache(_Bounded[TenantPolicies]):
     """The access policies this process last read per tenant. Never trusted on its own: a write acted on
     under them is appended only while the tenant's policy epoch is still theirs (``lily_append_checked``),
-    and anything they would refuse is read again first. Bounded like :class:`CredentialCache`."""
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self._entries: dict[str, TenantPolicies] = {}
-
-    def get(self, tenant_id: str) -> TenantPolicies | None:
-        return self._entries.get(tenant_id)
-
-    def put(self, tenant_id: str, entry: TenantPolicies) -> None:
-        self._entries.pop(tenant_id, None)
-        while len(self._entries) >= self.capacity:
-            del self._entries[next(iter(self._entries))]
-        self._entries[tenant_id] = entry
+    and anything they would refuse is read again first."""

@@ -61,23 +61,23 @@ class Writer:
         """Append one event; with an idempotency key, a repeat returns the first event instead. With
         ``checked``, only while those epochs hold (else :class:`StaleCheck`; not with a key)."""
         heard = self.waiter.listening()
-        if checked is not None:
-            assert not idempotency_key, "a keyed write is checked before it is appended"
-            async with self.db.alone(event.tenant_id) as conn:
-                got = await store_log.append_checked(
-                    conn,
-                    event,
-                    self.settings.partitions,
-                    auth_epoch=checked.auth_epoch,
-                    policy_epoch=checked.policy_epoch,
-                )
-            if got is None:
-                raise StaleCheck
-            return Submitted(str(got.event_id), got.partition, got.seq, heard_since=heard)
         if not idempotency_key:
             async with self.db.alone(event.tenant_id) as conn:
-                accepted = await store_log.append_alone(conn, event, self.settings.partitions)
+                if checked is None:
+                    accepted = await store_log.append_alone(conn, event, self.settings.partitions)
+                else:
+                    got = await store_log.append_checked(
+                        conn,
+                        event,
+                        self.settings.partitions,
+                        auth_epoch=checked.auth_epoch,
+                        policy_epoch=checked.policy_epoch,
+                    )
+                    if got is None:
+                        raise StaleCheck
+                    accepted = got
             return Submitted(str(accepted.event_id), accepted.partition, accepted.seq, heard_since=heard)
+        assert checked is None, "a keyed write is checked before it is appended"
         async with self.db.tenant(event.tenant_id) as conn:
             first = await idempotency.claim(
                 conn, event.tenant_id, idempotency_key, fingerprint or "", {"event_id": str(event.event_id)}

@@ -88,24 +88,9 @@ async def append(conn: Conn, events: Sequence[NewEvent], partitions: int) -> lis
 async def append_alone(conn: Conn, event: NewEvent, partitions: int) -> Accepted:
     """Append one event in its own transaction, in one round trip. ``conn`` must be in autocommit and
     outside any transaction (the function sets the tenant for its own call only)."""
-    partition = partition_of(event.tenant_id, event.subject, partitions)
-    cur = await conn.execute(
-        "SELECT lily_append_event(%s, %s, %s, %s, %s, %s, %s, %s, %s) AS seq",
-        [
-            event.event_id,
-            partition,
-            event.tenant_id,
-            event.subject,
-            event.kind,
-            Jsonb(event.payload),
-            event.actor,
-            event.request_id,
-            event.source,
-        ],
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    return Accepted(event.event_id, partition, int(row["seq"]))
+    accepted = await _append_one(conn, "lily_append_event", [], event, partitions)
+    assert accepted is not None
+    return accepted
 
 
 async def append_checked(
@@ -113,23 +98,28 @@ async def append_checked(
 ) -> Accepted | None:
     """:func:`append_alone`, but only while the tenant's auth and policy epochs are still these (the ones
     the caller was checked at); None, with nothing appended, once either moved (``lily_append_checked``)."""
+    return await _append_one(conn, "lily_append_checked", [auth_epoch, policy_epoch], event, partitions)
+
+
+async def _append_one(
+    conn: Conn, function: str, leading: list[Any], event: NewEvent, partitions: int
+) -> Accepted | None:
+    """Call one of the SQL functions that append a single event: ``leading`` arguments, then the event's."""
     partition = partition_of(event.tenant_id, event.subject, partitions)
-    cur = await conn.execute(
-        "SELECT lily_append_checked(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) AS seq",
-        [
-            auth_epoch,
-            policy_epoch,
-            event.event_id,
-            partition,
-            event.tenant_id,
-            event.subject,
-            event.kind,
-            Jsonb(event.payload),
-            event.actor,
-            event.request_id,
-            event.source,
-        ],
-    )
+    args = [
+        *leading,
+        event.event_id,
+        partition,
+        event.tenant_id,
+        event.subject,
+        event.kind,
+        Jsonb(event.payload),
+        event.actor,
+        event.request_id,
+        event.source,
+    ]
+    placeholders = ", ".join(["%s"] * len(args))
+    cur = await conn.execute(f"SELECT {function}({placeholders}) AS seq", args)
     row = await cur.fetchone()
     assert row is not None
     return None if row["seq"] is None else Accepted(event.event_id, partition, int(row["seq"]))
