@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 
 from lily.store.db import Database
 
@@ -56,3 +59,30 @@ async def create(
     assert r.status_code in (200, 201), r.text
     body: dict[str, Any] = r.json()
     return body
+
+
+def count_round_trips(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """From now on, per connection ``db`` checks out, the I/O psycopg waited for (one entry per round trip:
+    ``BaseCursor._execute_gen`` for one statement, pipeline generators for a pipeline)."""
+    checkouts: list[list[str]] = []
+    real = db._checkout
+
+    @asynccontextmanager
+    async def counted() -> AsyncIterator[Any]:
+        waits: list[str] = []
+        checkouts.append(waits)
+        async with real() as conn:
+            wait = conn.wait
+
+            async def noted(gen: Any, *args: Any, **kwargs: Any) -> Any:
+                waits.append(gen.__qualname__)
+                return await wait(gen, *args, **kwargs)
+
+            conn.wait = noted  # type: ignore[method-assign]
+            try:
+                yield conn
+            finally:
+                del conn.wait  # the pooled connection goes back as it was
+
+    monkeypatch.setattr(db, "_checkout", counted)
+    return checkouts

@@ -15,7 +15,7 @@ from lily.domain.access import Caller
 from tests.ops.conftest import database_outage
 from tests.pipeline.support import until
 
-from .helpers import assert_problem, create
+from .helpers import assert_problem, count_round_trips, create
 
 
 async def _warm(client: httpx.AsyncClient, headers: dict[str, str], path: str) -> httpx.Response:
@@ -33,6 +33,17 @@ async def test_a_cached_read_answers_like_a_checked_one(client, second_process, 
     assert r.status_code == 200 and r.json()["description"] == "first" and r.json()["history"]["items"]
     missing = await _warm(second_process, tenant.headers("viewer"), "/metadata/00000000-0000-4000-8000-000000000000")
     assert_problem(missing, 404)
+
+
+async def test_a_cached_read_is_one_statement(client, second_app, second_process, tenant, monkeypatch):
+    asset = await create(client, tenant.headers("editor"), "pg://db/s/orders", description="first")
+    path = f"/metadata/{asset['asset_id']}"
+    await _warm(second_process, tenant.headers("viewer"), path)
+    checkouts = count_round_trips(second_app.state.runtime.db, monkeypatch)
+    r = await second_process.get(path, headers=tenant.headers("viewer"))
+    assert r.status_code == 200 and r.json()["description"] == "first", r.text
+    # The credential's epoch, the asset and its history: one statement (lily_read_asset).
+    assert checkouts == [["BaseCursor._execute_gen"]], checkouts
 
 
 async def test_a_revoked_key_is_refused_by_the_next_read_in_another_process(client, second_process, tenant):

@@ -4,15 +4,13 @@ another API process still applies to the very next write, which is checked as th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
 
 from lily.store.db import Database
 
-from .helpers import assert_problem
+from .helpers import assert_problem, count_round_trips
 
 
 def body(name: str, **fields: Any) -> dict[str, Any]:
@@ -22,28 +20,8 @@ def body(name: str, **fields: Any) -> dict[str, Any]:
 async def test_a_cached_writer_makes_two_round_trips_of_one_statement(second_app, second_process, tenant, monkeypatch):
     headers = tenant.headers("editor")
     assert (await second_process.post("/metadata", json=body("pg://db/s/a"), headers=headers)).status_code == 201
-    checkouts: list[list[str]] = []  # per checkout, the I/O psycopg waited for
     db: Database = second_app.state.runtime.db
-    real = db._checkout
-
-    @asynccontextmanager
-    async def counted() -> AsyncIterator[Any]:
-        waits: list[str] = []
-        checkouts.append(waits)
-        async with real() as conn:
-            wait = conn.wait
-
-            async def noted(gen: Any, *args: Any, **kwargs: Any) -> Any:
-                waits.append(gen.__qualname__)
-                return await wait(gen, *args, **kwargs)
-
-            conn.wait = noted  # type: ignore[method-assign]
-            try:
-                yield conn
-            finally:
-                del conn.wait  # the pooled connection goes back as it was
-
-    monkeypatch.setattr(db, "_checkout", counted)  # this process's pool only (the worker runs elsewhere)
+    checkouts = count_round_trips(db, monkeypatch)  # this process's pool only (the worker runs elsewhere)
     r = await second_process.post("/metadata", json=body("pg://db/s/b"), headers=headers)
     assert r.status_code == 201, r.text
     assert r.json()["qualified_name"] == "pg://db/s/b" and r.json()["version"] == 1

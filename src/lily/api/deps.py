@@ -213,6 +213,10 @@ Steward = Annotated[Principal, require(Role.steward)]
 Admin = Annotated[Principal, require(Role.admin)]
 
 
+# One statement run as a caller (see Reading.read_one): the tenant's auth epoch, and what it read.
+Statement = Callable[[Conn, Caller | None], Awaitable[tuple[int | None, T]]]
+
+
 class Reading:
     """A viewer whose credential check travels with the request's one read (``read``): for a read-only
     route that makes a single tenant transaction, one round trip in all instead of two.
@@ -241,6 +245,13 @@ class Reading:
         """The auth epoch of the cached check this caller was taken at, while no read has confirmed it."""
         return self._epoch
 
+    async def _check_anew(self) -> None:
+        """The epoch moved: the credential checked in full (401, or the caller as it is now)."""
+        # This request's rate-limit tokens are taken already: (0, 0) leases none.
+        known = self.runtime.credentials.get(self.token)
+        self.principal = await _authenticate(self.runtime, self.token, known, (0, 0))
+        self._epoch = None
+
     async def read(self, queue: Callable[[Conn], Awaitable[T]]) -> tuple[Principal, T]:
         """``queue``'s statements in one :meth:`Database.read` round trip, as the caller the credential
         is now: the principal and what ``queue`` returned (fetch from its cursors afterwards)."""
@@ -252,13 +263,27 @@ class Reading:
             row = await epoch.fetchone()
             if row is not None and row["auth_epoch"] == self._epoch:
                 return self.principal, queued
-            # This request's rate-limit tokens are taken already: (0, 0) leases none.
-            known = self.runtime.credentials.get(self.token)
-            self.principal = await _authenticate(self.runtime, self.token, known, (0, 0))
-            self._epoch = None
+            await self._check_anew()
         async with self.runtime.db.read(tenant_id) as conn:
             queued = await queue(conn)
         return self.principal, queued
+
+    async def read_one(self, statement: Statement[T]) -> tuple[Principal, T]:
+        """``statement``: one statement, on a connection outside any transaction, that reads as the caller
+        it is given and returns the tenant's auth epoch (None once the tenant is gone) with its result.
+        One round trip and one send, where :meth:`read`'s pipeline sends each of its statements. The epoch
+        decides as in :meth:`read`: moved, the credential is checked in full and ``statement`` run again
+        as the caller the credential is now."""
+        tenant_id = self.principal.tenant_id
+        async with self.runtime.db.alone(tenant_id) as conn:
+            epoch, result = await statement(conn, CALLER.get())
+        if self._epoch is None or epoch == self._epoch:
+            self._epoch = None
+            return self.principal, result
+        await self._check_anew()
+        async with self.runtime.db.alone(tenant_id) as conn:
+            _, result = await statement(conn, CALLER.get())
+        return self.principal, result
 
 
 async def read_as_viewer(

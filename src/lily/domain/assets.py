@@ -88,9 +88,10 @@ class AssetReplace(AssetFields):
 class Asset:
     """An asset's current state: the row the store reads and writes, the pipeline changes, and the API
     answers (through :func:`to_document`). The store derives its column list, its ``jsonb_to_recordset``
-    record and its upsert from these fields, so a new field needs the schema, this class and nothing
-    else. A plain slots dataclass, not a pydantic model: rows read from the database are valid already,
-    and the worker builds several per event (a dataclass costs ~1 µs, ``model_construct`` ~8 µs).
+    record and its upsert from these fields, so a new field needs the schema, this class and a new
+    version of the point read's SQL function (``lily_read_asset``; a test holds its columns to these).
+    A plain slots dataclass, not a pydantic model: rows read from the database are valid already, and
+    the worker builds several per event (a dataclass costs ~1 µs, ``model_construct`` ~8 µs).
     """
 
     asset_id: UUID

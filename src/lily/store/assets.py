@@ -1,7 +1,8 @@
 """Assets, their versions and their audit trail in SQL.
 
 The column lists, the ``jsonb_to_recordset`` record and the upsert are derived from the fields of
-:class:`lily.domain.assets.Asset`: a new asset field needs the schema and the model, nothing here.
+:class:`lily.domain.assets.Asset`: a new asset field needs the schema and the model, and a new version of
+the point read's SQL function (``lily_read_asset``), whose columns a test holds to these fields.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from datetime import datetime
 from typing import Any, Union, get_args, get_origin, get_type_hints
 from uuid import UUID
 
-from psycopg import AsyncCursor
-from psycopg.rows import class_row
+from psycopg.rows import class_row, tuple_row
 from psycopg.types.json import Jsonb
 
+from lily.domain.access import Caller
 from lily.domain.assets import ASSET_FIELDS, Asset
 from lily.domain.audit import AuditEntry
 from lily.store.audit import write_audit
@@ -142,68 +143,51 @@ async def write(
             await write_audit(conn, tenant_id, audits)
 
 
+# The columns of a version in ``history`` and in :func:`read_with_history`.
+_HISTORY_FIELDS = (
+    "version", "action", "changes", "snapshot", "actor", "request_id", "event_id", "origin", "changed_at"
+)  # fmt: skip
+_NEWEST = 2**31 - 1  # older than this: from the newest version on
+
+
 async def history(
     conn: Conn, tenant_id: str, asset_id: UUID, *, before_version: int | None, limit: int
 ) -> list[dict[str, Any]]:
     """Versions newest first, ``limit`` of them, older than ``before_version`` when given."""
     cur = await conn.execute(
-        "SELECT version, action, changes, snapshot, actor, request_id, event_id, origin, changed_at"
-        " FROM asset_versions WHERE tenant_id = %s AND asset_id = %s AND version < %s"
-        " ORDER BY version DESC LIMIT %s",
-        [tenant_id, asset_id, before_version or 2**31 - 1, limit],
+        f"SELECT {', '.join(_HISTORY_FIELDS)} FROM asset_versions"
+        " WHERE tenant_id = %s AND asset_id = %s AND version < %s ORDER BY version DESC LIMIT %s",
+        [tenant_id, asset_id, before_version or _NEWEST, limit],
     )
     return await cur.fetchall()
 
 
-class PendingAsset:
-    """An asset and a page of its history, queued (pipeline mode) and read once the round trip is made."""
-
-    def __init__(self, asset: AsyncCursor[Asset], history: AsyncCursor[dict[str, Any]], include_deleted: bool) -> None:
-        self._asset = asset
-        self._history = history
-        self._include_deleted = include_deleted
-
-    async def result(self) -> tuple[Asset | None, list[dict[str, Any]]]:
-        return _live_unless(await self._asset.fetchone(), self._include_deleted), await self._history.fetchall()
+_ASSET_END = 1 + len(ASSET_FIELDS)  # lily_read_asset's columns: the auth epoch, the asset's, a version's
 
 
-async def queue_with_history(
+async def read_with_history(
     conn: Conn,
     tenant_id: str,
+    caller: Caller | None,
     asset_id: UUID,
     *,
     include_deleted: bool,
     before_version: int | None,
     limit: int,
-) -> PendingAsset:
-    """Queue :func:`get` and :func:`history` on a connection in pipeline mode (``Database.read``)."""
-    asset_cur = conn.cursor(row_factory=_AS_ASSET)
-    history_cur = conn.cursor()
-    await asset_cur.execute(_BY_ID, [tenant_id, asset_id])
-    await history_cur.execute(
-        "SELECT version, action, changes, snapshot, actor, request_id, event_id, origin, changed_at"
-        " FROM asset_versions WHERE tenant_id = %s AND asset_id = %s AND version < %s"
-        " ORDER BY version DESC LIMIT %s",
-        [tenant_id, asset_id, before_version or 2**31 - 1, limit],
+) -> tuple[int | None, tuple[Asset | None, list[dict[str, Any]]]]:
+    """The tenant's auth epoch (None once it is deleted), and the asset as ``caller`` sees it with a page
+    of its history (:func:`get` and :func:`history`), in one statement (``lily_read_asset``, migration 0023).
+    ``conn`` must be outside any transaction. A new asset field needs a new version of that function."""
+    role, names = (None, None) if caller is None else (caller.role, caller.names_literal())
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
+        "SELECT * FROM lily_read_asset(%s, %s, %s, %s, %s, %s)",
+        [tenant_id, role, names, asset_id, before_version or _NEWEST, limit],
     )
-    return PendingAsset(asset_cur, history_cur, include_deleted)
-
-
-async def get_with_history(
-    conn: Conn,
-    tenant_id: str,
-    asset_id: UUID,
-    *,
-    include_deleted: bool,
-    before_version: int | None,
-    limit: int,
-) -> tuple[Asset | None, list[dict[str, Any]]]:
-    """:func:`get` and :func:`history` in one round trip: the two statements are pipelined."""
-    async with conn.pipeline():
-        pending = await queue_with_history(
-            conn, tenant_id, asset_id, include_deleted=include_deleted, before_version=before_version, limit=limit
-        )
-    return await pending.result()
+    first, *versions = await cur.fetchall()
+    asset = None if first[1] is None else Asset(*first[1:_ASSET_END])
+    history = [dict(zip(_HISTORY_FIELDS, row[_ASSET_END:], strict=True)) for row in versions]
+    return first[0], (_live_unless(asset, include_deleted), history)
 
 
 async def exists_ever(conn: Conn, tenant_id: str, asset_id: UUID) -> bool:

@@ -117,17 +117,17 @@ async def get_asset(
 ) -> Response:
     """One round trip for a caller this process knows: the credential's check, the asset and its history."""
     before = pagination.decode(history_cursor, field="history_cursor", valid=pagination.positive_int)
-    principal, pending = await reading.read(
-        lambda conn: store.queue_with_history(
+    principal, (found, versions) = await reading.read_one(
+        lambda conn, caller: store.read_with_history(
             conn,
             reading.tenant_id,
+            caller,
             asset_id,
             include_deleted=include_deleted,
             before_version=before,
             limit=history_limit + 1,
         )
     )
-    found, versions = await pending.result()
     row = require_asset(found, asset_id, include_deleted=include_deleted)
     if principal.role is Role.admin:  # the one reader that may be audited (a write: not in the read above)
         async with reading.runtime.db.tenant(principal.tenant_id) as conn:
