@@ -218,16 +218,18 @@ Statement = Callable[[Conn, Caller | None], Awaitable[tuple[int | None, T]]]
 
 
 class Reading:
-    """A viewer whose credential check travels with the request's one read (``read``): for a read-only
-    route that makes a single tenant transaction, one round trip in all instead of two.
+    """A viewer whose credential check travels with the request's one read (``read``, or ``read_one``
+    for a read that is one SQL function call): for a read-only route that makes a single tenant
+    transaction, one round trip in all instead of two.
 
     A credential this process has checked, with rate-limit tokens in hand, is taken at its cached check
     (role, groups) without a round trip of its own; ``read`` then queues the tenant's auth epoch in front
-    of the route's statements. The epoch it read decides, as in :func:`authenticate`: still the cached
-    check's, the results stand; moved (a revocation, a disabling, a role change, a deleted tenant) — the
-    credential is checked in full (401, or the caller as it is now) and the statements are queued again as
-    that caller. So a change still applies to the very next request, and nothing read as the old caller is
-    ever answered. Any other credential is checked first, exactly as :func:`authenticate` does.
+    of the route's statements (``read_one``'s statement returns it with its result). The epoch it read
+    decides, as in :func:`authenticate`: still the cached check's, the results stand; moved (a revocation,
+    a disabling, a role change, a deleted tenant) — the credential is checked in full (401, or the caller
+    as it is now) and the statements are run again as that caller. So a change still applies to the very
+    next request, and nothing read as the old caller is ever answered. Any other credential is checked
+    first, exactly as :func:`authenticate` does.
     """
 
     def __init__(self, runtime: Runtime, token: str, principal: Principal, epoch: int | None) -> None:
