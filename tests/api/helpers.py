@@ -86,3 +86,16 @@ def count_round_trips(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[lis
 
     monkeypatch.setattr(db, "_checkout", counted)
     return checkouts
+
+
+async def deny_viewers_finance(client: httpx.AsyncClient, tenant: Any) -> None:
+    """A steward's deny-read policy: viewers may not read assets tagged ``finance``."""
+    policy = {
+        "name": "no finance for viewers",
+        "effect": "deny",
+        "actions": ["read"],
+        "principals": ["role:viewer"],
+        "resources": {"tags": ["finance"]},
+    }
+    r = await client.post("/metadata/access-control", json=policy, headers=tenant.headers("steward"))
+    assert r.status_code == 201, r.text

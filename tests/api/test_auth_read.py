@@ -15,7 +15,7 @@ from lily.domain.access import Caller
 from tests.ops.conftest import database_outage
 from tests.pipeline.support import until
 
-from .helpers import assert_problem, count_round_trips, create
+from .helpers import assert_problem, count_round_trips, create, deny_viewers_finance
 
 
 async def _warm(client: httpx.AsyncClient, headers: dict[str, str], path: str) -> httpx.Response:
@@ -62,15 +62,7 @@ async def test_a_role_change_rereads_as_the_caller_it_made(client, second_proces
     """A deny-read policy for viewers: the editor key reads the asset until it becomes a viewer, and the
     very next read — made at first with the old role's settings — answers as the viewer it is now."""
     asset = await create(client, tenant.headers("editor"), "pg://db/s/salaries", tags=["finance"])
-    policy = {
-        "name": "no finance for viewers",
-        "effect": "deny",
-        "actions": ["read"],
-        "principals": ["role:viewer"],
-        "resources": {"tags": ["finance"]},
-    }
-    r = await client.post("/metadata/access-control", json=policy, headers=tenant.headers("steward"))
-    assert r.status_code == 201, r.text
+    await deny_viewers_finance(client, tenant)
     path = f"/metadata/{asset['asset_id']}"
     assert (await _warm(second_process, tenant.headers("editor"), path)).status_code == 200
     with psycopg.connect(database_url, autocommit=True) as conn:

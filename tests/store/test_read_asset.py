@@ -13,6 +13,7 @@ from lily.domain.access import Caller
 from lily.domain.assets import ASSET_FIELDS
 from lily.store import assets as store
 from lily.store.db import APP_ROLE, Database
+from tests.api.helpers import deny_viewers_finance
 
 VIEWER = Caller("viewer", ("everyone", "role:viewer"))
 EDITOR = Caller("editor", ("everyone", "role:editor"))
@@ -61,15 +62,7 @@ async def test_it_answers_what_the_two_reads_answer(app: Any, client: Any, tenan
 
 async def test_a_hidden_asset_comes_back_with_no_history(app: Any, client: Any, tenant: Any) -> None:
     asset_id = await _asset(client, tenant, "pg://db/s/salaries", versions=2, tags=["finance"])
-    policy = {
-        "name": "no finance for viewers",
-        "effect": "deny",
-        "actions": ["read"],
-        "principals": ["role:viewer"],
-        "resources": {"tags": ["finance"]},
-    }
-    r = await client.post("/metadata/access-control", json=policy, headers=tenant.headers("steward"))
-    assert r.status_code == 201, r.text
+    await deny_viewers_finance(client, tenant)
     db = app.state.runtime.db
     epoch, (asset, history) = await _read(db, tenant.tenant_id, VIEWER, asset_id)
     assert epoch is not None and (asset, history) == (None, [])
