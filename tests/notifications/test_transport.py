@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -19,6 +19,20 @@ from .receivers import Answer, closed_port, eventually, receiver
 
 def client(transport: PooledTransport, timeout: float = 5.0) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def serving(handle: Handler) -> AsyncIterator[int]:
+    """A loopback TCP server that runs ``handle`` for each connection; its port."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_connections_are_reused_across_requests_to_one_origin() -> None:
@@ -94,13 +108,8 @@ async def closes_on_second_request() -> AsyncIterator[tuple[int, list[int]]]:
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(handle) as port:
         yield port, served
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_kept_alive_connection_closed_by_the_receiver_is_replaced(
@@ -151,12 +160,8 @@ async def raw_server() -> AsyncIterator[tuple[int, list[bytes]]]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], answers
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serving(handle) as port:
+        yield port, answers
 
 
 async def test_broken_answers_are_protocol_errors(raw_server: tuple[int, list[bytes]]) -> None:
@@ -198,19 +203,13 @@ async def test_an_endless_answer_is_read_up_to_the_limit_and_its_connection_clos
                 writer.write(chunk)
                 await writer.drain()
 
-    server = await asyncio.start_server(endless, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     transport = PooledTransport(allow_private=True, max_body_bytes=200_000)
-    try:
-        async with client(transport, timeout=10) as http:
-            r = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
-            assert r.status_code == 200 and r.content == b"x" * 200_000
-            r = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
-            assert len(r.content) == 200_000
-        assert transport.connections_opened == 2  # the cut-off connection was not reused
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serving(endless) as port, client(transport, timeout=10) as http:
+        r = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
+        assert r.status_code == 200 and r.content == b"x" * 200_000
+        r = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
+        assert len(r.content) == 200_000
+    assert transport.connections_opened == 2  # the cut-off connection was not reused
 
 
 async def test_a_compressed_answer_is_not_decoded_so_the_bound_holds() -> None:
@@ -223,15 +222,9 @@ async def test_a_compressed_answer_is_not_decoded_so_the_bound_holds() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(bomb), bomb))
         await writer.drain()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     transport = PooledTransport(allow_private=True, max_body_bytes=200_000)
-    try:
-        async with client(transport, timeout=10) as http:
-            r = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
-        assert r.status_code == 200
-        assert r.content == bomb[:200_000]  # the bytes that came, not 64 MB of zeros
-        assert b"accept-encoding: identity" in seen[0].lower()
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serving(answer) as port, client(transport, timeout=10) as http:
+        r = await http.post(f"http://127.0.0.1:{port}/", content=b"{}")
+    assert r.status_code == 200
+    assert r.content == bomb[:200_000]  # the bytes that came, not 64 MB of zeros
+    assert b"accept-encoding: identity" in seen[0].lower()

@@ -194,6 +194,9 @@ class Worker:
                 events = sorted((PipelineEvent.from_row(r) for r in rows), key=lambda e: (e.partition, e.seq))
                 if events:
                     try:
+                        # Not in pipeline mode: a statement's rowcount is unknown there until the pipeline
+                        # syncs, and handlers decide from it whether they wrote (column lineage did, and an
+                        # OpenLineage resend then added audit entries).
                         async with conn.transaction():
                             await self._apply(conn, events)
                             await store_log.advance_many(conn, {e.partition: e.seq for e in events})

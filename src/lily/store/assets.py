@@ -20,7 +20,7 @@ from lily.domain.access import Caller
 from lily.domain.assets import ASSET_FIELDS, Asset
 from lily.domain.audit import AuditEntry
 from lily.store.audit import write_audit
-from lily.store.db import Conn, insert_rows
+from lily.store.db import Conn, caller_arguments, insert_rows
 
 _SQL_TYPES: dict[Any, str] = {
     UUID: "uuid",
@@ -178,7 +178,7 @@ async def read_with_history(
     """The tenant's auth epoch (None once it is deleted), and the asset as ``caller`` sees it with a page
     of its history (:func:`get` and :func:`history`), in one statement (``lily_read_asset``, migration 0023).
     ``conn`` must be outside any transaction. A new asset field needs a new version of that function."""
-    role, names = (None, None) if caller is None else (caller.role, caller.names_literal())
+    role, names = caller_arguments(caller)
     cur = conn.cursor(row_factory=tuple_row)
     await cur.execute(
         "SELECT * FROM lily_read_asset(%s, %s, %s, %s, %s, %s)",

@@ -187,6 +187,13 @@ _READ_AS_CALLER = (
 )
 
 
+def caller_arguments(caller: Caller | None) -> tuple[str | None, str | None]:
+    """The role and the names (a text[] literal) that the SQL functions reading as a caller take, for
+    statements outside any transaction (``lily_write_outcome``, ``lily_read_asset``); (None, None) reads
+    as internal work, as :meth:`Database.read` with no caller does."""
+    return (None, None) if caller is None else (caller.role, caller.names_literal())
+
+
 async def set_tenant(conn: Conn, tenant_id: str) -> None:
     """Switch the current transaction to another tenant (the pipeline applies several per transaction)."""
     await conn.execute("SELECT set_config('lily.tenant_id', %s, true)", [tenant_id])

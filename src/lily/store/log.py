@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from lily.domain.access import Caller
 from lily.domain.events import Accepted, NewEvent, partition_of
-from lily.store.db import PIPELINE_ROLE, Conn, insert_rows
+from lily.store.db import PIPELINE_ROLE, Conn, caller_arguments, insert_rows
 
 LOG_CHANNEL = "lily_log"
 APPLIED_CHANNEL = "lily_applied"
@@ -617,7 +617,7 @@ async def write_outcome(conn: Conn, tenant_id: str, caller: Caller | None, event
     """An event's status and result, with the asset version an applied one produced (``snapshot``; None
     for any other outcome), read as ``caller``: what a write of an asset answers, in one statement
     (``lily_write_outcome``, migration 0022). ``conn`` must be outside any transaction."""
-    role, names = (None, None) if caller is None else (caller.role, caller.names_literal())
+    role, names = caller_arguments(caller)
     cur = await conn.execute(
         "SELECT status, result, snapshot FROM lily_write_outcome(%s, %s, %s, %s)", [tenant_id, role, names, event_id]
     )
