@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 
+from lily.store import log as store_log
 from lily.store.db import Database
 
 from .helpers import assert_problem, count_round_trips
@@ -22,12 +23,22 @@ async def test_a_cached_writer_makes_two_round_trips_of_one_statement(second_app
     assert (await second_process.post("/metadata", json=body("pg://db/s/a"), headers=headers)).status_code == 201
     db: Database = second_app.state.runtime.db
     checkouts = count_round_trips(db, monkeypatch)  # this process's pool only (the worker runs elsewhere)
+    wakes: list[list[int]] = []
+    real_wake = store_log.wake_workers
+
+    async def counted_wake(conn: Any, partitions: list[int]) -> None:
+        wakes.append(list(partitions))
+        await real_wake(conn, partitions)
+
+    monkeypatch.setattr(store_log, "wake_workers", counted_wake)
     r = await second_process.post("/metadata", json=body("pg://db/s/b"), headers=headers)
     assert r.status_code == 201, r.text
     assert r.json()["qualified_name"] == "pg://db/s/b" and r.json()["version"] == 1
     # The append, checked against the epochs of the cached credential and the cached policies, and the
-    # answer's read (the waiter's LISTEN heard the apply): two round trips of one statement each.
-    assert checkouts == [["BaseCursor._execute_gen"], ["BaseCursor._execute_gen"]], checkouts
+    # answer's read (the waiter's LISTEN heard the apply): two round trips of one statement each. Beside
+    # them, off the request's path, the workers' wake-up (lily.pipeline.wake): one statement of its own.
+    assert checkouts == [["BaseCursor._execute_gen"]] * 3, checkouts
+    assert len(wakes) == 1 and len(wakes[0]) == 1, wakes
 
 
 async def test_a_role_change_applies_to_the_next_write_in_another_process(client, second_process, tenant, database_url):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from lily.auth.leases import MAX_BATCH, TokenLeases, batch_of
 from lily.auth.limits import Bucket, RateLimits
 
@@ -112,3 +114,35 @@ def test_a_lease_that_got_no_answer_lets_the_next_request_lease():
     assert held.take("t", "key:a") == (25, 50)
     held.settle("t", "key:a", (25, 50), (0, 0), admitted=False)  # the database did not answer
     assert held.take("t", "key:a") == (25, 50)
+
+
+async def test_requests_that_find_the_bucket_empty_while_a_batch_is_leased_wait_for_it_and_spend_from_it():
+    held = leases()
+    assert held.take("t", "key:a") == (25, 50)  # the lease's round trip is on its way
+    waiting = [asyncio.ensure_future(held.take_waiting("t", "key:a", timeout=30)) for _ in range(3)]
+    await asyncio.sleep(0)  # let them run up to their wait
+    assert not any(task.done() for task in waiting)
+    held.settle("t", "key:a", (25, 50), (25, 50), admitted=True)
+    # None of them asks the database: each spends a token of the batch that came back.
+    assert await asyncio.gather(*waiting) == [(0, 0)] * 3
+    assert held._held[("t", "key:a")].tokens == 21 and held._held[("t", "tenant")].tokens == 46
+
+
+async def test_the_wait_for_another_requests_lease_is_bounded():
+    held = leases()
+    assert held.take("t", "key:a") == (25, 50)  # never answered
+    # After the bound the request asks for its own token, as it did before waiting was possible.
+    assert await held.take_waiting("t", "key:a", timeout=0.05) == (1, 1)
+
+
+async def test_a_lease_that_got_no_answer_wakes_the_waiters_and_one_of_them_leases_anew():
+    held = leases()
+    assert held.take("t", "key:a") == (25, 50)
+    first, second = (asyncio.ensure_future(held.take_waiting("t", "key:a", timeout=30)) for _ in range(2))
+    await asyncio.sleep(0)
+    held.settle("t", "key:a", (25, 50), (0, 0), admitted=False)  # the database did not answer
+    assert await first == (25, 50)
+    await asyncio.sleep(0)
+    assert not second.done()  # it waits for the new lease, not for a token of its own
+    held.settle("t", "key:a", (25, 50), (25, 50), admitted=True)
+    assert await second == (0, 0)

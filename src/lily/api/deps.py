@@ -129,7 +129,7 @@ async def _authenticate(
             raise Unauthorized("invalid token")
     bucket = f"{kind}:{name}"
     if wants is None:
-        wants = runtime.leases.take(tenant_id, bucket)
+        wants = await runtime.leases.take_waiting(tenant_id, bucket, runtime.settings.pool_timeout_seconds)
     try:
         async with runtime.db.connection() as conn:
             row = await identity.authenticate(
@@ -299,7 +299,9 @@ async def read_as_viewer(
     known = runtime.credentials.get(token)
     if known is None:
         return Reading(runtime, token, await _authenticate(runtime, token, None, None), None)
-    wants = runtime.leases.take(known.tenant_id, f"{known.kind}:{known.name}")
+    wants = await runtime.leases.take_waiting(
+        known.tenant_id, f"{known.kind}:{known.name}", runtime.settings.pool_timeout_seconds
+    )
     if wants != (0, 0):
         return Reading(runtime, token, await _authenticate(runtime, token, known, wants), None)
     # Every role may read (viewer is the lowest), so the role needs no check here.

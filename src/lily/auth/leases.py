@@ -16,6 +16,7 @@ requests a second) is taken one token at a time, exactly as before.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -57,10 +58,11 @@ class TokenLeases:
         self.principal_batch = batch_of(limits.per_principal, lease_seconds)
         self.tenant_batch = batch_of(limits.per_tenant, lease_seconds)
         self._held: dict[tuple[str, str], _Held] = {}
-        # Buckets a batch is being leased for. Requests that find the bucket empty meanwhile ask for
-        # their own token only: many concurrent requests would otherwise each lease a batch, and one
-        # process could hold concurrency x batch tokens instead of one batch.
-        self._leasing: set[tuple[str, str]] = set()
+        # Buckets a batch is being leased for, each with the event set once that lease is answered.
+        # Requests that find the bucket empty meanwhile do not lease a batch of their own (one process
+        # would hold concurrency x batch tokens instead of one batch): they wait for it (take_waiting),
+        # or ask for their own token only (take).
+        self._leasing: dict[tuple[str, str], asyncio.Event] = {}
 
     def _tokens(self, key: tuple[str, str]) -> int:
         held = self._held.get(key)
@@ -87,11 +89,38 @@ class TokenLeases:
             if self._tokens(key) > 0:
                 self._held[key].tokens -= 1
             elif batch > 1 and key not in self._leasing:
-                self._leasing.add(key)
+                self._leasing[key] = asyncio.Event()
                 wants[i] = batch
             else:
                 wants[i] = 1
         return wants[0], wants[1]
+
+    async def take_waiting(self, tenant_id: str, principal: str, timeout: float) -> tuple[int, int]:
+        """:meth:`take`, but a request that finds a bucket empty while another request of this process
+        leases a batch of it waits for that batch (at most ``timeout`` seconds in all) and spends from it.
+
+        Asking for one token of its own instead costs the request the round trip the cached credential
+        spares (and, for a write, the policies' read), and under load that undid itself: the more
+        requests queued, the slower the lease came back, the more requests found the bucket empty and
+        went to the database one by one, and the slower it got again. At 700 creates a second, offered
+        for 10 s, the process's CPU per request doubled and the answers took seconds.
+        """
+        deadline: float | None = None
+        while True:
+            leases = [
+                event
+                for key in ((tenant_id, principal), (tenant_id, "tenant"))
+                if (event := self._leasing.get(key)) is not None and self._tokens(key) == 0
+            ]
+            if not leases:
+                return self.take(tenant_id, principal)
+            loop = asyncio.get_running_loop()
+            deadline = deadline if deadline is not None else loop.time() + timeout
+            try:
+                # The batch of the first; a second bucket's lease, if any, is looked at again in the loop.
+                await asyncio.wait_for(leases[0].wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return self.take(tenant_id, principal)
 
     def keep(self, tenant_id: str, principal: str, principal_tokens: int, tenant_tokens: int) -> None:
         """Hold tokens granted (or given back) for later requests; dropped if unspent ``ttl`` seconds from now."""
@@ -111,12 +140,15 @@ class TokenLeases:
         ``granted``, less the token the request spends of each bucket asked when ``admitted``; a refused
         request gives back the tokens it took from this process. A failed ask (no answer): granted (0, 0)."""
         kept = []
+        answered = []
         buckets = (((tenant_id, principal), self.limits.per_principal), ((tenant_id, "tenant"), self.limits.per_tenant))
         for want, got, (key, bucket) in zip(wants, granted, buckets, strict=True):
-            if want > 1:  # this request leased the batch (the others ask for one)
-                self._leasing.discard(key)
+            if want > 1 and (event := self._leasing.pop(key, None)) is not None:  # this request leased the batch
+                answered.append(event)
             if want:
                 kept.append(got - 1 if admitted else got)
             else:
                 kept.append(0 if admitted or bucket.rate <= 0 else 1)
         self.keep(tenant_id, principal, kept[0], kept[1])
+        for event in answered:  # after keep: the requests it wakes find the batch held
+            event.set()

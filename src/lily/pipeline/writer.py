@@ -12,6 +12,7 @@ from lily.config import Settings
 from lily.domain.errors import Conflict
 from lily.domain.events import Accepted, NewEvent
 from lily.pipeline.waiter import AppliedWaiter
+from lily.pipeline.wake import LogWaker
 from lily.store import idempotency
 from lily.store import log as store_log
 from lily.store.db import Database
@@ -49,6 +50,7 @@ class Writer:
         self.db = db
         self.settings = settings
         self.waiter = waiter
+        self.waker = LogWaker(db)
 
     async def submit(
         self,
@@ -76,6 +78,7 @@ class Writer:
                     if got is None:
                         raise StaleCheck
                     accepted = got
+            self.waker.wake(accepted.partition)  # committed: now the workers may look (lily.pipeline.wake)
             return Submitted(str(accepted.event_id), accepted.partition, accepted.seq, heard_since=heard)
         assert checked is None, "a keyed write is checked before it is appended"
         async with self.db.tenant(event.tenant_id) as conn:

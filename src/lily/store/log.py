@@ -81,13 +81,24 @@ async def append(conn: Conn, events: Sequence[NewEvent], partitions: int) -> lis
             )
         )
     await _insert_events(conn, rows)
+    # In the transaction: one notification (and one hold of PostgreSQL's notify lock) for the whole batch.
     await conn.execute("SELECT pg_notify(%s, %s)", [LOG_CHANNEL, ",".join(str(p) for p, _ in counts)])
     return accepted
 
 
+async def wake_workers(conn: Conn, partitions: Sequence[int]) -> None:
+    """Tell the workers that ``partitions`` have new events, after the appends committed (one statement,
+    outside any transaction, not flushed to disk: a wake-up needs no durability; lily.pipeline.wake)."""
+    await conn.execute(
+        "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%s, %s)",
+        [LOG_CHANNEL, ",".join(map(str, partitions))],
+    )
+
+
 async def append_alone(conn: Conn, event: NewEvent, partitions: int) -> Accepted:
     """Append one event in its own transaction, in one round trip. ``conn`` must be in autocommit and
-    outside any transaction (the function sets the tenant for its own call only)."""
+    outside any transaction (the function sets the tenant for its own call only). It does not wake the
+    workers: the caller does, after it returns (:func:`wake_workers`; migration 0024 says why)."""
     accepted = await _append_one(conn, "lily_append_event", [], event, partitions)
     assert accepted is not None
     return accepted
@@ -616,7 +627,7 @@ async def recent_latency(conn: Conn, per_partition: int = 200, window_seconds: f
 async def write_outcome(conn: Conn, tenant_id: str, caller: Caller | None, event_id: UUID) -> dict[str, Any] | None:
     """An event's status and result, with the asset version an applied one produced (``snapshot``; None
     for any other outcome), read as ``caller``: what a write of an asset answers, in one statement
-    (``lily_write_outcome``, migration 0022). ``conn`` must be outside any transaction."""
+    (``lily_write_outcome``, migrations 0022 and 0024). ``conn`` must be outside any transaction."""
     role, names = caller_arguments(caller)
     cur = await conn.execute(
         "SELECT status, result, snapshot FROM lily_write_outcome(%s, %s, %s, %s)", [tenant_id, role, names, event_id]
@@ -625,10 +636,16 @@ async def write_outcome(conn: Conn, tenant_id: str, caller: Caller | None, event
 
 
 async def get_event(conn: Conn, tenant_id: str, event_id: UUID) -> dict[str, Any] | None:
+    """One event of ``tenant_id``'s, by id. Found by its id alone and its tenant checked on the row (row-level
+    security binds the read too): with the tenant in the WHERE, the generic plan a prepared statement
+    gets scanned the tenant's slice of ``events_subject`` when it was planned on a small table (0024)."""
     cur = await conn.execute(
-        "SELECT event_id, partition, seq, subject, kind, status, attempts, error, result, source,"
+        "SELECT tenant_id, event_id, partition, seq, subject, kind, status, attempts, error, result, source,"
         " accepted_at, applied_at, bulk_job_id, item_index, replay_of"
-        " FROM events WHERE tenant_id = %s AND event_id = %s",
-        [tenant_id, event_id],
+        " FROM events WHERE event_id = %s",
+        [event_id],
     )
-    return await cur.fetchone()
+    row = await cur.fetchone()
+    if row is None or row.pop("tenant_id") != tenant_id:
+        return None
+    return row
