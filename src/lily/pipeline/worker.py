@@ -92,8 +92,8 @@ class Worker:
                 if linger := self.linger_after(moved):
                     await _pause(stop, linger)
                 if not moved:
-                    # Woken by an append's NOTIFY; the timeout catches retry_at expiring and any
-                    # notification lost while the listener reconnected.
+                    # Woken by a lily_log notification (lily.pipeline.wake); the timeout catches retry_at
+                    # expiring and any notification lost while the listener reconnected.
                     async for _ in listener.notifies(timeout=0.25, stop_after=1):
                         pass
 
