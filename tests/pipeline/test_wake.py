@@ -61,7 +61,7 @@ async def test_the_writer_wakes_the_workers_for_the_partition_it_appended_to(
 ) -> None:
     writer = app.state.runtime.writer
     submitted = await writer.submit(upsert(tenant.tenant_id, "b"))
-    await writer.waker.stop()  # the wake-up sent (stop waits for it)
+    await writer.waker.flush()  # the wake-up sent
     assert await heard_until_marker(listener, database_url) == [str(submitted.partition)]
     assert await writer.wait(submitted, 15)  # and the worker it woke applied the event
 
@@ -72,7 +72,7 @@ async def test_wakes_noted_while_none_is_on_its_way_go_in_one_notification(
     waker = LogWaker(db)
     for partition in (7, 3, 7, 12):
         waker.wake(partition)
-    await waker.stop()
+    await waker.flush()
     assert await heard_until_marker(listener, database_url) == ["3,7,12"]
 
 
@@ -83,5 +83,5 @@ async def test_a_wake_that_cannot_reach_the_database_is_logged_not_raised(
     waker = LogWaker(closed)
     with caplog.at_level(logging.WARNING, logger="lily.pipeline.wake"):
         waker.wake(1)
-        await waker.stop()
+        await waker.flush()
     assert "could not wake the workers" in caplog.text

@@ -148,7 +148,7 @@ def create_app(
             for task in runtime.background:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, timeout=10)
-            await runtime.writer.waker.stop()
+            await runtime.writer.waker.flush()
             await waiter.stop()
             await runtime.change_waker.stop()
             await db.close()

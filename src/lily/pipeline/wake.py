@@ -50,7 +50,7 @@ class LogWaker:
                 log.warning("could not wake the workers (they find the events within a poll): %s", exc)
                 return
 
-    async def stop(self) -> None:
-        """Send what is pending (a shutting-down process's last appends are not left to the poll)."""
+    async def flush(self) -> None:
+        """Until what was noted is sent (at shutdown: the last appends are not left to the workers' poll)."""
         if self._sending is not None:
             await asyncio.gather(self._sending, return_exceptions=True)

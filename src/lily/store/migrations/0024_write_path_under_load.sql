@@ -1,6 +1,6 @@
 -- Two changes to the write path (issue 11), each explained above its statement.
 
--- A single append no longer sends NOTIFY in its own transaction (issue 11). A transaction that has
+-- A single append no longer sends NOTIFY in its own transaction. A transaction that has
 -- notified takes one lock for the whole cluster at commit (PreCommit_Notify: an exclusive lock on the
 -- notification queue) and holds it through its commit's WAL flush, so every single write committed
 -- one after another, each waiting for its own flush: at 500 creates a second, sampled pg_stat_activity
