@@ -10,11 +10,11 @@ Data (tenant ``bench``, plus a noise tenant with a tenth of the volume): realist
 skewed vocabulary of 5,000 words. Loaded by COPY with the search indexes dropped and rebuilt, then
 VACUUM ANALYZE.
 
-Every query goes the way ``GET /metadata/search`` goes: ``lily.store.search`` on the application pool
-(``lily_app``, RLS on, one tenant transaction per call, as a viewer with ``--policies N`` access
-policies in force, all of them applying to it; ``--policy-scope`` says how much they hide). p50/p99 at
-1 client and at 8 concurrent clients (one pool of 8). The reference: the rare-word predicate as raw SQL
-on a superuser connection.
+Every query goes the way ``GET /metadata/search`` goes: ``lily.store.search.queue`` on the application
+pool (``lily_app``, RLS on, one pipelined read-only transaction per call: one round trip), as a viewer
+with ``--policies N`` access policies in force, all of them applying to it; ``--policy-scope`` says how
+much they hide. p50/p99 at 1 client and at 8 concurrent clients (one pool of 8). The reference: the
+rare-word predicate as raw SQL on a superuser connection.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from lily.domain.access import Caller
 from lily.domain.search import Filters, Sort
 from lily.store import search
-from lily.store.db import Conn, Database
+from lily.store.db import Database
 from lily.store.migrate import migrate
 
 TENANT, NOISE = "bench", "noise"
@@ -121,7 +121,7 @@ def load(url: str, assets: int, seed: int) -> None:
         print(f"indexed and analysed in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-Call = Callable[[Conn], Awaitable[Any]]
+Call = Callable[[Database, Caller], Awaitable[Any]]  # one search as the route makes it
 
 
 def pct(times: list[float], p: float) -> float:
@@ -193,33 +193,40 @@ async def run(
         for _ in range(per_client):
             for i, caller in enumerate(callers):
                 t0 = time.perf_counter()
-                async with db.tenant(TENANT, caller) as conn:
-                    await call(conn)
+                await call(db, caller)
                 times[i].append(time.perf_counter() - t0)
 
     await asyncio.gather(*(client() for _ in range(clients)))
     return times
 
 
+async def find(
+    db: Database, caller: Caller, filters: Filters, sort: Sort, after: list[Any] | None = None, **more: Any
+) -> search.Found:
+    """As the route: the page (and facets, total) sent in one pipelined read, fetched after it."""
+    async with db.read(TENANT, caller) as conn:
+        queued = await search.queue(conn, filters, sort=sort, after=after, **more)
+    return await queued.results()
+
+
 def mix(words: dict[str, str]) -> dict[str, Call]:
     def page(filters: Filters, sort: Sort | None = None, limit: int = 20) -> Call:
         order = sort or (Sort.relevance if filters.q else Sort.name)
 
-        async def call(conn: Conn) -> Any:
-            return await search.page(conn, filters, sort=order, after=None, limit=limit + 1)
+        async def call(db: Database, caller: Caller) -> Any:
+            return await find(db, caller, filters, order, limit=limit + 1)
 
         return call
 
-    async def facets(conn: Conn) -> Any:
+    async def facets(db: Database, caller: Caller) -> Any:
         f = Filters(q=words["common"])
-        await search.page(conn, f, sort=Sort.relevance, after=None, limit=21)
-        faceted = await search.facets(conn, f, ("type", "tag", "owner"))
-        faceted.total() or await search.count(conn, f)  # as the route: the facets' pass counts the total
+        found = await find(db, caller, f, Sort.relevance, limit=21, facet_names=("type", "tag", "owner"), total=True)
+        assert found.total is not None  # the facets' pass counted it: no second statement
 
-    async def deep(conn: Conn) -> Any:
+    async def deep(db: Database, caller: Caller) -> Any:
         f, after = Filters(types=("table",)), None
         for _ in range(5):
-            found = await search.page(conn, f, sort=Sort.name, after=after, limit=21)
+            found = (await find(db, caller, f, Sort.name, after, limit=21)).page
             last = found.hits[19].position
             after = [last["sort_name"], str(last["asset_id"])]
 

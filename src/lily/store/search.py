@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import AsyncCursor
 from psycopg.types.json import Jsonb
 
 from lily.domain.assets import Asset
@@ -47,7 +48,13 @@ async def page(
 ) -> Page:
     """``limit`` matching live assets in ``sort`` order after the keyset position ``after``
     (``[key, asset_id]``)."""
-    cur = await conn.execute(
+    return _page_of(await (await _queue_page(conn, filters, sort, after, limit, candidates)).fetchall())
+
+
+async def _queue_page(
+    conn: Conn, filters: Filters, sort: Sort, after: list[Any] | None, limit: int, candidates: int
+) -> AsyncCursor[dict[str, Any]]:
+    return await conn.execute(
         f"SELECT {_COLUMNS}, p.score, p.sort_name, p.sort_updated, p.ranked"
         " FROM lily_search_page(%(f)s, %(sort)s, %(after)s, %(limit)s, %(candidates)s) WITH ORDINALITY AS p"
         " ORDER BY p.ordinality",
@@ -59,7 +66,9 @@ async def page(
             "candidates": candidates,
         },
     )
-    rows = await cur.fetchall()
+
+
+def _page_of(rows: list[dict[str, Any]]) -> Page:
     hits = [
         Hit(
             Asset(**{c: row[c] for c in ASSET_FIELDS}),
@@ -72,8 +81,14 @@ async def page(
 
 async def count(conn: Conn, filters: Filters, *, bound: int = TOTAL_BOUND) -> tuple[int, bool]:
     """(matches, exact): exact up to ``bound``; beyond it ``(bound, False)``, meaning "more than"."""
-    cur = await conn.execute("SELECT lily_search_count(%s, %s) AS n", [Jsonb(filters.document()), bound])
-    row = await cur.fetchone()
+    return _count_of(await (await _queue_count(conn, filters, bound)).fetchone(), bound)
+
+
+async def _queue_count(conn: Conn, filters: Filters, bound: int) -> AsyncCursor[dict[str, Any]]:
+    return await conn.execute("SELECT lily_search_count(%s, %s) AS n", [Jsonb(filters.document()), bound])
+
+
+def _count_of(row: dict[str, Any] | None, bound: int) -> tuple[int, bool]:
     n = int(row["n"]) if row else 0
     return (n, True) if n <= bound else (bound, False)
 
@@ -100,13 +115,76 @@ async def facets(
 ) -> Facets:
     """The top values of the facets ``names`` with their counts, counted in one pass: exact when no more
     than ``bound`` rows match."""
-    cur = await conn.execute(
+    return _facets_of(await (await _queue_facets(conn, filters, names, top, bound)).fetchall(), names, bound)
+
+
+async def _queue_facets(
+    conn: Conn, filters: Filters, names: Sequence[str], top: int, bound: int
+) -> AsyncCursor[dict[str, Any]]:
+    return await conn.execute(
         "SELECT facet, value, n, sampled FROM lily_search_facets(%s, %s, %s, %s)",
         [Jsonb(filters.document()), list(names), top, bound],
     )
-    rows = await cur.fetchall()
+
+
+def _facets_of(rows: list[dict[str, Any]], names: Sequence[str], bound: int) -> Facets:
     found: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for r in rows:
         found[r["facet"]].append({"value": r["value"], "count": r["n"]})
     sampled = rows[0]["sampled"] if rows else None
     return Facets(found, sampled is None or sampled <= bound, sampled, bound)
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A search sent in a :meth:`Database.read` pipeline (:func:`queue`); its results, fetched after the
+    block, by :meth:`results`."""
+
+    filters: Filters
+    facet_names: tuple[str, ...]
+    total: bool
+    page: AsyncCursor[dict[str, Any]]
+    facets: AsyncCursor[dict[str, Any]] | None
+    count: AsyncCursor[dict[str, Any]] | None
+
+    async def results(self) -> Found:
+        found = _page_of(await self.page.fetchall())
+        faceted = None
+        if self.facets is not None:
+            faceted = _facets_of(await self.facets.fetchall(), self.facet_names, FACET_BOUND)
+        counted = _count_of(await self.count.fetchone(), TOTAL_BOUND) if self.count is not None else None
+        if self.total and counted is None and faceted is not None:
+            counted = faceted.total()
+        return Found(found, faceted, counted)
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    page: Page
+    facets: Facets | None
+    total: tuple[int, bool] | None  # None when not asked for, or when the facets' pass could not tell
+
+
+async def queue(
+    conn: Conn,
+    filters: Filters,
+    *,
+    sort: Sort,
+    after: list[Any] | None,
+    limit: int,
+    facet_names: Sequence[str] = (),
+    total: bool = False,
+) -> Queued:
+    """A page, and on request facets and the total, sent as one pipeline's statements (the route's one
+    round trip, with the credential's check: ``Reading.read``). With facets the total comes from their
+    pass (it counts up to a larger bound), not from a second scan of the matches; when that pass cannot
+    tell (no facet value came back), ``Found.total`` is None and the caller counts apart."""
+    names = tuple(facet_names)
+    return Queued(
+        filters,
+        names,
+        total,
+        await _queue_page(conn, filters, sort, after, limit, RANK_CANDIDATES),
+        await _queue_facets(conn, filters, names, FACET_TOP, FACET_BOUND) if names else None,
+        await _queue_count(conn, filters, TOTAL_BOUND) if total and not names else None,
+    )

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, StringConstraints
 
 from lily.api import pagination
-from lily.api.deps import RuntimeDep, Viewer
+from lily.api.deps import ViewerReading
 from lily.api.errors import problem_responses
 from lily.api.models import AssetPage, IsoDatetime
 from lily.api.responses import FastJSON
@@ -53,8 +53,7 @@ class SearchPage(AssetPage):
     ),
 )
 async def search(
-    principal: Viewer,
-    runtime: RuntimeDep,
+    reading: ViewerReading,
     q: Annotated[
         str | None,
         Query(
@@ -98,17 +97,23 @@ async def search(
     order = domain.effective_sort(sort, filters)
     wanted = domain.parse_facets(facets)
     position = pagination.decode(cursor, valid=lambda p: domain.position_valid(order, p))
-    async with runtime.db.tenant(principal.tenant_id) as conn:
-        found = await store.page(
+    # One round trip for a caller this process knows: the credential's check, the page, facets and total.
+    principal, queued = await reading.read(
+        lambda conn: store.queue(
             conn,
             filters,
             sort=order,
             after=position[1:] if position else None,
             limit=limit + 1,
+            facet_names=wanted,
+            total=total,
         )
-        faceted = await store.facets(conn, filters, wanted) if wanted else None
-        # With facets, their pass has counted the matches already (up to a larger bound): no second scan.
-        counted = ((faceted and faceted.total()) or await store.count(conn, filters)) if total else None
+    )
+    result = await queued.results()
+    found, faceted, counted = result.page, result.facets, result.total
+    if total and counted is None:  # the facets' pass could not tell (no facet value came back)
+        async with reading.runtime.db.tenant(principal.tenant_id) as conn:
+            counted = await store.count(conn, filters)
     more = len(found.hits) > limit
     hits = found.hits[:limit]
     body: dict[str, Any] = {
