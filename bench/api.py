@@ -48,6 +48,7 @@ from tempfile import NamedTemporaryFile, TemporaryDirectory
 from urllib.parse import urlsplit
 
 import httpx
+import machine  # bench/machine.py, beside this script
 import pacer  # bench/pacer.py, beside this script
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -403,6 +404,7 @@ def main() -> None:
             f"target {base}, {args.requests} requests per scenario, Python {sys.version.split()[0]},"
             f" {os.cpu_count()} CPUs"
         )
+        print(machine.describe(None if args.embedded else args.admin_url))
         if not args.url:
             print(
                 f"rate limits raised to {args.key_rate:g}/s per key and {args.tenant_rate:g}/s per tenant (defaults"

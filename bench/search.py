@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import machine  # bench/machine.py, beside this script
 import orjson
 import psycopg
 from psycopg import sql
@@ -255,6 +256,7 @@ async def measure(url: str, rounds: int, policies: int = 0) -> None:
     mid = counts[len(counts) // 20][0]
     rare = counts[-1][0]  # the least frequent word of the sample (a 5% sample of 1M sees every word)
     words = {"common": common, "mid": mid, "rare": rare}
+    print(machine.describe(url))
     db = Database(url, min_size=8, max_size=8, timeout=30)
     await db.open()
     try:
