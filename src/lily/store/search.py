@@ -140,7 +140,6 @@ class Queued:
     """A search sent in a :meth:`Database.read` pipeline (:func:`queue`); its results, fetched after the
     block, by :meth:`results`."""
 
-    filters: Filters
     facet_names: tuple[str, ...]
     total: bool
     page: AsyncCursor[dict[str, Any]]
@@ -181,7 +180,6 @@ async def queue(
     tell (no facet value came back), ``Found.total`` is None and the caller counts apart."""
     names = tuple(facet_names)
     return Queued(
-        filters,
         names,
         total,
         await _queue_page(conn, filters, sort, after, limit, RANK_CANDIDATES),
