@@ -54,10 +54,10 @@ BASE_PATH = "/lily/v1"
 
 # Routers are tried in this order on every request, each route's pattern in turn, so the hottest routes
 # come first: matching the item route last cost a tenth of a point read's CPU, and with POST /metadata
-# sixteenth a create spent 0.4 ms matching (about 25 µs a router, on a machine with a slow core). Order matters only where
-# paths overlap. /metadata/{asset_id} takes any single segment, so a route answering GET, PUT or DELETE
-# at a fixed /metadata/<segment> must come before it (/metadata/search). tests/api/test_route_order.py
-# fails when a route is hidden behind one tried before it.
+# sixteenth a create spent 0.4 ms matching (about 25 µs a router, on a machine with a slow core). Order
+# matters only where paths overlap. /metadata/{asset_id} takes any single segment, so a route answering
+# GET, PUT or DELETE at a fixed /metadata/<segment> must come before it (/metadata/search).
+# tests/api/test_route_order.py fails when a route is hidden behind one tried before it.
 API_ROUTERS: tuple[APIRouter, ...] = (
     search.router,
     metadata.item_router,
