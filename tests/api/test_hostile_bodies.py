@@ -231,7 +231,10 @@ def test_deeply_nested_bulk_array_is_refused_cheaply(live: Live) -> None:
         assert seconds < 5
         assert_unharmed(watch)
         status = httpx.get(
-            live.servers[0].base + r.json()["status_url"], params={"wait": 10}, headers=live.headers("attacker")
+            live.servers[0].base + r.json()["status_url"],
+            params={"wait": 10},
+            headers=live.headers("attacker"),
+            timeout=30,
         ).json()
         assert status["errors"][0]["index"] == 1 and "deeper than" in status["errors"][0]["error"]
 
