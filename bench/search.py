@@ -56,7 +56,7 @@ ENTITIES = [
 SUFFIXES = ["", "_daily", "_hourly", "_v2", "_snapshot", "_latest", "_history", "_agg"]
 SYSTEMS = ["pg://warehouse", "snowflake://analytics", "kafka://prod", "looker://bi", "s3://lake"]
 INDEXES = ("assets_search_doc_filters", "assets_name_prefix", "assets_by_name", "assets_by_updated",
-           "assets_qn_prefix", "assets_owners", "assets_tags", "assets_type")  # fmt: skip
+           "assets_qn_prefix", "assets_type")  # fmt: skip
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "vi", "so", "pe", "da", "gor", "lin", "tar", "ven", "qui", "zel"]
 
 
