@@ -404,7 +404,8 @@ def main() -> None:
             f"target {base}, {args.requests} requests per scenario, Python {sys.version.split()[0]},"
             f" {os.cpu_count()} CPUs"
         )
-        print(machine.describe(None if args.embedded else args.admin_url))
+        # A round trip only to the server this run's database is on (a --url server may use another).
+        print(machine.describe(None if args.embedded or args.url else args.admin_url))
         if not args.url:
             print(
                 f"rate limits raised to {args.key_rate:g}/s per key and {args.tenant_rate:g}/s per tenant (defaults"
