@@ -161,7 +161,10 @@ def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = subprocess.Popen(
         [*lily_command(), "serve", "--port", str(port)],
-        env={**env, "LILY_LOG_LEVEL": "INFO"},
+        # The pipeline process starts beside the API and may still be importing when the health probe
+        # first answers (over 5 s on a loaded 2-core CI machine): a first create would then answer 202.
+        # These tests are about serving, not about how fast that process starts, so a write waits longer.
+        env={"LILY_WRITE_WAIT_SECONDS": "60", **env, "LILY_LOG_LEVEL": "INFO"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
