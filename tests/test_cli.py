@@ -161,9 +161,9 @@ def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = subprocess.Popen(
         [*lily_command(), "serve", "--port", str(port)],
-        # The pipeline process starts beside the API and may still be importing when the health probe
-        # first answers (over 5 s on a loaded 2-core CI machine): a first create would then answer 202.
-        # These tests are about serving, not about how fast that process starts, so a write waits longer.
+        # The pipeline process starts beside the API processes and may still be importing when the health
+        # probe first answers; on a loaded 2-core CI machine that can outlast a write's 5 s wait. These
+        # tests are about serving, not about how fast that process starts, so a write may wait longer.
         env={"LILY_WRITE_WAIT_SECONDS": "60", **env, "LILY_LOG_LEVEL": "INFO"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -21,6 +21,13 @@ from lily.store.db import Database
 
 log = logging.getLogger(__name__)
 
+# How often a write waiting while no listener is up asks the database again (a worker's poll is 0.25 s).
+_ASK_AGAIN_SECONDS = 0.25
+# How often a write waiting on a listener checks that the listener is still the session it counted on.
+_RECHECK_SESSION_SECONDS = 1.0
+# How long startup waits for the first LISTEN, so the first writes need no questions (then it goes on).
+_FIRST_LISTEN_SECONDS = 10.0
+
 
 class AppliedWaiter:
     def __init__(self, db: Database) -> None:
@@ -32,9 +39,14 @@ class AppliedWaiter:
         # Which LISTEN session is up (a new number for each connection), None while there is none.
         self._listening: int | None = None
         self._sessions = 0
+        self._up = asyncio.Event()
 
     async def start(self) -> None:
+        """Start listening, and return once the first LISTEN is up (or after a bounded wait: a write that
+        comes before it asks the database instead)."""
         self._task = asyncio.create_task(self._listen(), name="lily-applied-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._up.wait(), _FIRST_LISTEN_SECONDS)
 
     async def stop(self) -> None:
         if self._task:
@@ -53,23 +65,40 @@ class AppliedWaiter:
         ``heard_since``: the :meth:`listening` session taken before the event was appended."""
         if self._decided(partition, seq):
             return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        fut: asyncio.Future[None] = loop.create_future()
         self._waiting.setdefault(partition, []).append((seq, fut))
+        asked = False
         try:
-            if heard_since is None or heard_since != self._listening:
-                # The event may have been applied (or held) before we listened: ask once. Not needed when
-                # the listener was up before the append and still is (a round trip of every write saved):
-                # PostgreSQL delivers every notification committed after LISTEN, so the worker's word on
-                # this event comes, or has come, through it.
-                async with self.db.connection() as conn:  # one round trip, outside any transaction
-                    offset, held = await store_log.applied_state(conn, partition, seq)
-                if held:
-                    self._held.setdefault(partition, set()).add(seq)
-                self._advance(partition, offset)
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-            return True
-        except TimeoutError:
-            return False
+            while True:
+                if asked or heard_since is None or heard_since != self._listening:
+                    # The event may have been decided while no session of ours listened (before the first
+                    # LISTEN, or while the listener reconnected): ask. Not needed when the listener was up
+                    # before the append and still is (a round trip of every write saved): PostgreSQL
+                    # delivers every notification committed after LISTEN, so the worker's word on this
+                    # event comes, or has come, through it. The session is taken before the question, so
+                    # the answer and what that session hears afterwards leave nothing out. Once asked,
+                    # each look asks again: an answer that crossed the worker's word on the way ("held",
+                    # just as it was decided) must not hold the wait until its end.
+                    heard_since = self._listening
+                    async with self.db.connection() as conn:  # one round trip, outside any transaction
+                        offset, held = await store_log.applied_state(conn, partition, seq)
+                    asked = True
+                    if held:
+                        self._held.setdefault(partition, set()).add(seq)
+                    elif offset >= seq:  # decided for good (a decided event is never held again)
+                        self._held.get(partition, set()).discard(seq)
+                    self._advance(partition, offset)
+                remaining = deadline - loop.time()
+                if fut.done() or remaining <= 0:
+                    return fut.done()
+                # With no listener up, the worker's word may never reach us: look again soon. With one up,
+                # look now and then, in case it was replaced meanwhile (a reconnect misses what was said
+                # in between).
+                pause = _ASK_AGAIN_SECONDS if heard_since is None else _RECHECK_SESSION_SECONDS
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), min(remaining, pause))
         finally:
             waiting = self._waiting.get(partition, [])
             if (seq, fut) in waiting:
@@ -108,6 +137,7 @@ class AppliedWaiter:
                     await conn.execute(f"LISTEN {store_log.APPLIED_CHANNEL}")
                     self._sessions += 1
                     self._listening = self._sessions
+                    self._up.set()
                     try:
                         async for note in conn.notifies():
                             for partition, seq, mark in store_log.parse_applied(note.payload):
