@@ -7,7 +7,7 @@ object in the process: the tens of thousands of function, class and dict objects
 FastAPI, pydantic, psycopg and the plugins left behind, all of which live for the life of the process.
 Under load that walk stalled the event loop for the requests in flight: at 32 connections of point
 reads the p99 was 75 to 84 ms against a p50 of 17 ms, and 37 to 44 ms once startup's objects were frozen
-(bench/api.py; README, "Benchmarks").
+(bench/api.py; docs/performance.md, stop 17).
 """
 
 from __future__ import annotations
