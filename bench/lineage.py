@@ -47,6 +47,7 @@ NOISE_TENANTS = ("noise-a", "noise-b")
 TABLES = ("assets", "lineage_edges", "column_lineage")
 HUBS, HUB_FANOUT, BACK_EDGES, WINDOW = 20, 5000, 200, 50
 CHUNK = 20_000
+MIN_ASSETS = 20_000
 
 
 # ---------------------------------------------------------------- schema: strip keys, load, rebuild
@@ -402,6 +403,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reuse", metavar="DBNAME", help="measure an existing, kept benchmark database")
     parser.add_argument("--no-cte", action="store_true", help="skip the recursive-CTE comparison")
     args = parser.parse_args(argv)
+    if args.assets < MIN_ASSETS:
+        # The noise tenants get a tenth each: below this their layers are narrower than the hubs, whose
+        # edges then loop onto themselves, and there are fewer distinct back edges than the graph asks for.
+        parser.error(f"--assets must be at least {MIN_ASSETS:,} (the graph's shape needs it)")
 
     name = args.reuse or f"lily_bench_lineage_{secrets.token_hex(4)}"
     url = make_conninfo(args.url, dbname=name)
