@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from tempfile import NamedTemporaryFile, TemporaryDirectory
 from urllib.parse import urlsplit
 
+import figures  # bench/figures.py, beside this script
 import httpx
 import machine  # bench/machine.py, beside this script
 import pacer  # bench/pacer.py, beside this script
@@ -71,10 +72,7 @@ class Result:
         return self.requests / self.seconds if self.seconds else 0.0
 
     def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies)
-        if not ordered:
-            return float("nan")
-        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000
+        return figures.percentile(self.latencies, p) * 1000
 
 
 def with_dbname(url: str, dbname: str) -> str:

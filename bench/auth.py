@@ -32,6 +32,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+import figures  # bench/figures.py, beside this script
+
 from lily.store.migrate import migrate
 
 TENANT = "bench"
@@ -109,8 +111,7 @@ async def run_one(conns: list[psycopg.AsyncConnection[Any]], sql: str, params: l
 
 
 def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1e6
+    return figures.percentile(values, p) * 1e6
 
 
 async def bench(url: str, sid: str, calls: int, concurrency: list[int], rounds: int) -> None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import statistics
 import sys
 import time
 import uuid
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+import figures  # bench/figures.py, beside this script
 import psycopg
 from psycopg.conninfo import make_conninfo
 
@@ -137,9 +137,9 @@ def main() -> None:
         with psycopg.connect(args.admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     ms = sorted(x * 1000 for x in latencies)
-    q = statistics.quantiles(ms, n=100)
     print(f"CDC latency, DDL commit -> applied in Lily, {len(ms)} changes, poll {args.poll} s:")
-    print(f"  p50 {q[49]:.0f} ms   p90 {q[89]:.0f} ms   p99 {q[98]:.0f} ms   max {ms[-1]:.0f} ms")
+    p50, p90, p99 = (figures.percentile(ms, p) for p in (50, 90, 99))
+    print(f"  p50 {p50:.0f} ms   p90 {p90:.0f} ms   p99 {p99:.0f} ms   max {ms[-1]:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ import asyncio
 import multiprocessing
 import os
 import socket
-import statistics
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import figures  # bench/figures.py, beside this script
 import httpx
 import orjson
 import psycopg
@@ -222,8 +222,7 @@ async def latency(
         print("latency: nothing arrived")
         return
     latencies.sort()
-    p50 = statistics.median(latencies)
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    p50, p99 = figures.percentile(latencies, 50), figures.percentile(latencies, 99)
     print(
         f"latency: {sent:,} asset changes at {args.rate}/s for {args.seconds}s, {len(latencies):,} delivered;"
         f" commit→receiver p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"

@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+import figures  # bench/figures.py, beside this script
 import httpx
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -38,8 +39,7 @@ def with_dbname(url: str, dbname: str) -> str:
 
 def report(name: str, seconds: list[float]) -> None:
     ordered = sorted(seconds)
-    p50 = ordered[len(ordered) // 2] * 1000
-    p99 = ordered[int(len(ordered) * 0.99)] * 1000
+    p50, p99 = figures.percentile(ordered, 50) * 1000, figures.percentile(ordered, 99) * 1000
     print(f"{name:<48} p50 {p50:6.3f} ms   p99 {p99:6.3f} ms   mean {statistics.fmean(ordered) * 1000:6.3f} ms")
 
 

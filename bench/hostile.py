@@ -58,6 +58,8 @@ def lily(env: dict[str, str], *args: str) -> str:
 @contextmanager
 def spawned(extra_env: dict[str, str]) -> Iterator[Server]:
     with TemporaryDirectory(prefix="lily-hostile-") as home:
+        # Run as root, the embedded PostgreSQL runs as a user of its own and must be able to enter LILY_HOME.
+        os.chmod(home, 0o711)
         env = {**os.environ, "LILY_HOME": home, "LILY_LOG_LEVEL": "WARNING", **extra_env}
         env.pop("LILY_DATABASE_URL", None)
         port = free_port()

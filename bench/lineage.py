@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import figures  # bench/figures.py, beside this script
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -264,8 +265,7 @@ class Row:
     truncated: int
 
     def pct(self, p: float) -> float:
-        ordered = sorted(self.times)
-        return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * p + 0.999999) - 1))] * 1000
+        return figures.percentile(self.times, p) * 1000
 
 
 async def timed(
@@ -316,7 +316,7 @@ def print_table(rows: list[Row]) -> None:
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r.label:<38}{len(r.times):>5}{r.pct(0.5):>9.1f}{r.pct(0.99):>9.1f}{max(r.times) * 1000:>9.1f}"
+            f"{r.label:<38}{len(r.times):>5}{r.pct(50):>9.1f}{r.pct(99):>9.1f}{max(r.times) * 1000:>9.1f}"
             f"{sum(r.nodes) / len(r.nodes):>11.0f}{max(r.nodes):>11}{100 * r.truncated / len(r.times):>9.1f}"
         )
 

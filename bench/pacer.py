@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import figures  # bench/figures.py, beside this script
+
 
 @dataclass
 class Paced:
@@ -37,8 +39,7 @@ class Paced:
         return self.failures + sum(n for status, n in self.statuses.items() if status != ok)
 
     def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] * 1000 if ordered else float("nan")
+        return figures.percentile(self.latencies, p) * 1000
 
 
 class _Connections:

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import figures  # bench/figures.py, beside this script
 import machine  # bench/machine.py, beside this script
 import orjson
 import psycopg
@@ -126,8 +127,7 @@ Call = Callable[[Database, Caller], Awaitable[Any]]  # one search as the route m
 
 
 def pct(times: list[float], p: float) -> float:
-    ordered = sorted(times)
-    return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * p + 0.999999) - 1))] * 1000
+    return figures.percentile(times, p) * 1000
 
 
 # The searching principal, as the API sets it: every search then applies its access policies. With
@@ -268,8 +268,8 @@ async def measure(url: str, rounds: int, policies: int = 0) -> None:
             eights = await run(db, call, 8, rounds, list(callers.values()))
             for suffix, one, eight in zip(callers, ones, eights, strict=True):
                 print(
-                    f"{label + suffix:<58}{pct(one, 0.5):>14.1f}{pct(one, 0.99):>8.1f}"
-                    f"{pct(eight, 0.5):>15.1f}{pct(eight, 0.99):>8.1f}"
+                    f"{label + suffix:<58}{pct(one, 50):>14.1f}{pct(one, 99):>8.1f}"
+                    f"{pct(eight, 50):>15.1f}{pct(eight, 99):>8.1f}"
                 )
         async with db.tenant(TENANT, CALLER) as conn:
             found = await search.page(conn, Filters(q=common), sort=Sort.relevance, after=None, limit=21)
@@ -295,9 +295,7 @@ async def measure(url: str, rounds: int, policies: int = 0) -> None:
             t0 = time.perf_counter()
             conn.execute(query, [TENANT, rare]).fetchall()
             times.append(time.perf_counter() - t0)
-        print(
-            f"raw SQL reference (rare word, superuser, no RLS): p50 {pct(times, 0.5):.2f} p99 {pct(times, 0.99):.2f} ms"
-        )
+        print(f"raw SQL reference (rare word, superuser, no RLS): p50 {pct(times, 50):.2f} p99 {pct(times, 99):.2f} ms")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
