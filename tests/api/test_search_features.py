@@ -254,3 +254,26 @@ async def test_odd_but_valid_text_never_fails(client, tenant):
     for q in ["o'brien", "100%", "_", "\\", '"unclosed', "-", "a & b | !c", "the", "%%%", "' OR 1=1 --"]:
         await search(client, v, q=q, facets="type", total="true")
     assert await names(client, v, q="o'brien") == ["o'brien"]
+
+
+async def test_phrases_and_negation(client, tenant):
+    """The index's keys have no positions: a phrase is found through its words and decided on the row."""
+    h = tenant.headers("editor")
+    await post(client, h, "pg://wh/x.one", name="one", description="the monthly revenue report")
+    await post(client, h, "pg://wh/x.two", name="two", description="revenue, reported monthly")
+    await post(client, h, "pg://wh/x.three", name="three", description="monthly costs")
+    v = tenant.headers("viewer")
+    assert await names(client, v, q='"monthly revenue"') == ["one"]
+    assert set(await names(client, v, q="monthly revenue")) == {"one", "two"}
+    assert await names(client, v, q="monthly -revenue") == ["three"]
+    assert set(await names(client, v, q="costs or report")) == {"one", "two", "three"}  # "reported": stemmed
+
+
+async def test_filter_values_with_quotes_and_backslashes(client, tenant):
+    h = tenant.headers("editor")
+    await post(client, h, "pg://wh/x.q", tags=["it's"], owners=["o\\brien"])
+    await post(client, h, "pg://wh/x.r", tags=["its"], owners=["obrien"])
+    v = tenant.headers("viewer")
+    assert await names(client, v, tag="it's") == ["q"]
+    assert await names(client, v, owner="o\\brien") == ["q"]
+    assert await names(client, v, tag="it's", owner="obrien") == []
