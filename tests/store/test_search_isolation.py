@@ -3,6 +3,7 @@ a tenant's rows are unreachable through every search parameter, facet and count 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -222,3 +223,43 @@ def test_a_search_page_starts_no_parallel_workers(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT proconfig FROM pg_proc WHERE proname = 'lily_search_page'").fetchone()
     assert row is not None and "max_parallel_workers_per_gather=0" in row[0], row
+
+
+@pytest.mark.parametrize("filters", [{"q": "zzskew"}, {"q": "zzskew", "types": ["table"]}], ids=["word", "word+type"])
+async def test_a_search_reads_no_other_tenants_words(
+    database_url: str, tenant: Any, other_tenant: Any, filters: dict[str, Any]
+) -> None:
+    """Migration 0027: every word of the search index is its tenant's. Another tenant's 3,000 rows holding a
+    word are not read by a search for it in a tenant that has none: the index answers 0 rows. (Under 0012's
+    words, the same in every tenant, it decoded the 3,000 postings and the tenant filter threw them away.)"""
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        # The searching tenant has rows enough that the index is worth it, none of them with the word.
+        for t, word, count in ((other_tenant.tenant_id, "zzskew", 3000), (tenant.tenant_id, "filler", 5000)):
+            conn.execute(
+                "INSERT INTO assets (tenant_id, asset_id, qualified_name, type, name, description, version,"
+                " created_at, updated_at) SELECT %s, gen_random_uuid(), 'pg://skew/' || i, 'table', 'skew' || i,"
+                " %s || ' everywhere', 1, now(), now() FROM generate_series(1, %s) i",
+                [t, word, count],
+            )
+        conn.execute("ANALYZE assets")
+        conn.execute("LOAD 'auto_explain'")
+        conn.execute(
+            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+            " SET auto_explain.log_analyze = on; SET client_min_messages = log; SET enable_seqscan = off"
+        )
+        conn.execute(f"SET ROLE {APP_ROLE}")
+        with conn.transaction():
+            conn.execute("SELECT set_config('lily.tenant_id', %s, true)", [tenant.tenant_id])
+            plan = plans_of(conn, "SELECT lily_search_count(%s, 1000)", [Jsonb(filters)])
+            counted = conn.execute("SELECT lily_search_count(%s, 1000) AS n", [Jsonb(filters)]).fetchone()
+        assert counted is not None and counted["n"] == 0
+        scans = [line for line in plan.splitlines() if "Index Scan on assets_search_doc_filters" in line]
+        assert scans, plan
+        assert all(re.search(r"actual [^)]*rows=0(\.0+)? loops", line) for line in scans), plan
+        # The tenant that has them finds all 3,000 through the same index.
+        conn.execute("RESET ROLE")
+        conn.execute(f"SET ROLE {APP_ROLE}")
+        with conn.transaction():
+            conn.execute("SELECT set_config('lily.tenant_id', %s, true)", [other_tenant.tenant_id])
+            counted = conn.execute("SELECT lily_search_count(%s, 5000) AS n", [Jsonb(filters)]).fetchone()
+        assert counted is not None and counted["n"] == 3000
