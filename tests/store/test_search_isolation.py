@@ -143,6 +143,18 @@ async def test_no_tenant_set_finds_nothing_and_the_document_cannot_name_a_tenant
             conn.execute("SELECT lily_search_where('{}')")
 
 
+def explain_nested_as_app(conn: psycopg.Connection[dict[str, Any]], *, analyze: bool = False) -> None:
+    """Have auto_explain report the plan of each statement the search functions run to this client (with
+    actual rows when ``analyze``), then act as the app role. Loading auto_explain needs the superuser."""
+    conn.execute("LOAD 'auto_explain'")
+    conn.execute(
+        "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+        f" SET auto_explain.log_analyze = {'on' if analyze else 'off'}; SET client_min_messages = log;"
+        " SET enable_seqscan = off"
+    )
+    conn.execute(f"SET ROLE {APP_ROLE}")
+
+
 def plans_of(conn: psycopg.Connection[dict[str, Any]], query: str, params: list[Any]) -> str:
     """The plans of the statements ``query`` runs inside functions, as auto_explain reports them."""
     notices: list[str] = []
@@ -187,13 +199,7 @@ async def test_search_plans_use_the_indexes_through_the_app_role(
                 [t],
             )
         conn.execute("ANALYZE assets")
-        # auto_explain reports each nested statement's plan to this client; loading it needs the superuser.
-        conn.execute("LOAD 'auto_explain'")
-        conn.execute(
-            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-            " SET client_min_messages = log; SET enable_seqscan = off"
-        )
-        conn.execute(f"SET ROLE {APP_ROLE}")
+        explain_nested_as_app(conn)
         with conn.transaction():
             conn.execute("SELECT set_config('lily.tenant_id', %s, true)", [tenant.tenant_id])
             if sort == "count":
@@ -242,12 +248,7 @@ async def test_a_search_reads_no_other_tenants_words(
                 [t, word, count],
             )
         conn.execute("ANALYZE assets")
-        conn.execute("LOAD 'auto_explain'")
-        conn.execute(
-            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-            " SET auto_explain.log_analyze = on; SET client_min_messages = log; SET enable_seqscan = off"
-        )
-        conn.execute(f"SET ROLE {APP_ROLE}")
+        explain_nested_as_app(conn, analyze=True)
         with conn.transaction():
             conn.execute("SELECT set_config('lily.tenant_id', %s, true)", [tenant.tenant_id])
             plan = plans_of(conn, "SELECT lily_search_count(%s, 1000)", [Jsonb(filters)])
